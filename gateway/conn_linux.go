@@ -1,0 +1,446 @@
+//go:build linux
+
+package gateway
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/router"
+)
+
+// conn is one upgraded WebSocket connection. While idle it holds its
+// descriptor, its subscriptions and a few counters: no goroutine and no
+// buffer. Reading happens on a worker when epoll reports the socket readable;
+// writing happens on a worker when frames are queued.
+type conn struct {
+	srv *Server
+	fd  int
+	gen uint32 // distinguishes this conn from earlier users of the same fd
+	ip  string
+
+	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
+	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
+
+	mu          sync.Mutex
+	queue       []*router.Frame  // guarded by mu; frames waiting to be written
+	queuedBytes int              // guarded by mu; bytes in queue not yet written
+	head        int              // guarded by mu; bytes of queue[0] already written
+	flags       connFlags        // guarded by mu
+	closeAt     int64            // guarded by mu; coarse ms after which a closing conn is cut
+	subs        []string         // guarded by mu; channels subscribed to
+	conflated   map[string]int64 // guarded by mu; channel → records dropped by conflation
+
+	// Read state, touched only by the worker running onReadable; epoll's
+	// one-shot arming guarantees there is at most one.
+	partial []byte    // bytes of an incomplete frame carried to the next read
+	msg     []byte    // fragments of a message being assembled
+	msgOp   ws.OpCode // opcode of the message in msg
+}
+
+type connFlags uint8
+
+const (
+	flagFlushing connFlags = 1 << iota // a flush is queued or running
+	flagWaitOut                        // socket buffer full; waiting for EPOLLOUT
+	flagReading                        // a worker is running onReadable
+	flagClosing                        // a close frame is queued; no more frames
+	flagClosed                         // descriptor released or about to be
+	flagRecent                         // something was queued since the last sweep
+)
+
+var _ router.Sink = (*conn)(nil)
+
+// Enqueue queues a shared frame for writing. It is called by the router
+// with a shard lock held, so it only appends and schedules; it never writes.
+func (c *conn) Enqueue(f *router.Frame) bool {
+	c.mu.Lock()
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.srv.cfg.MaxQueueMessages || c.queuedBytes+len(f.Data) > c.srv.cfg.MaxQueueBytes {
+		c.mu.Unlock()
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.queuedBytes)
+		c.closeWith(CloseSlowConsumer, "slow consumer", true)
+		return false
+	}
+	c.queue = append(c.queue, f)
+	c.queuedBytes += len(f.Data)
+	c.flags |= flagRecent
+	c.scheduleLocked()
+	c.mu.Unlock()
+	return true
+}
+
+// send queues a frame private to this connection (a reply or a control
+// frame). Replies are not subject to the slow-consumer bound: they are small
+// and bounded by the client's own request rate.
+func (c *conn) send(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		return
+	}
+	c.queue = append(c.queue, &router.Frame{Data: b})
+	c.queuedBytes += len(b)
+	c.flags |= flagRecent
+	c.scheduleLocked()
+}
+
+// scheduleLocked hands the conn to a worker for flushing unless one is
+// already on it or the socket is full. Caller holds c.mu.
+func (c *conn) scheduleLocked() {
+	if c.flags&(flagFlushing|flagWaitOut) != 0 {
+		return
+	}
+	c.flags |= flagFlushing
+	c.srv.work.push(task{c: c, kind: taskFlush})
+}
+
+// flush writes as much of the queue as the socket takes, with one writev per
+// round. It runs on a worker; flagFlushing makes it exclusive.
+func (c *conn) flush(w *worker) {
+	for round := 0; round < 4; round++ {
+		c.mu.Lock()
+		if c.flags&flagClosed != 0 {
+			c.flags &^= flagFlushing
+			c.releaseIfIdleLocked()
+			c.mu.Unlock()
+			return
+		}
+		if len(c.queue) == 0 {
+			c.flags &^= flagFlushing
+			closing := c.flags&flagClosing != 0
+			c.mu.Unlock()
+			if closing {
+				c.finish()
+			}
+			return
+		}
+		// Gather iovecs under the lock; frames are immutable, so they
+		// can be written after it is released.
+		iov := w.iov[:0]
+		var oldest int64
+		for i, f := range c.queue {
+			if len(iov) == maxIovecs {
+				break
+			}
+			b := f.Data
+			if i == 0 {
+				b = b[c.head:]
+			}
+			if len(b) == 0 {
+				continue
+			}
+			if f.Timestamp > 0 && (oldest == 0 || f.Timestamp < oldest) {
+				oldest = f.Timestamp
+			}
+			iov = append(iov, syscall.Iovec{})
+			setIovec(&iov[len(iov)-1], b)
+		}
+		w.iov = iov
+		c.mu.Unlock()
+
+		n, err := writev(c.fd, iov)
+		clear(w.iov[:len(iov)]) // drop references to frame memory
+
+		c.mu.Lock()
+		if err != nil {
+			if isWouldBlock(err) {
+				c.flags = c.flags&^flagFlushing | flagWaitOut
+				if c.flags&flagClosed == 0 {
+					if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
+						c.flags = c.flags&^flagWaitOut | flagClosed
+						c.releaseIfIdleLocked()
+					}
+				}
+				c.mu.Unlock()
+				return
+			}
+			c.flags &^= flagFlushing
+			c.mu.Unlock()
+			c.abort()
+			return
+		}
+		c.consumeLocked(n)
+		c.mu.Unlock()
+		if oldest > 0 {
+			w.observeLatency(oldest)
+		}
+	}
+	// Still more to write after several rounds: go to the back of the queue
+	// so one busy connection does not hold a worker.
+	c.mu.Lock()
+	if c.flags&flagClosed == 0 {
+		c.srv.work.push(task{c: c, kind: taskFlush})
+	} else {
+		c.flags &^= flagFlushing
+		c.releaseIfIdleLocked()
+	}
+	c.mu.Unlock()
+}
+
+// consumeLocked drops n written bytes from the front of the queue. Caller
+// holds c.mu.
+func (c *conn) consumeLocked(n int) {
+	c.queuedBytes -= n
+	i := 0
+	for i < len(c.queue) {
+		rest := len(c.queue[i].Data) - c.head
+		if n < rest {
+			c.head += n
+			break
+		}
+		n -= rest
+		c.head = 0
+		i++
+	}
+	if i > 0 {
+		k := copy(c.queue, c.queue[i:])
+		clear(c.queue[k:])
+		c.queue = c.queue[:k]
+	}
+}
+
+// onWritable is called when the socket drained after a full buffer.
+func (c *conn) onWritable() {
+	c.mu.Lock()
+	c.flags &^= flagWaitOut
+	if c.flags&flagClosed == 0 {
+		c.flags |= flagFlushing
+		c.mu.Unlock()
+		c.srv.work.push(task{c: c, kind: taskFlush})
+		return
+	}
+	c.releaseIfIdleLocked()
+	c.mu.Unlock()
+}
+
+// onReadable reads what the socket holds and handles every complete frame.
+func (c *conn) onReadable(w *worker) {
+	c.mu.Lock()
+	if c.flags&(flagClosed|flagReading) != 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.flags |= flagReading
+	c.mu.Unlock()
+
+	alive := c.readFrames(w)
+
+	c.mu.Lock()
+	c.flags &^= flagReading
+	if alive && c.flags&flagClosed == 0 {
+		if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
+			alive = false
+		}
+	}
+	c.releaseIfIdleLocked()
+	c.mu.Unlock()
+	if !alive {
+		c.abort()
+	}
+}
+
+// readFrames reads up to a bounded amount and handles each frame. It
+// returns false when the connection must be dropped without a close
+// handshake (EOF, socket error).
+func (c *conn) readFrames(w *worker) bool {
+	buf := w.rbuf
+	n := copy(buf, c.partial)
+	c.partial = nil
+	maxPayload := c.srv.cfg.MaxMessageBytes
+	for budget := 4; budget > 0; budget-- {
+		m, err := readFD(c.fd, buf[n:])
+		if err != nil {
+			if isWouldBlock(err) {
+				break
+			}
+			return false
+		}
+		if m == 0 {
+			return false // peer closed
+		}
+		n += m
+		c.lastSeen.Store(c.srv.clock.Load())
+		used := 0
+		for used < n {
+			f, k, err := parseFrame(buf[used:n], maxPayload)
+			if err != nil {
+				code := ws.StatusProtocolError
+				if err == errFrameTooLarge {
+					code = ws.StatusMessageTooBig
+				}
+				c.srv.metrics.clientErrors.WithLabelValues(closeReason(code)).Inc()
+				c.closeWith(code, err.Error(), true)
+				return true
+			}
+			if k == 0 {
+				break
+			}
+			used += k
+			if !c.handleFrame(f) {
+				return true // closing; the close frame is queued
+			}
+		}
+		n = copy(buf, buf[used:n])
+	}
+	if n > 0 {
+		c.partial = append([]byte(nil), buf[:n]...)
+	}
+	return true
+}
+
+// handleFrame acts on one frame. It returns false once the connection is
+// closing.
+func (c *conn) handleFrame(f inFrame) bool {
+	switch f.op {
+	case ws.OpPing:
+		c.send(serverFrame(ws.OpPong, f.payload))
+		return true
+	case ws.OpPong:
+		return true
+	case ws.OpClose:
+		code, reason := ws.StatusNormalClosure, ""
+		if len(f.payload) >= 2 {
+			code = ws.StatusCode(uint16(f.payload[0])<<8 | uint16(f.payload[1]))
+			reason = string(f.payload[2:])
+		}
+		_ = reason
+		// Echo the status as RFC 6455 asks, then release.
+		if code == 0 || code.IsNotUsed() || code.IsProtocolReserved() {
+			code = ws.StatusNormalClosure
+		}
+		c.closeWith(code, "", true)
+		return false
+	case ws.OpBinary:
+		c.srv.metrics.clientErrors.WithLabelValues("binary_frame").Inc()
+		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
+		return false
+	case ws.OpText:
+		if c.msg != nil {
+			c.closeWith(ws.StatusProtocolError, "new message before the last one finished", true)
+			return false
+		}
+		if !f.fin {
+			c.msg = append(make([]byte, 0, len(f.payload)*2), f.payload...)
+			c.msgOp = ws.OpText
+			return true
+		}
+		return c.handleText(f.payload)
+	case ws.OpContinuation:
+		if c.msg == nil {
+			c.closeWith(ws.StatusProtocolError, errFrameBadResume.Error(), true)
+			return false
+		}
+		if len(c.msg)+len(f.payload) > c.srv.cfg.MaxMessageBytes {
+			c.msg = nil
+			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
+			c.closeWith(ws.StatusMessageTooBig, errFrameTooLarge.Error(), true)
+			return false
+		}
+		c.msg = append(c.msg, f.payload...)
+		if !f.fin {
+			return true
+		}
+		msg := c.msg
+		c.msg = nil
+		return c.handleText(msg)
+	}
+	return true
+}
+
+func (c *conn) handleText(p []byte) bool {
+	if !utf8.Valid(p) {
+		c.srv.metrics.clientErrors.WithLabelValues("invalid_utf8").Inc()
+		c.closeWith(ws.StatusInvalidFramePayloadData, "text frame is not valid UTF-8", true)
+		return false
+	}
+	c.srv.handleRequest(c, p)
+	return true
+}
+
+// closeWith queues a close frame and marks the connection closing; the
+// descriptor is released once the frame is written or when the close
+// deadline passes. dropPending discards frames not yet started.
+func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
+	c.mu.Lock()
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.flags |= flagClosing
+	if dropPending && len(c.queue) > 0 {
+		keep := 0
+		if c.head > 0 {
+			keep = 1 // finish the frame already on the wire
+		}
+		for _, f := range c.queue[keep:] {
+			c.queuedBytes -= len(f.Data)
+		}
+		clear(c.queue[keep:])
+		c.queue = c.queue[:keep]
+	}
+	cf := closeFrame(code, reason)
+	c.queue = append(c.queue, &router.Frame{Data: cf})
+	c.queuedBytes += len(cf)
+	c.closeAt = c.srv.clock.Load() + closeGraceMS
+	c.scheduleLocked()
+	subs := c.subs
+	c.subs = nil
+	c.mu.Unlock()
+	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if len(subs) > 0 {
+		c.srv.router.Unsubscribe(c, subs...)
+	}
+}
+
+// closeGraceMS is how long a closing connection may take to accept its close
+// frame before it is cut.
+const closeGraceMS = 2000
+
+// abort drops the connection without a close handshake.
+func (c *conn) abort() {
+	c.mu.Lock()
+	already := c.flags&flagClosed != 0
+	c.flags |= flagClosed | flagClosing
+	subs := c.subs
+	c.subs = nil
+	c.releaseIfIdleLocked()
+	c.mu.Unlock()
+	if !already && len(subs) > 0 {
+		c.srv.router.Unsubscribe(c, subs...)
+	}
+}
+
+// finish releases a connection whose close frame has been written.
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.flags |= flagClosed
+	c.releaseIfIdleLocked()
+	c.mu.Unlock()
+}
+
+// releaseIfIdleLocked closes the descriptor once the connection is closed and
+// no worker is using it, so a descriptor number is never reused while a
+// worker might still read or write it. Caller holds c.mu.
+func (c *conn) releaseIfIdleLocked() {
+	if c.flags&flagClosed == 0 || c.flags&(flagReading|flagFlushing) != 0 || c.fd < 0 {
+		return
+	}
+	fd := c.fd
+	c.srv.readPoller.remove(fd)
+	c.srv.writePoller.remove(fd)
+	c.srv.conns.remove(fd, c)
+	closeFD(fd)
+	c.fd = -1
+	c.queue = nil
+	c.queuedBytes = 0
+	c.partial = nil
+	c.msg = nil
+}

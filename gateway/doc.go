@@ -1,0 +1,25 @@
+// Package gateway is kpush's WebSocket connection layer and client protocol.
+//
+// Connections are accepted on a TCP listener and upgraded with gobwas/ws's
+// zero-copy upgrader; plain HTTP requests to other paths go to an optional
+// http.Handler (the demo page). Once upgraded, on Linux, a connection leaves
+// Go's net package: its socket becomes a bare non-blocking descriptor in
+// kpush's own epoll set, so an idle connection holds no goroutine and no
+// buffer, only its small conn struct.
+//
+// Concurrency:
+//   - One goroutine per epoll instance waits for readiness (one for reads,
+//     one for writes that hit a full socket buffer) and hands the
+//     connection to a bounded worker pool; it never reads or writes itself.
+//   - Workers read and parse frames, answer requests, and flush queued
+//     frames with one writev per round. A connection is read by at most one
+//     worker at a time (one-shot epoll arming) and flushed by at most one.
+//   - Publishers (the Kafka consumer, through Server.Publish) only append to
+//     per-connection queues, which are bounded in bytes and messages; a full
+//     queue makes the connection a slow consumer, closed with 4008.
+//   - One ticker drives pings, idle timeouts and stuck closes for all
+//     connections.
+//
+// Server.Run serves until its context ends; Server.Shutdown drains: it stops
+// accepting and closes connections with 1001 spread over drain_timeout.
+package gateway

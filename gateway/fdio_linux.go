@@ -1,0 +1,89 @@
+//go:build linux
+
+package gateway
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+	"unsafe"
+)
+
+// Raw descriptor I/O. After the handshake a connection leaves Go's net
+// package: its socket is kept as a bare non-blocking descriptor watched by
+// kpush's own epoll, which is what lets an idle connection cost a few
+// hundred bytes and no goroutine.
+
+const maxIovecs = 1024 // IOV_MAX on Linux
+
+// detach takes the socket out of c, which is closed, and returns a
+// non-blocking, close-on-exec duplicate descriptor of it.
+func detach(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("gateway: %T has no raw descriptor", c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("gateway: raw connection: %w", err)
+	}
+	fd := -1
+	var dupErr error
+	if err := raw.Control(func(s uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			dupErr = e
+			return
+		}
+		fd = int(r)
+	}); err != nil {
+		return -1, fmt.Errorf("gateway: raw control: %w", err)
+	}
+	if dupErr != nil {
+		return -1, fmt.Errorf("gateway: dup socket: %w", dupErr)
+	}
+	// Closing the net.Conn releases Go's descriptor and poller entry; the
+	// socket itself lives on through the duplicate.
+	_ = c.Close()
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("gateway: set non-blocking: %w", err)
+	}
+	return fd, nil
+}
+
+// writev writes the buffers in one system call.
+func writev(fd int, iov []syscall.Iovec) (int, error) {
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+}
+
+func setIovec(v *syscall.Iovec, b []byte) {
+	v.Base = &b[0]
+	v.SetLen(len(b))
+}
+
+func readFD(fd int, b []byte) (int, error) {
+	for {
+		n, err := syscall.Read(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
+		return n, err
+	}
+}
+
+func closeFD(fd int) { _ = syscall.Close(fd) }
+
+func isWouldBlock(err error) bool { return err == syscall.EAGAIN }

@@ -1,0 +1,117 @@
+//go:build linux
+
+package gateway
+
+import (
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	handshakes    *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	clientErrors  *prometheus.CounterVec
+	closes        *prometheus.CounterVec
+	slowConsumers *prometheus.CounterVec
+	latency       prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
+	m := &metrics{
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_handshakes_total",
+			Help: "WebSocket handshakes by result (ok, rejected, failed).",
+		}, []string{"result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_rejected_total",
+			Help: "Connections and requests refused by a limit or policy, by reason.",
+		}, []string{"reason"}),
+		clientErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_client_errors_total",
+			Help: "Bad client input by kind: protocol error codes and frame violations.",
+		}, []string{"code"}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_connection_closes_total",
+			Help: "Connections closed by the server, by close reason.",
+		}, []string{"reason"}),
+		slowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_slow_consumers_total",
+			Help: "Connections whose outbound queue overflowed, by the policy applied.",
+		}, []string{"policy"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kpush_delivery_latency_seconds",
+			Help:    "Time from a record's Kafka timestamp to its write to a client socket, sampled once per socket write.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+	}
+	cs := []prometheus.Collector{m.handshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_connections",
+			Help: "Open WebSocket connections.",
+		}, func() float64 { return float64(s.conns.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_subscriptions",
+			Help: "Current (connection, channel) subscriptions.",
+		}, func() float64 { return float64(s.router.Stats().Subscriptions) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_channels",
+			Help: "Channels with subscribers or a retained snapshot.",
+		}, func() float64 { return float64(s.router.Stats().Channels) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kpush_published_total",
+			Help: "Frames published to the router (one per routed record).",
+		}, func() float64 { return float64(s.router.Stats().Published) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kpush_deliveries_total",
+			Help: "Frames queued to connections (one per subscriber per record).",
+		}, func() float64 { return float64(s.router.Stats().Deliveries) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kpush_queue_full_total",
+			Help: "Deliveries refused because a connection's outbound queue was full or closing.",
+		}, func() float64 { return float64(s.router.Stats().QueueFull) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_draining",
+			Help: "1 while the gateway drains connections before shutdown.",
+		}, func() float64 {
+			if s.draining.Load() {
+				return 1
+			}
+			return 0
+		}),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// closeReason is the metric label for a close code.
+func closeReason(code ws.StatusCode) string {
+	switch code {
+	case ws.StatusNormalClosure:
+		return "normal"
+	case ws.StatusGoingAway:
+		return "going_away"
+	case ws.StatusProtocolError:
+		return "protocol_error"
+	case ws.StatusUnsupportedData:
+		return "binary_frame"
+	case ws.StatusInvalidFramePayloadData:
+		return "invalid_utf8"
+	case ws.StatusPolicyViolation:
+		return "policy"
+	case ws.StatusMessageTooBig:
+		return "message_too_big"
+	case ws.StatusInternalServerError:
+		return "internal"
+	case CloseTokenExpired:
+		return "token_expired"
+	case CloseSlowConsumer:
+		return "slow_consumer"
+	case ws.StatusNoStatusRcvd:
+		return "no_status"
+	}
+	return "other"
+}

@@ -1,0 +1,259 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/router"
+)
+
+// Protocol v1: one JSON object per text frame. See README.md for the full
+// description.
+
+// Error codes sent in {"op":"error"} replies.
+const (
+	CodeBadRequest           = "bad_request"
+	CodeUnknownOp            = "unknown_op"
+	CodeInvalidChannel       = "invalid_channel"
+	CodeTooManySubscriptions = "too_many_subscriptions"
+	CodeForbidden            = "forbidden"
+	CodeRateLimited          = "rate_limited"
+	CodeInternal             = "internal"
+)
+
+// Close codes used by kpush beyond RFC 6455's.
+const (
+	CloseTokenExpired ws.StatusCode = 4001
+	CloseSlowConsumer ws.StatusCode = 4008
+)
+
+// Request is a parsed client request.
+type Request struct {
+	Op       string                      `json:"op"`
+	ID       int64                       `json:"id"`
+	Channels []string                    `json:"channels,omitempty"`
+	Since    map[string]map[string]int64 `json:"since,omitempty"`
+	Snapshot bool                        `json:"snapshot,omitempty"`
+	Token    string                      `json:"token,omitempty"`
+}
+
+// ProtocolError is a request the server answers with an error reply.
+type ProtocolError struct {
+	ID      int64
+	Code    string
+	Message string
+}
+
+func (e *ProtocolError) Error() string { return e.Code + ": " + e.Message }
+
+// ParseRequest decodes and checks one client request. maxChannels bounds the
+// channels one request may name. It never panics on any input.
+func ParseRequest(b []byte, maxChannels int) (*Request, error) {
+	var r Request
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return nil, &ProtocolError{Code: CodeBadRequest, Message: "request is not a protocol v1 JSON object: " + trimJSONErr(err)}
+	}
+	if dec.More() {
+		return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "trailing data after the JSON object"}
+	}
+	switch r.Op {
+	case "subscribe", "unsubscribe":
+		if len(r.Channels) == 0 {
+			return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: r.Op + " needs a non-empty channels list"}
+		}
+		if len(r.Channels) > maxChannels {
+			return nil, &ProtocolError{ID: r.ID, Code: CodeTooManySubscriptions, Message: fmt.Sprintf("%d channels in one request, at most %d", len(r.Channels), maxChannels)}
+		}
+		for _, ch := range r.Channels {
+			if !router.ValidChannel(ch) {
+				return nil, &ProtocolError{ID: r.ID, Code: CodeInvalidChannel, Message: fmt.Sprintf("channel %q must match ^[A-Za-z0-9_.:@/-]{1,200}$", truncate(ch, 64))}
+			}
+		}
+		if r.Op == "subscribe" {
+			for ch, parts := range r.Since {
+				if !contains(r.Channels, ch) {
+					return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: fmt.Sprintf("since names channel %q that the request does not subscribe to", truncate(ch, 64))}
+				}
+				for p, o := range parts {
+					if n, err := strconv.ParseInt(p, 10, 32); err != nil || n < 0 {
+						return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: fmt.Sprintf("since[%q] partition %q is not a non-negative integer", ch, truncate(p, 16))}
+					}
+					if o < -1 {
+						return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: fmt.Sprintf("since[%q][%s] offset %d is negative", ch, p, o)}
+					}
+				}
+			}
+		} else if r.Since != nil || r.Snapshot {
+			return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "since and snapshot belong to subscribe"}
+		}
+	case "ping":
+	case "refresh":
+		if r.Token == "" {
+			return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "refresh needs a token"}
+		}
+	case "":
+		return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "missing op"}
+	default:
+		return nil, &ProtocolError{ID: r.ID, Code: CodeUnknownOp, Message: fmt.Sprintf("unknown op %q", truncate(r.Op, 32))}
+	}
+	return &r, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// trimJSONErr keeps encoding/json's message but drops the Go type names it
+// sometimes mentions, which mean nothing to a client.
+func trimJSONErr(err error) string {
+	var te *json.UnmarshalTypeError
+	if ok := asTypeErr(err, &te); ok {
+		return fmt.Sprintf("field %q has the wrong type (%s)", te.Field, te.Value)
+	}
+	return err.Error()
+}
+
+func asTypeErr(err error, te **json.UnmarshalTypeError) bool {
+	t, ok := err.(*json.UnmarshalTypeError)
+	if ok {
+		*te = t
+	}
+	return ok
+}
+
+// Reply frames. These are small and rare; each is its own allocation.
+
+func okFrame(id int64, recovered map[string]bool) []byte {
+	b := make([]byte, 0, 64)
+	b = append(b, `{"op":"ok","id":`...)
+	b = strconv.AppendInt(b, id, 10)
+	if recovered != nil {
+		b = append(b, `,"recovered":{`...)
+		first := true
+		for ch, ok := range recovered {
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, '"')
+			b = append(b, ch...) // channel names need no escaping
+			b = append(b, `":`...)
+			b = strconv.AppendBool(b, ok)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, '}')
+	return serverFrame(ws.OpText, b)
+}
+
+func pongFrame(id int64) []byte {
+	b := make([]byte, 0, 32)
+	b = append(b, `{"op":"pong","id":`...)
+	b = strconv.AppendInt(b, id, 10)
+	b = append(b, '}')
+	return serverFrame(ws.OpText, b)
+}
+
+func errorFrame(id int64, code, msg string) []byte {
+	m, _ := json.Marshal(msg) // a string always marshals
+	b := make([]byte, 0, 48+len(code)+len(m))
+	b = append(b, `{"op":"error","id":`...)
+	b = strconv.AppendInt(b, id, 10)
+	b = append(b, `,"code":"`...)
+	b = append(b, code...)
+	b = append(b, `","message":`...)
+	b = append(b, m...)
+	b = append(b, '}')
+	return serverFrame(ws.OpText, b)
+}
+
+// Message describes one record to encode as a msg frame.
+type Message struct {
+	Channel   string
+	Partition int32
+	Offset    int64
+	Timestamp int64 // Unix milliseconds
+	Data      []byte
+	// Binary marks Data as opaque bytes: it is sent base64-encoded with
+	// "enc":"base64". Otherwise Data must be one valid JSON value.
+	Binary bool
+	// Snapshot marks the channel's last record sent on subscribe.
+	Snapshot bool
+	// Skipped is how many older records of the channel conflation dropped
+	// before this one.
+	Skipped int64
+}
+
+// EncodeMessage encodes m once as a complete WebSocket text frame and
+// returns the Frame every subscriber of m.Channel receives.
+func EncodeMessage(m *Message) *router.Frame {
+	// Size the buffer exactly so the frame is one allocation.
+	dataLen := len(m.Data)
+	if m.Binary {
+		dataLen = base64.StdEncoding.EncodedLen(len(m.Data)) + 2 + len(`,"enc":"base64"`)
+	}
+	n := len(`{"op":"msg","ch":"","p":,"o":,"ts":,"data":}`) + len(m.Channel) + 11 + 20 + 20 + dataLen
+	if m.Snapshot {
+		n += len(`,"snap":true`)
+	}
+	if m.Skipped > 0 {
+		n += len(`,"skipped":`) + 20
+	}
+	hl := serverHeaderLen(n) // upper bound on the final length's header size
+	buf := make([]byte, hl, hl+n)
+	b := append(buf, `{"op":"msg","ch":"`...)
+	b = append(b, m.Channel...)
+	b = append(b, `","p":`...)
+	b = strconv.AppendInt(b, int64(m.Partition), 10)
+	b = append(b, `,"o":`...)
+	b = strconv.AppendInt(b, m.Offset, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, m.Timestamp, 10)
+	if m.Snapshot {
+		b = append(b, `,"snap":true`...)
+	}
+	if m.Skipped > 0 {
+		b = append(b, `,"skipped":`...)
+		b = strconv.AppendInt(b, m.Skipped, 10)
+	}
+	if m.Binary {
+		b = append(b, `,"enc":"base64","data":"`...)
+		b = base64.StdEncoding.AppendEncode(b, m.Data)
+		b = append(b, `"}`...)
+	} else {
+		b = append(b, `,"data":`...)
+		b = append(b, m.Data...)
+		b = append(b, '}')
+	}
+	payload := len(b) - hl
+	// The real header may be shorter than the reserved one: shift the start.
+	real := serverHeaderLen(payload)
+	start := hl - real
+	putServerHeader(b[start:hl], ws.OpText, payload)
+	return &router.Frame{
+		Channel:   m.Channel,
+		Partition: m.Partition,
+		Offset:    m.Offset,
+		Timestamp: m.Timestamp,
+		Data:      b[start:],
+		Payload:   b[hl:],
+	}
+}

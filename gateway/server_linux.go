@@ -1,0 +1,560 @@
+//go:build linux
+
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/router"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server accepts WebSocket connections, serves protocol v1 on them and
+// writes routed frames to their subscribers.
+type Server struct {
+	cfg    Config
+	router *router.Router
+	log    *slog.Logger
+
+	metrics     *metrics
+	conns       *registry
+	work        *workQueue
+	readPoller  *poller
+	writePoller *poller
+	clock       atomic.Int64 // coarse time in Unix ms, advanced by the ticker
+	gen         atomic.Uint32
+
+	httpHandler http.Handler
+	httpConns   chan net.Conn
+
+	mu       sync.Mutex   // guards ln, running
+	ln       net.Listener // nil until Run listens
+	running  bool
+	ready    chan struct{} // closed once listening
+	draining atomic.Bool
+	stop     chan struct{} // closed by Shutdown: stops accepting
+	stopOnce sync.Once
+	done     chan struct{} // closed when Run returns
+
+	handshakes chan struct{} // semaphore bounding handshakes in progress
+}
+
+// New returns a Server. It does not listen until Run.
+func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if rt == nil {
+		return nil, errors.New("gateway: nil router")
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	s := &Server{
+		cfg:        cfg,
+		router:     rt,
+		log:        log,
+		conns:      newRegistry(),
+		work:       newWorkQueue(),
+		httpConns:  make(chan net.Conn),
+		ready:      make(chan struct{}),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+	}
+	s.clock.Store(time.Now().UnixMilli())
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: register metrics: %w", err)
+	}
+	s.metrics = m
+	if s.readPoller, err = newPoller(syscall.EPOLLIN | syscall.EPOLLRDHUP); err != nil {
+		return nil, err
+	}
+	if s.writePoller, err = newPoller(syscall.EPOLLOUT); err != nil {
+		s.readPoller.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// HandleHTTP sets the handler for plain HTTP requests on the WebSocket port
+// (any path other than gateway.path), such as the demo page. Call before Run.
+func (s *Server) HandleHTTP(h http.Handler) { s.httpHandler = h }
+
+// Ready is closed once the server listens.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the listening address, or nil before Run listens.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Connections returns the number of open connections.
+func (s *Server) Connections() int { return s.conns.count() }
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Run listens on cfg.Listen and serves until ctx is cancelled or Shutdown
+// completes. Cancelling ctx closes every connection at once; Shutdown drains
+// them gracefully first.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: listen on %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on an existing listener, which it closes when done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("gateway: Run called twice")
+	}
+	s.running = true
+	s.ln = ln
+	s.mu.Unlock()
+	defer close(s.done)
+	close(s.ready)
+	s.log.Info("gateway listening", "addr", ln.Addr().String(), "path", s.cfg.Path)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	goTracked := func(f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f()
+		}()
+	}
+
+	for i := 0; i < s.cfg.Workers; i++ {
+		goTracked(func() { s.runWorker() })
+	}
+	goTracked(func() { s.logErr(s.readPoller.wait(s.dispatchReadable)) })
+	goTracked(func() { s.logErr(s.writePoller.wait(s.dispatchWritable)) })
+	goTracked(func() { s.runTicker(ctx) })
+	httpSrv := &http.Server{
+		Handler:           s.fallbackHandler(),
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	hl := &chanListener{conns: s.httpConns, done: s.stop, addr: ln.Addr()}
+	goTracked(func() { _ = httpSrv.Serve(hl) })
+
+	var hsWG sync.WaitGroup
+	acceptErr := make(chan error, 1)
+	goTracked(func() { acceptErr <- s.acceptLoop(ln, &hsWG) })
+
+	select {
+	case <-ctx.Done():
+	case <-s.stop:
+	}
+	s.stopAccepting()
+	err := <-acceptErr
+	hsWG.Wait()
+	// Shutdown has drained what it could; what remains is closed now.
+	s.closeAll(ws.StatusGoingAway, "server shutting down")
+	s.waitConns(ctx, 2*time.Second)
+	_ = httpSrv.Close()
+	s.work.close()
+	s.readPoller.close()
+	s.writePoller.close()
+	cancel()
+	wg.Wait()
+	s.forceCloseAll()
+	s.readPoller.release()
+	s.writePoller.release()
+	return err
+}
+
+func (s *Server) logErr(err error) {
+	if err != nil {
+		s.log.Error("gateway poller stopped", "err", err)
+	}
+}
+
+func (s *Server) stopAccepting() {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.mu.Lock()
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) acceptLoop(ln net.Listener, hsWG *sync.WaitGroup) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.stop:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors or a transient error: back off
+				// instead of spinning, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("gateway accept failed; retrying", "err", err, "backoff", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-s.stop:
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("gateway: accept: %w", err)
+		}
+		backoff = 0
+		select {
+		case s.handshakes <- struct{}{}:
+		case <-s.stop:
+			c.Close()
+			return nil
+		}
+		hsWG.Add(1)
+		go func() {
+			defer hsWG.Done()
+			defer func() { <-s.handshakes }()
+			s.handshake(c)
+		}()
+	}
+}
+
+// worker holds the scratch memory one pool goroutine reuses for every
+// connection it serves.
+type worker struct {
+	s     *Server
+	rbuf  []byte
+	iov   []syscall.Iovec
+	batch []task
+}
+
+func (w *worker) observeLatency(tsMillis int64) {
+	d := w.s.clock.Load() - tsMillis
+	if d < 0 {
+		d = 0
+	}
+	w.s.metrics.latency.Observe(float64(d) / 1000)
+}
+
+func (s *Server) runWorker() {
+	w := &worker{
+		s:    s,
+		rbuf: make([]byte, max(64<<10, s.cfg.MaxMessageBytes+14)),
+		iov:  make([]syscall.Iovec, 0, maxIovecs),
+	}
+	for {
+		w.batch = s.work.popBatch(w.batch, 32)
+		if w.batch == nil {
+			return
+		}
+		for i, t := range w.batch {
+			switch t.kind {
+			case taskRead:
+				t.c.onReadable(w)
+			case taskFlush:
+				t.c.flush(w)
+			}
+			w.batch[i] = task{}
+		}
+	}
+}
+
+func (s *Server) dispatchReadable(fd int, gen uint32) {
+	if c := s.conns.get(fd); c != nil && c.gen == gen {
+		s.work.push(task{c: c, kind: taskRead})
+	}
+}
+
+func (s *Server) dispatchWritable(fd int, gen uint32) {
+	if c := s.conns.get(fd); c != nil && c.gen == gen {
+		c.onWritable()
+	}
+}
+
+// runTicker advances the coarse clock and sweeps connections for pings,
+// idle timeouts and stuck closes. One ticker serves every connection.
+func (s *Server) runTicker(ctx context.Context) {
+	const tick = 100 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	sweepEvery := int64(max(time.Second, s.cfg.PingInterval/10) / tick)
+	if s.cfg.PingInterval < time.Second {
+		sweepEvery = 1
+	}
+	ping := &router.Frame{Data: serverFrame(ws.OpPing, nil)}
+	var n int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.clock.Store(now.UnixMilli())
+			n++
+			if n%sweepEvery == 0 {
+				s.sweep(now.UnixMilli(), ping)
+			}
+		}
+	}
+}
+
+func (s *Server) sweep(now int64, ping *router.Frame) {
+	idle := s.cfg.IdleTimeout.Milliseconds()
+	interval := s.cfg.PingInterval.Milliseconds()
+	var toPing, toIdle, toCut []*conn
+	s.conns.each(func(c *conn) {
+		if now-c.lastSeen.Load() > idle {
+			toIdle = append(toIdle, c)
+		} else if now >= c.pingDue.Load() {
+			c.pingDue.Store(now + interval)
+			toPing = append(toPing, c)
+		}
+		// TryLock: the registry lock is held here, and a conn holding its
+		// own lock may be waiting for the registry (releaseIfIdleLocked).
+		// A busy conn is simply checked on the next sweep.
+		if !c.mu.TryLock() {
+			return
+		}
+		if c.flags&flagClosing != 0 && c.flags&flagClosed == 0 && now > c.closeAt {
+			toCut = append(toCut, c)
+		}
+		if c.flags&flagRecent == 0 && len(c.queue) == 0 && cap(c.queue) > 0 {
+			c.queue = nil // idle: give the queue's memory back
+		}
+		c.flags &^= flagRecent
+		c.mu.Unlock()
+	})
+	for _, c := range toPing {
+		c.mu.Lock()
+		if c.flags&(flagClosing|flagClosed) == 0 {
+			c.queue = append(c.queue, ping)
+			c.queuedBytes += len(ping.Data)
+			c.scheduleLocked()
+		}
+		c.mu.Unlock()
+	}
+	for _, c := range toIdle {
+		c.closeWith(ws.StatusNormalClosure, "idle timeout", true)
+	}
+	for _, c := range toCut {
+		c.abort()
+	}
+}
+
+// handshake upgrades one accepted connection or serves it as plain HTTP.
+func (s *Server) handshake(nc net.Conn) {
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	ip := remoteIP(nc)
+	pc, isWS, err := peekRequest(nc, s.cfg.Path)
+	if err != nil {
+		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		nc.Close()
+		return
+	}
+	if !isWS {
+		select {
+		case s.httpConns <- pc:
+		case <-s.stop:
+			nc.Close()
+		}
+		return
+	}
+	if s.draining.Load() {
+		pc.release()
+		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
+		return
+	}
+	if s.conns.count() >= s.cfg.MaxConnections {
+		pc.release()
+		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
+		return
+	}
+	up := ws.Upgrader{
+		OnHeader: func(key, value []byte) error {
+			if asciiEqualFold(key, "Origin") && !s.originAllowed(string(value)) {
+				s.metrics.rejected.WithLabelValues("origin").Inc()
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
+			}
+			return nil
+		},
+	}
+	_, err = up.Upgrade(pc)
+	pc.release()
+	if err != nil {
+		result := "failed"
+		var rej *ws.ConnectionRejectedError
+		if errors.As(err, &rej) {
+			result = "rejected"
+		}
+		s.metrics.handshakes.WithLabelValues(result).Inc()
+		nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	fd, err := detach(nc)
+	if err != nil {
+		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		s.log.Warn("gateway could not take over an upgraded socket", "err", err)
+		return
+	}
+	now := s.clock.Load()
+	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: ip}
+	c.lastSeen.Store(now)
+	// Spread first pings over the interval so they don't arrive in waves.
+	c.pingDue.Store(now + rand.Int64N(s.cfg.PingInterval.Milliseconds()+1))
+	s.conns.add(fd, c)
+	if err := s.readPoller.add(fd, c.gen); err != nil {
+		s.conns.remove(fd, c)
+		closeFD(fd)
+		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		s.log.Warn("gateway could not watch a connection", "err", err)
+		return
+	}
+	s.metrics.handshakes.WithLabelValues("ok").Inc()
+	// A drain that began during this handshake must not miss the new conn.
+	if s.draining.Load() {
+		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
+	}
+}
+
+func (s *Server) reject(c net.Conn, status int, reason, msg string) {
+	s.metrics.rejected.WithLabelValues(reason).Inc()
+	s.metrics.handshakes.WithLabelValues("rejected").Inc()
+	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(msg), msg)
+	c.Close()
+}
+
+func (s *Server) originAllowed(origin string) bool {
+	for _, o := range s.cfg.AllowedOrigins {
+		if o == "*" || asciiEqualFoldString(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// Shutdown drains the gateway: it stops accepting, then closes every
+// connection with 1001 (going away), spread evenly over drain_timeout so the
+// clients do not all reconnect at once. It returns when every connection is
+// closed or ctx ends. Safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.draining.CompareAndSwap(false, true) {
+		<-s.done
+		return nil
+	}
+	s.stopAccepting()
+	conns := s.conns.snapshot()
+	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout)
+	start := time.Now()
+	window := s.cfg.DrainTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < window {
+		window = time.Until(dl) * 9 / 10
+	}
+	for i, c := range conns {
+		// Connection i closes at i/N of the window.
+		at := start.Add(time.Duration(int64(window) * int64(i) / int64(len(conns))))
+		if d := time.Until(at); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				s.closeAll(ws.StatusGoingAway, "server shutting down")
+				return ctx.Err()
+			}
+		}
+		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
+	}
+	s.waitConns(ctx, closeGraceMS*time.Millisecond+time.Second)
+	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond), "left", s.conns.count())
+	return ctx.Err()
+}
+
+func (s *Server) closeAll(code ws.StatusCode, reason string) {
+	for _, c := range s.conns.snapshot() {
+		c.closeWith(code, reason, false)
+	}
+}
+
+// waitConns waits until no connection is left, ctx ends or d passes.
+func (s *Server) waitConns(ctx context.Context, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.conns.count() > 0 {
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// forceCloseAll releases whatever is left once the workers have stopped.
+func (s *Server) forceCloseAll() {
+	for _, c := range s.conns.snapshot() {
+		c.mu.Lock()
+		c.flags = c.flags&^(flagReading|flagFlushing|flagWaitOut) | flagClosed | flagClosing
+		subs := c.subs
+		c.subs = nil
+		c.releaseIfIdleLocked()
+		c.mu.Unlock()
+		if len(subs) > 0 {
+			s.router.Unsubscribe(c, subs...)
+		}
+	}
+}
+
+// Publish encodes m once and queues it to every subscriber of its channel.
+// keepLast retains it as the channel's snapshot. It returns the number of
+// connections that accepted it.
+func (s *Server) Publish(m *Message, keepLast bool) int {
+	return s.router.Publish(EncodeMessage(m), keepLast)
+}
+
+// fallbackHandler serves plain HTTP on the WebSocket port.
+func (s *Server) fallbackHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.httpHandler != nil {
+			s.httpHandler.ServeHTTP(w, r)
+			return
+		}
+		http.NotFound(w, r)
+	})
+}

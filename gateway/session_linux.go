@@ -1,0 +1,125 @@
+//go:build linux
+
+package gateway
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/router"
+)
+
+// handleRequest answers one client request. It runs on the worker that read
+// the request and must not block.
+func (s *Server) handleRequest(c *conn, p []byte) {
+	req, err := ParseRequest(p, s.cfg.MaxSubscriptions)
+	if err != nil {
+		var pe *ProtocolError
+		if !errors.As(err, &pe) {
+			pe = &ProtocolError{Code: CodeInternal, Message: err.Error()}
+		}
+		s.metrics.clientErrors.WithLabelValues(pe.Code).Inc()
+		c.send(errorFrame(pe.ID, pe.Code, pe.Message))
+		return
+	}
+	switch req.Op {
+	case "ping":
+		c.send(pongFrame(req.ID))
+	case "subscribe":
+		s.subscribe(c, req)
+	case "unsubscribe":
+		s.unsubscribe(c, req)
+	case "refresh":
+		s.metrics.clientErrors.WithLabelValues(CodeBadRequest).Inc()
+		c.send(errorFrame(req.ID, CodeBadRequest, "refresh needs auth.mode jwt; this server runs without authentication"))
+	}
+}
+
+func (s *Server) subscribe(c *conn, req *Request) {
+	c.mu.Lock()
+	fresh := make([]string, 0, len(req.Channels))
+	for _, ch := range req.Channels {
+		if !contains(c.subs, ch) && !contains(fresh, ch) {
+			fresh = append(fresh, ch)
+		}
+	}
+	if n := len(c.subs) + len(fresh); n > s.cfg.MaxSubscriptions {
+		c.mu.Unlock()
+		s.metrics.clientErrors.WithLabelValues(CodeTooManySubscriptions).Inc()
+		c.send(errorFrame(req.ID, CodeTooManySubscriptions,
+			fmt.Sprintf("subscribing would hold %d channels, at most %d per connection", n, s.cfg.MaxSubscriptions)))
+		return
+	}
+	c.mu.Unlock()
+
+	var before func(*router.Frame)
+	if req.Snapshot {
+		// Runs under the channel's shard lock, before any later frame:
+		// the snapshot and the live stream meet with no gap or overlap.
+		before = func(last *router.Frame) {
+			if last != nil {
+				c.Enqueue(markFrame(last, `"snap":true`))
+			}
+		}
+	}
+	for _, ch := range fresh {
+		s.router.Subscribe(c, ch, before)
+		c.mu.Lock()
+		closing := c.flags&(flagClosing|flagClosed) != 0
+		if !closing {
+			c.subs = append(c.subs, ch)
+		}
+		c.mu.Unlock()
+		if closing {
+			// closeWith already released the earlier subscriptions;
+			// this one arrived after it and is ours to drop.
+			s.router.Unsubscribe(c, ch)
+			return
+		}
+	}
+	c.send(okFrame(req.ID, nil))
+}
+
+func (s *Server) unsubscribe(c *conn, req *Request) {
+	c.mu.Lock()
+	kept := c.subs[:0]
+	var gone []string
+	for _, ch := range c.subs {
+		if contains(req.Channels, ch) {
+			gone = append(gone, ch)
+		} else {
+			kept = append(kept, ch)
+		}
+	}
+	clear(c.subs[len(kept):])
+	c.subs = kept
+	c.mu.Unlock()
+	if len(gone) > 0 {
+		s.router.Unsubscribe(c, gone...)
+	}
+	c.send(okFrame(req.ID, nil))
+}
+
+// markFrame returns a copy of a msg frame with an extra member added right
+// after "op":"msg", e.g. `"snap":true` or `"skipped":3`.
+func markFrame(f *router.Frame, member string) *router.Frame {
+	const prefix = `{"op":"msg",`
+	rest := f.Payload[len(prefix):]
+	n := len(prefix) + len(member) + 1 + len(rest)
+	h := serverHeaderLen(n)
+	b := make([]byte, h, h+n)
+	putServerHeader(b, ws.OpText, n)
+	b = append(b, prefix...)
+	b = append(b, member...)
+	b = append(b, ',')
+	b = append(b, rest...)
+	return &router.Frame{
+		Channel:   f.Channel,
+		Partition: f.Partition,
+		Offset:    f.Offset,
+		Timestamp: f.Timestamp,
+		Data:      b,
+		Payload:   b[h:],
+	}
+}

@@ -1,0 +1,20 @@
+// Package router maps channel names to the sinks subscribed to them and fans
+// each published frame out to every subscriber.
+//
+// A Frame is encoded once by its publisher; the router hands the same *Frame
+// to every subscriber of its channel without copying it, so a delivery costs
+// one interface call and no allocation.
+//
+// The index is split into shards picked by a hash of the channel name. Each
+// shard is a sync.RWMutex plus a map; Publish runs under the shard's read lock,
+// Subscribe and Unsubscribe under its write lock, so traffic on channels in
+// different shards never contends. Because a subscribe holds the write lock
+// while it captures the channel's last frame, a snapshot and the live stream
+// that follows it never overlap or leave a gap.
+//
+// The router keeps no reverse index: the sink (a gateway connection) knows the
+// channels it subscribed to and passes them to Unsubscribe when it closes.
+//
+// All methods are safe for concurrent use. Sink.Enqueue is called with a shard
+// lock held and must never block.
+package router

@@ -1,0 +1,247 @@
+package router
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// numShards splits the channel index; a power of two so the shard is a mask.
+const numShards = 64
+
+// Frame is one record, encoded once for every subscriber of its channel.
+// A published Frame is shared and must never be modified.
+type Frame struct {
+	Channel   string
+	Partition int32
+	Offset    int64
+	Timestamp int64 // Kafka record timestamp, Unix milliseconds
+
+	// Data is the complete wire form (a WebSocket frame, header included),
+	// written to every subscriber as it is.
+	Data []byte
+	// Payload is the message body inside Data, kept for sinks that must
+	// re-encode it (for example to mark it as a snapshot or as conflated).
+	Payload []byte
+}
+
+// Sink receives frames for the channels it subscribed to.
+//
+// Enqueue is called from publishing goroutines, with a router shard lock held:
+// it must not block and must not call back into the Router. It reports
+// whether the frame was accepted; a false return is counted as a queue-full
+// event and the sink applies its own overflow policy.
+type Sink interface {
+	Enqueue(f *Frame) bool
+}
+
+// Stats are the router's running counts.
+type Stats struct {
+	Subscriptions int64 // current (channel, sink) pairs
+	Channels      int64 // channels with at least one subscriber
+	Published     uint64
+	Deliveries    uint64
+	QueueFull     uint64
+}
+
+// Router is the channel → subscribers index. The zero value is not usable;
+// call New.
+type Router struct {
+	shards [numShards]shard
+
+	subscriptions atomic.Int64
+	channels      atomic.Int64
+	published     atomic.Uint64
+	deliveries    atomic.Uint64
+	queueFull     atomic.Uint64
+}
+
+type shard struct {
+	mu       sync.RWMutex
+	channels map[string]*channel // guarded by mu
+	_        [40]byte            // keep neighbouring shard locks off one cache line
+}
+
+// channel holds one channel's subscribers. sinks is iterated by Publish under
+// the shard read lock; index gives O(1) removal by swapping with the last.
+// Both are guarded by the owning shard's mu.
+type channel struct {
+	sinks []Sink
+	index map[Sink]int
+	last  *Frame // most recent frame, kept for snapshots when keepLast
+}
+
+// New returns an empty Router.
+func New() *Router {
+	r := &Router{}
+	for i := range r.shards {
+		r.shards[i].channels = make(map[string]*channel)
+	}
+	return r
+}
+
+// shardFor picks the shard by FNV-1a over the channel name.
+func (r *Router) shardFor(ch string) *shard {
+	h := uint32(2166136261)
+	for i := 0; i < len(ch); i++ {
+		h ^= uint32(ch[i])
+		h *= 16777619
+	}
+	return &r.shards[h&(numShards-1)]
+}
+
+// Subscribe adds s to channel ch. It reports false if s was already
+// subscribed. If snapshot is true and the channel has a retained last frame,
+// that frame is returned so the caller can deliver it before any later frame;
+// it is captured atomically with the subscription, so the live stream starts
+// exactly after it.
+//
+// If before is non-nil it is called with the shard lock held, after the sink
+// is registered but before any later frame can be published to the channel;
+// it must not block and must not call the Router. The gateway uses it to queue
+// a snapshot or replayed history ahead of live frames.
+func (r *Router) Subscribe(s Sink, ch string, before func(last *Frame)) bool {
+	sh := r.shardFor(ch)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	c := sh.channels[ch]
+	if c == nil {
+		c = &channel{index: make(map[Sink]int)}
+		sh.channels[ch] = c
+		r.channels.Add(1)
+	}
+	if _, ok := c.index[s]; ok {
+		return false
+	}
+	c.index[s] = len(c.sinks)
+	c.sinks = append(c.sinks, s)
+	r.subscriptions.Add(1)
+	if before != nil {
+		before(c.last)
+	}
+	return true
+}
+
+// Unsubscribe removes s from each of the given channels. Channels s is not
+// subscribed to are ignored. It returns how many subscriptions were removed.
+func (r *Router) Unsubscribe(s Sink, chs ...string) int {
+	removed := 0
+	for _, ch := range chs {
+		sh := r.shardFor(ch)
+		sh.mu.Lock()
+		if r.removeLocked(sh, s, ch) {
+			removed++
+		}
+		sh.mu.Unlock()
+	}
+	return removed
+}
+
+// removeLocked removes s from ch; caller holds sh.mu for writing.
+func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
+	c := sh.channels[ch]
+	if c == nil {
+		return false
+	}
+	i, ok := c.index[s]
+	if !ok {
+		return false
+	}
+	last := len(c.sinks) - 1
+	if i != last {
+		moved := c.sinks[last]
+		c.sinks[i] = moved
+		c.index[moved] = i
+	}
+	c.sinks[last] = nil
+	c.sinks = c.sinks[:last]
+	delete(c.index, s)
+	r.subscriptions.Add(-1)
+	if len(c.sinks) == 0 && c.last == nil {
+		delete(sh.channels, ch)
+		r.channels.Add(-1)
+	}
+	return true
+}
+
+// Publish hands f to every subscriber of f.Channel and returns how many
+// accepted it. If keepLast is set the frame is retained as the channel's
+// snapshot even when nobody is subscribed.
+func (r *Router) Publish(f *Frame, keepLast bool) int {
+	sh := r.shardFor(f.Channel)
+	if keepLast {
+		// The write lock orders this frame against concurrent snapshot
+		// subscribes; fan-out itself still runs once, below.
+		sh.mu.Lock()
+		c := sh.channels[f.Channel]
+		if c == nil {
+			c = &channel{index: make(map[Sink]int)}
+			sh.channels[f.Channel] = c
+			r.channels.Add(1)
+		}
+		c.last = f
+		n := r.fanout(c, f)
+		sh.mu.Unlock()
+		return n
+	}
+	sh.mu.RLock()
+	c := sh.channels[f.Channel]
+	n := 0
+	if c != nil {
+		n = r.fanout(c, f)
+	}
+	sh.mu.RUnlock()
+	return n
+}
+
+// fanout enqueues f to every sink of c; caller holds the shard lock.
+func (r *Router) fanout(c *channel, f *Frame) int {
+	r.published.Add(1)
+	n, full := 0, 0
+	for _, s := range c.sinks {
+		if s.Enqueue(f) {
+			n++
+		} else {
+			full++
+		}
+	}
+	if n > 0 {
+		r.deliveries.Add(uint64(n))
+	}
+	if full > 0 {
+		r.queueFull.Add(uint64(full))
+	}
+	return n
+}
+
+// Last returns the retained last frame of ch, or nil.
+func (r *Router) Last(ch string) *Frame {
+	sh := r.shardFor(ch)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if c := sh.channels[ch]; c != nil {
+		return c.last
+	}
+	return nil
+}
+
+// Subscribers returns the number of sinks subscribed to ch.
+func (r *Router) Subscribers(ch string) int {
+	sh := r.shardFor(ch)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if c := sh.channels[ch]; c != nil {
+		return len(c.sinks)
+	}
+	return 0
+}
+
+// Stats returns the running counts.
+func (r *Router) Stats() Stats {
+	return Stats{
+		Subscriptions: r.subscriptions.Load(),
+		Channels:      r.channels.Load(),
+		Published:     r.published.Load(),
+		Deliveries:    r.deliveries.Load(),
+		QueueFull:     r.queueFull.Load(),
+	}
+}
