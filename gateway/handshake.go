@@ -41,8 +41,9 @@ func peekRequest(c net.Conn, wsPath string) (*peekedConn, bool, error) {
 	pc := &peekedConn{Conn: c, r: br}
 	var line []byte
 	for n := 1; ; n = br.Buffered() + 1 {
-		b, err := br.Peek(n)
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		_, err := br.Peek(n) // wait for at least n bytes...
+		b, _ := br.Peek(br.Buffered())
+		if i := bytes.IndexByte(b, '\n'); i >= 0 { // ...and look at all that came
 			line = b[:i]
 			break
 		}
@@ -50,7 +51,7 @@ func peekRequest(c net.Conn, wsPath string) (*peekedConn, bool, error) {
 			pc.release()
 			return nil, false, err
 		}
-		if n >= br.Size() {
+		if br.Buffered() >= br.Size() {
 			pc.release()
 			return nil, false, errRequestLine
 		}

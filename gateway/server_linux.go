@@ -47,6 +47,7 @@ type Server struct {
 	draining atomic.Bool
 	stop     chan struct{} // closed by Shutdown: stops accepting
 	stopOnce sync.Once
+	drained  chan struct{} // closed when Shutdown has closed every connection
 	done     chan struct{} // closed when Run returns
 
 	handshakes chan struct{} // semaphore bounding handshakes in progress
@@ -79,6 +80,7 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		httpConns:  make(chan net.Conn),
 		ready:      make(chan struct{}),
 		stop:       make(chan struct{}),
+		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
@@ -177,7 +179,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	select {
 	case <-ctx.Done():
-	case <-s.stop:
+	case <-s.drained:
 	}
 	s.stopAccepting()
 	err := <-acceptErr
@@ -473,9 +475,13 @@ func (s *Server) originAllowed(origin string) bool {
 // closed or ctx ends. Safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.draining.CompareAndSwap(false, true) {
-		<-s.done
+		select {
+		case <-s.drained:
+		case <-ctx.Done():
+		}
 		return nil
 	}
+	defer close(s.drained)
 	s.stopAccepting()
 	conns := s.conns.snapshot()
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kpush/kpush/consumer"
+	"github.com/kpush/kpush/gateway"
+	"github.com/kpush/kpush/gateway/web"
+	"github.com/kpush/kpush/router"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// app wires the router, gateway, consumer and admin server.
+type app struct {
+	cfg      *Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	router   *router.Router
+	gw       *gateway.Server
+	consumer *consumer.Consumer
+
+	gwLn    net.Listener
+	adminLn net.Listener
+	admin   *http.Server
+
+	shutdownOnce sync.Once
+}
+
+func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(cfg.Level) // validated with the config
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newApp builds kpush and binds its listeners, so their addresses are known
+// (and port 0 resolved) before Run.
+func newApp(cfg *Config, log *slog.Logger) (*app, error) {
+	a := &app{cfg: cfg, log: log, reg: prometheus.NewRegistry(), router: router.New()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kpush_build_info", Help: "Always 1; the version label says which build runs.",
+		ConstLabels: prometheus.Labels{"version": version},
+	}, func() float64 { return 1 }))
+	var err error
+	if a.gw, err = gateway.New(cfg.Gateway, a.router, a.reg, log.With("component", "gateway")); err != nil {
+		return nil, err
+	}
+	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
+	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, publisher{a.gw}, a.reg, log.With("component", "consumer")); err != nil {
+		return nil, err
+	}
+	if a.gwLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if a.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		a.gwLn.Close()
+		return nil, fmt.Errorf("admin_listen: %w", err)
+	}
+	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	return a, nil
+}
+
+// publisher hands consumed records to the gateway.
+type publisher struct{ gw *gateway.Server }
+
+func (p publisher) Deliver(m *consumer.Message) {
+	p.gw.Publish(&gateway.Message{
+		Channel:   m.Channel,
+		Partition: m.Partition,
+		Offset:    m.Offset,
+		Timestamp: m.Timestamp,
+		Data:      m.Value,
+		Binary:    m.Route.Format == consumer.FormatBytes,
+	}, false)
+}
+
+func (a *app) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		switch {
+		case a.gw.Draining():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "draining")
+		case !a.consumer.Ready():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready: not every routed Kafka partition is being read")
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// Run serves until ctx ends (hard stop) or Shutdown finishes draining.
+func (a *app) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	start := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	start("admin", func() error { return a.admin.Serve(a.adminLn) })
+	start("consumer", func() error { return a.consumer.Run(ctx) })
+	start("gateway", func() error {
+		err := a.gw.Serve(ctx, a.gwLn)
+		cancel() // the gateway ending (drained) ends the rest
+		return err
+	})
+	a.log.Info("kpush running", "version", version, "listen", a.gwLn.Addr().String(), "admin", a.adminLn.Addr().String())
+	<-ctx.Done()
+	shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = a.admin.Shutdown(shutCtx)
+	done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// Shutdown drains: /readyz turns 503, the listener closes, clients get 1001
+// spread over gateway.drain_timeout. Run returns once that is done.
+func (a *app) Shutdown(ctx context.Context) error {
+	var err error
+	a.shutdownOnce.Do(func() {
+		err = a.gw.Shutdown(ctx)
+	})
+	return err
+}
+
+// serve runs kpush until SIGTERM or SIGINT, then drains and returns.
+func serve(cfg *Config, dev *devOptions, out io.Writer) error {
+	log := newLogger(cfg.Log, os.Stderr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if dev != nil {
+		stopDev, err := startDev(ctx, cfg, dev, log)
+		if err != nil {
+			return err
+		}
+		defer stopDev()
+	}
+	a, err := newApp(cfg, log)
+	if err != nil {
+		return err
+	}
+	if dev != nil {
+		printDevBanner(out, a)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	select {
+	case err := <-runErr:
+		return err
+	case sig := <-sigs:
+		log.Info("signal received; draining", "signal", sig.String(), "window", cfg.Gateway.DrainTimeout)
+	}
+	// A second signal stops at once.
+	drainCtx, drainDone := context.WithTimeout(ctx, cfg.Gateway.DrainTimeout+10*time.Second)
+	go func() {
+		select {
+		case <-sigs:
+			log.Warn("second signal; stopping without finishing the drain")
+			drainDone()
+		case <-drainCtx.Done():
+		}
+	}()
+	if err := a.Shutdown(drainCtx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("drain did not finish", "err", err)
+	}
+	drainDone()
+	err = <-runErr
+	log.Info("kpush stopped")
+	return err
+}

@@ -1,0 +1,142 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config is the `kafka` section of kpush's configuration. Zero values mean
+// "use the default"; call SetDefaults, then Validate.
+type Config struct {
+	Brokers  []string `yaml:"brokers"`
+	ClientID string   `yaml:"client_id"`
+	// Start is where partitions known at start-up are read from: "latest"
+	// (only new records) or "earliest". Partitions and topics that appear
+	// later are always read from their first offset, so nothing produced to
+	// them is missed.
+	Start string `yaml:"start"`
+	// MetadataInterval bounds how long a new routed topic or partition goes
+	// unnoticed.
+	MetadataInterval time.Duration `yaml:"metadata_interval"`
+	// FetchMaxWait is how long the broker may hold a fetch open when a
+	// partition has nothing new. A new record ends the wait at once, so
+	// this bounds idle round trips, not latency.
+	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
+	// FetchMaxBytes caps one fetch response per partition.
+	FetchMaxBytes int `yaml:"fetch_max_bytes"`
+	// RetryBackoff and RetryBackoffMax bound the exponential backoff after a
+	// failed request.
+	RetryBackoff    time.Duration `yaml:"retry_backoff"`
+	RetryBackoffMax time.Duration `yaml:"retry_backoff_max"`
+	DialTimeout     time.Duration `yaml:"dial_timeout"`
+}
+
+// SetDefaults fills zero fields with their defaults.
+func (c *Config) SetDefaults() {
+	if len(c.Brokers) == 0 {
+		c.Brokers = []string{"127.0.0.1:9092"}
+	}
+	if c.ClientID == "" {
+		c.ClientID = "kpush"
+	}
+	if c.Start == "" {
+		c.Start = "latest"
+	}
+	dur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	dur(&c.MetadataInterval, 5*time.Second)
+	dur(&c.FetchMaxWait, 500*time.Millisecond)
+	dur(&c.RetryBackoff, 100*time.Millisecond)
+	dur(&c.RetryBackoffMax, 5*time.Second)
+	dur(&c.DialTimeout, 5*time.Second)
+	if c.FetchMaxBytes == 0 {
+		c.FetchMaxBytes = 4 << 20
+	}
+}
+
+// Validate reports every invalid key, named as in the YAML file.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("kafka.%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	for i, b := range c.Brokers {
+		if b == "" {
+			bad(fmt.Sprintf("brokers[%d]", i), "empty address")
+		}
+	}
+	if c.Start != "latest" && c.Start != "earliest" {
+		bad("start", "%q must be latest or earliest", c.Start)
+	}
+	if c.MetadataInterval < 100*time.Millisecond || c.MetadataInterval > 10*time.Second {
+		bad("metadata_interval", "%s must be between 100ms and 10s (new topics and partitions are found within it)", c.MetadataInterval)
+	}
+	if c.FetchMaxWait < time.Millisecond || c.FetchMaxWait > 30*time.Second {
+		bad("fetch_max_wait", "%s must be between 1ms and 30s", c.FetchMaxWait)
+	}
+	if c.FetchMaxBytes < 1024 {
+		bad("fetch_max_bytes", "%d is below 1024", c.FetchMaxBytes)
+	}
+	if c.RetryBackoff <= 0 || c.RetryBackoffMax < c.RetryBackoff {
+		bad("retry_backoff", "%s must be positive and at most retry_backoff_max (%s)", c.RetryBackoff, c.RetryBackoffMax)
+	}
+	if c.DialTimeout <= 0 {
+		bad("dial_timeout", "must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// Format says how a record value is carried to clients.
+type Format string
+
+const (
+	// FormatJSON embeds the value as raw JSON; invalid JSON is skipped.
+	FormatJSON Format = "json"
+	// FormatBytes sends the value base64-encoded.
+	FormatBytes Format = "bytes"
+)
+
+// Route maps one topic to channels.
+type Route struct {
+	Topic   string `yaml:"topic"`
+	Channel string `yaml:"channel"`
+	Format  Format `yaml:"format"`
+
+	tmpl *Template
+}
+
+// Template returns the parsed channel template; valid after ValidateRoutes.
+func (r *Route) Template() *Template { return r.tmpl }
+
+// ValidateRoutes fills route defaults, parses templates and reports every
+// invalid route, named by its index as in the YAML file.
+func ValidateRoutes(routes []Route) error {
+	var errs []error
+	if len(routes) == 0 {
+		return errors.New("routes: at least one route is needed (a topic and a channel template)")
+	}
+	for i := range routes {
+		r := &routes[i]
+		key := fmt.Sprintf("routes[%d]", i)
+		if r.Topic == "" {
+			errs = append(errs, fmt.Errorf("%s.topic: missing", key))
+		}
+		if r.Format == "" {
+			r.Format = FormatJSON
+		}
+		if r.Format != FormatJSON && r.Format != FormatBytes {
+			errs = append(errs, fmt.Errorf("%s.format: %q must be json or bytes", key, r.Format))
+		}
+		t, err := ParseTemplate(r.Channel)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.channel: %w", key, err))
+			continue
+		}
+		r.tmpl = t
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,19 @@
+// Package consumer reads the routed Kafka topics and hands every record,
+// mapped to its channel, to a Sink.
+//
+// Every kpush instance must see every record, because a client subscribed to
+// any channel may be connected to any instance. So the consumer uses no
+// consumer group: it reads every partition of every routed topic itself, one
+// goroutine per partition, and tracks offsets in memory. It follows topics
+// created and partitions added after it starts (polling metadata every
+// kafka.metadata_interval) and reads those from their first offset.
+//
+// A partition reader delivers records strictly in offset order and advances
+// its position only past records it has handed to the Sink, so after a broker
+// failure it retries with backoff from exactly the next undelivered offset:
+// nothing is skipped or repeated.
+//
+// Concurrency: Run owns every goroutine it starts and returns after they
+// stop. Sink.Deliver is called concurrently from partition goroutines (but in
+// order within a partition) and must not block.
+package consumer
