@@ -85,7 +85,7 @@ func (c *Config) SetDefaults() {
 // Validate reports every problem, each naming its key.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Listen == c.AdminListen {
+	if c.Listen == c.AdminListen && !strings.HasSuffix(c.Listen, ":0") {
 		errs = append(errs, fmt.Errorf("admin_listen: %q is the same address as listen", c.AdminListen))
 	}
 	errs = append(errs, c.Gateway.Validate(), c.Kafka.Validate(), consumer.ValidateRoutes(c.Routes))
