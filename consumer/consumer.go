@@ -46,7 +46,7 @@ type Consumer struct {
 	client *kafka.Client
 	m      *metrics
 
-	mu         sync.Mutex                // guards partitions, metadataOK
+	mu         sync.Mutex // guards partitions, metadataOK
 	partitions map[topicPartition]*partState
 	metadataOK bool
 }
