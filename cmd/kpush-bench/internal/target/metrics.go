@@ -137,6 +137,11 @@ func GC(ctx context.Context, adminURL string) error {
 	return fetch(ctx, adminURL+"/debug/pprof/heap?gc=1", io.Discard)
 }
 
+// Heap writes kpush's heap profile (after a GC) to w.
+func Heap(ctx context.Context, adminURL string, w io.Writer) error {
+	return fetch(ctx, adminURL+"/debug/pprof/heap?gc=1", w)
+}
+
 // Profile writes a CPU profile of kpush over d to w.
 func Profile(ctx context.Context, adminURL string, d time.Duration, w io.Writer) error {
 	secs := max(1, int(d.Round(time.Second)/time.Second))

@@ -53,7 +53,7 @@ type loop struct {
 	epfd    int
 	evfd    int
 	dst     unix.SockaddrInet4 // the loop's own copy: Connect writes into it
-	limit   int // in-flight connections this loop allows
+	limit   int                // in-flight connections this loop allows
 	timeout int64
 
 	mu   sync.Mutex // guards cmds

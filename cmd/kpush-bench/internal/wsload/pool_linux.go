@@ -161,11 +161,14 @@ func (p *Pool) WaitReady(ctx context.Context, want int) error {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
+		// Read unapplied first: once it is 0, every command's effect on
+		// the queued and in-flight counts is visible to Stats.
+		settled := p.unapplied.Load() == 0
 		s := p.Stats()
 		if s.Ready >= int64(want) {
 			return nil
 		}
-		if s.InFlight == 0 && s.Queued == 0 && p.unapplied.Load() == 0 {
+		if settled && s.InFlight == 0 && s.Queued == 0 {
 			return fmt.Errorf("wsload: %d of %d connections ready and none pending; failures: %v", s.Ready, want, s.Failures)
 		}
 		select {
