@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -156,15 +155,11 @@ log:
   level: info
   format: json
 `, scenario, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix)
-	var env []string
-	if e.o.gogc != "" {
-		env = append(env, "GOGC="+e.o.gogc)
-	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	p, err := target.Start(sctx, target.Options{
 		Binary: e.bin, Config: []byte(cfg), WSPath: "/ws",
-		Dir: filepath.Join(e.o.out, scenario), Env: env,
+		Dir: filepath.Join(e.o.out, scenario), Env: e.o.kpushEnv, CPUs: e.o.kpushCPUs,
 	})
 	if err != nil {
 		return nil, err
@@ -179,6 +174,14 @@ func (k *kpushRef) stop() {
 			logf("stopping kpush: %v", err)
 		}
 	}
+}
+
+// cpu is kpush's user and system CPU time when it runs here.
+func (k *kpushRef) cpu() target.CPU {
+	if k.proc == nil {
+		return target.CPU{}
+	}
+	return target.ProcCPU(k.proc.Pid())
 }
 
 func (k *kpushRef) scrape(ctx context.Context) (target.Metrics, error) {
@@ -276,8 +279,6 @@ func (p *producer) flush(ctx context.Context) error {
 	}
 	return nil
 }
-
-var errNotKeptUp = errors.New("deliveries did not keep up")
 
 func wsloadValue(seq, sent int64, size int) []byte {
 	return wsload.AppendValue(make([]byte, 0, max(size, 64)), seq, sent, size)

@@ -11,8 +11,6 @@ import (
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/target"
 )
 
-const warmUp = 3 * time.Second
-
 // HandshakeRound opens Conns connections with InFlight handshakes at once.
 type HandshakeRound struct {
 	InFlight          int          `json:"in_flight"`

@@ -55,7 +55,8 @@ type options struct {
 	srcAddrs      int
 	inFlight      int
 	profile       bool
-	gogc          string
+	kpushEnv      envList
+	kpushCPUs     string
 
 	idleSteps    []int
 	idleChannels int
@@ -74,6 +75,7 @@ type options struct {
 	marketDuration   time.Duration
 	marketPartitions int
 	marketRecordZipf bool
+	warmUp           time.Duration
 
 	hsConns       int
 	hsInFlight    []int
@@ -130,14 +132,15 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.srcAddrs, "src-addrs", 0, "spread connections over 127.0.0.1..N (default: one per 20,000 connections, at least 4)")
 	fs.IntVar(&o.inFlight, "inflight", 512, "connections connecting or subscribing at once")
 	fs.BoolVar(&o.profile, "profile", false, "write kpush CPU profiles of the measured phases (and a heap profile after idle) into -out")
-	fs.StringVar(&o.gogc, "kpush-gogc", "", "GOGC for the started kpush (default: inherited)")
+	fs.Var(&o.kpushEnv, "kpush-env", "KEY=VALUE added to the started kpush's environment (repeatable), e.g. GOGC=50")
+	fs.StringVar(&o.kpushCPUs, "kpush-cpus", "", "run the started kpush on these CPUs (taskset -c LIST), e.g. 0,1")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")
 	fs.IntVar(&o.idleChannels, "idle-channels", 1000, "idle: connections subscribe to one of this many channels")
 	fs.DurationVar(&o.settle, "settle", 8*time.Second, "idle: wait after the connections are subscribed before reading memory")
 
 	fs.IntVar(&o.fanoutSubs, "fanout-subs", 10000, "fanout: subscribers of the one channel")
-	rates := fs.String("fanout-rates", "10,20,40,60,80,100,130,160,200,250,320,400", "fanout: records/s to step through until deliveries stop keeping up")
+	rates := fs.String("fanout-rates", "10,20,40,80,120,160,200,250,320,400,500,640,800,1000", "fanout: records/s to step through until deliveries stop keeping up")
 	fs.DurationVar(&o.fanoutStep, "fanout-step", 5*time.Second, "fanout: duration of each rate step")
 	fs.IntVar(&o.recordBytes, "record-bytes", 100, "record value size in bytes")
 
@@ -146,7 +149,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.marketSymbols, "market-symbols", 1000, "market: symbols (channels)")
 	fs.Float64Var(&o.marketRate, "market-rate", 2000, "market: records/s over all symbols")
 	fs.Float64Var(&o.marketZipf, "market-zipf", 1.0, "market: Zipf exponent of symbol popularity among subscribers")
-	fs.DurationVar(&o.marketDuration, "market-duration", 20*time.Second, "market: measured duration (after a 3s warm-up)")
+	fs.DurationVar(&o.marketDuration, "market-duration", 20*time.Second, "market: measured duration (after -warmup)")
+	fs.DurationVar(&o.warmUp, "warmup", 3*time.Second, "market: unmeasured time at the full rate before measuring")
 	fs.IntVar(&o.marketPartitions, "market-partitions", 8, "market: partitions of the topic (records keyed by symbol)")
 	fs.BoolVar(&o.marketRecordZipf, "market-record-zipf", false, "market: draw records' symbols by the same Zipf law (default: uniform)")
 
@@ -207,6 +211,19 @@ func parseFlags(args []string) (*options, error) {
 	}
 	o.out, err = filepath.Abs(o.out)
 	return o, err
+}
+
+// envList is a repeatable KEY=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(v string) error {
+	if !strings.Contains(v, "=") {
+		return fmt.Errorf("%q is not KEY=VALUE", v)
+	}
+	*e = append(*e, v)
+	return nil
 }
 
 func splitList(s string) []string {

@@ -125,7 +125,7 @@ func runMarket(ctx context.Context, e *env) (*MarketResult, error) {
 		return res, err
 	}
 	prod := e.newProducer(k.topic, keys, perSymbol)
-	if _, err := measureStep(ctx, e, k, pool, prod, "market warm-up", o.marketRate, warmUp, pick, false); err != nil {
+	if _, err := measureStep(ctx, e, k, pool, prod, "market warm-up", o.marketRate, o.warmUp, pick, false); err != nil {
 		return res, err
 	}
 	st, err := measureStep(ctx, e, k, pool, prod, "market", o.marketRate, o.marketDuration, pick, true)

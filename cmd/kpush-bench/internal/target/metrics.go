@@ -28,6 +28,7 @@ type Metrics struct {
 	SlowConsumers float64   `json:"slow_consumers"`  // kpush_slow_consumers_total
 	HandshakesOK  float64   `json:"handshakes_ok"`   // kpush_handshakes_total{result="ok"}
 	HandshakesBad float64   `json:"handshakes_fail"` // kpush_handshakes_total{result!="ok"}
+	Writes        float64   `json:"writes"`          // kpush_delivery_latency_seconds_count: socket writes carrying a record
 }
 
 // series maps each metric name to the field it fills. A filter, when set,
@@ -49,6 +50,7 @@ var series = []struct {
 	{"kpush_slow_consumers_total", "", "", func(m *Metrics) *float64 { return &m.SlowConsumers }},
 	{"kpush_handshakes_total", `result="ok"`, "", func(m *Metrics) *float64 { return &m.HandshakesOK }},
 	{"kpush_handshakes_total", "", `result="ok"`, func(m *Metrics) *float64 { return &m.HandshakesBad }},
+	{"kpush_delivery_latency_seconds_count", "", "", func(m *Metrics) *float64 { return &m.Writes }},
 }
 
 // ParseMetrics reads the Prometheus text exposition format and sums the

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ type Options struct {
 	WSPath string // gateway.path in Config
 	Dir    string // where the configuration and kpush.log are written
 	Env    []string
+	CPUs   string // if set, kpush runs under taskset -c CPUs
 }
 
 // Proc is a kpush process started by Start.
@@ -60,6 +62,9 @@ func Start(ctx context.Context, o Options) (*Proc, error) {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	cmd := exec.Command(o.Binary, "-config", cfgPath)
+	if o.CPUs != "" {
+		cmd = exec.Command("taskset", "-c", o.CPUs, o.Binary, "-config", cfgPath)
+	}
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Stdout = logf
 	cmd.SysProcAttr = sysProcAttr()
@@ -166,3 +171,40 @@ func (p *Proc) Stop() error {
 
 // Pid is kpush's process id.
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// CPU is a process's user and system CPU seconds.
+type CPU struct {
+	User, System float64
+}
+
+// ProcCPU reads a local process's CPU time from /proc/PID/stat. It returns
+// zeros if the process is not readable (kpush on another host).
+func ProcCPU(pid int) CPU {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return CPU{}
+	}
+	return parseStat(string(b))
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// parseStat reads utime and stime (fields 14 and 15) from a stat line; the
+// command name in field 2 may contain spaces, so fields count from its ')'.
+func parseStat(s string) CPU {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return CPU{}
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return CPU{}
+	}
+	u, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return CPU{}
+	}
+	return CPU{User: u / clockTicks, System: st / clockTicks}
+}

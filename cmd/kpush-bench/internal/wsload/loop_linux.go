@@ -4,8 +4,11 @@ package wsload
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
@@ -51,6 +54,8 @@ type loop struct {
 	p       *Pool
 	idx     int
 	epfd    int
+	epFile  *os.File        // epfd, registered with Go's netpoller
+	epConn  syscall.RawConn // epFile's raw access
 	evfd    int
 	dst     unix.SockaddrInet4 // the loop's own copy: Connect writes into it
 	limit   int                // in-flight connections this loop allows
@@ -85,19 +90,29 @@ func newLoop(p *Pool, idx, limit int) (*loop, error) {
 	if err != nil {
 		return nil, errorf("epoll_create1", err)
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, errorf("set epoll non-blocking", err)
+	}
+	epFile := os.NewFile(uintptr(epfd), "wsload-epoll")
+	epConn, err := epFile.SyscallConn()
+	if err != nil {
+		epFile.Close()
+		return nil, errorf("epoll raw conn", err)
+	}
 	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		unix.Close(epfd)
+		epFile.Close()
 		return nil, errorf("eventfd", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		unix.Close(epfd)
+		epFile.Close()
 		unix.Close(evfd)
 		return nil, errorf("epoll_ctl eventfd", err)
 	}
 	return &loop{
-		p: p, idx: idx, epfd: epfd, evfd: evfd, limit: limit,
+		p: p, idx: idx, epfd: epfd, epFile: epFile, epConn: epConn, evfd: evfd, limit: limit,
 		dst:        unix.SockaddrInet4{Port: p.dst.Port, Addr: p.dst.Addr},
 		timeout:    p.cfg.HandshakeTimeout.Nanoseconds(),
 		buf:        make([]byte, 256<<10),
@@ -137,8 +152,8 @@ func (l *loop) run() {
 			return
 		}
 		l.dialQueued()
-		n, err := unix.EpollWait(l.epfd, l.events, 100)
-		if err != nil && err != unix.EINTR {
+		n, err := l.wait()
+		if err != nil {
 			l.fail(nil, "epoll_wait: "+err.Error())
 			return
 		}
@@ -163,6 +178,33 @@ func (l *loop) run() {
 			}
 		}
 	}
+}
+
+// wait returns the ready events. It parks the goroutine in Go's own
+// netpoller (the loop's epoll descriptor is itself pollable) rather than
+// blocking its thread in epoll_wait, so the loops never hold a P while
+// idle and the producer and the embedded broker in this process run
+// without waiting for the scheduler to take a P back. While connections
+// are being set up it wakes at least every 100ms to expire stuck ones.
+func (l *loop) wait() (int, error) {
+	deadline := time.Time{}
+	if l.inflight > 0 {
+		deadline = time.Now().Add(100 * time.Millisecond)
+	}
+	_ = l.epFile.SetReadDeadline(deadline)
+	var n int
+	var werr error
+	err := l.epConn.Read(func(fd uintptr) bool {
+		n, werr = unix.EpollWait(int(fd), l.events, 0)
+		return n > 0 || (werr != nil && werr != unix.EINTR)
+	})
+	if werr != nil && werr != unix.EINTR {
+		return 0, werr
+	}
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, err
+	}
+	return n, nil
 }
 
 // takeCommands applies queued commands; false means stop.

@@ -190,7 +190,7 @@ func (p *Pool) Close() {
 	}
 	p.wg.Wait()
 	for _, l := range p.loops {
-		unix.Close(l.epfd)
+		l.epFile.Close()
 		unix.Close(l.evfd)
 	}
 }
