@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick kafka-up kafka-down test-kafka docker clean
+.PHONY: build run test test-race lint bench bench-quick bench-tools kafka-up kafka-down test-kafka docker clean
 
 ## build: the kpush and kpush-feed binaries into bin/
 build:
@@ -23,13 +23,20 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-## bench: Go micro-benchmarks of the hot paths
-bench:
+## bench: Go micro-benchmarks of the hot paths, then every load scenario at
+## full size against a kpush process (cmd/kpush-bench/README.md); <= 15 min
+bench: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./router/ ./gateway/
+	bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results.json
 
-## bench-quick: one short pass of the micro-benchmarks
-bench-quick:
+## bench-quick: one short pass of the micro-benchmarks and every scenario, small; <= 2 min
+bench-quick: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./router/ ./gateway/
+	bin/kpush-bench -quick -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results-quick.json
+
+bench-tools:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/kpush ./cmd/kpush
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/kpush-bench ./cmd/kpush-bench
 
 ## kafka-up / kafka-down: a real single-node Apache Kafka broker on 127.0.0.1:$${KAFKA_PORT:-9092}
 kafka-up:

@@ -126,7 +126,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.kafka, "kafka", "", "comma-separated Kafka brokers to produce to (default: an embedded kfake broker)")
 	fs.StringVar(&o.topic, "topic", "", "topic to produce to with -kpush-ws (a started kpush gets one topic per scenario)")
 	fs.StringVar(&o.channelPrefix, "channel-prefix", "bench.", "channel = prefix + record key; a started kpush routes {key} this way")
-	fs.StringVar(&o.out, "out", "bench-results", "directory for kpush's config and log, profiles and results")
+	fs.StringVar(&o.out, "out", "bin/bench-results", "directory for kpush's config and log, profiles and results")
 	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this file")
 	fs.IntVar(&o.loops, "loops", 0, "generator event loops (default GOMAXPROCS)")
 	fs.IntVar(&o.srcAddrs, "src-addrs", 0, "spread connections over 127.0.0.1..N (default: one per 20,000 connections, at least 4)")
