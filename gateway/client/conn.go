@@ -35,6 +35,9 @@ type Frame struct {
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 	Recovered map[string]bool `json:"recovered,omitempty"`
+	// Revoked lists the channels a refresh dropped because the new token
+	// no longer grants them.
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // Request is a client request of protocol v1.
