@@ -76,6 +76,20 @@ func (g *secGateway) rejected(reason string) float64 {
 	return g.metric("kpush_rejected_total", "reason", reason)
 }
 
+// gauge reads an unlabelled gauge.
+func (g *secGateway) gauge(name string) float64 {
+	mfs, err := g.reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
 // metric sums a metric's samples whose label has the given value.
 func (g *secGateway) metric(name, label, value string) float64 {
 	mfs, err := g.reg.Gather()

@@ -167,7 +167,9 @@ func (c *conn) allowRequest(p []byte) (ok, alive bool) {
 	}
 	c.srv.metrics.rejected.WithLabelValues("rate_limited").Inc()
 	if over {
-		c.closeWith(ws.StatusPolicyViolation, "request rate limit exceeded", true)
+		// Replies already queued (the rate_limited errors among them) go
+		// out before the close frame.
+		c.closeWith(ws.StatusPolicyViolation, "request rate limit exceeded", false)
 		return false, false
 	}
 	if p != nil {
