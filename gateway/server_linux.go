@@ -245,7 +245,7 @@ func (s *Server) acceptLoop(ln net.Listener, hsWG *sync.WaitGroup) error {
 				// Out of descriptors or a transient error: back off
 				// instead of spinning, as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("gateway accept failed; retrying", "err", err, "backoff", backoff)
+				s.log.Warn("gateway accept failed; retrying", "err", err, "backoff", backoff.String())
 				select {
 				case <-time.After(backoff):
 				case <-s.stop:
@@ -544,7 +544,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAccepting()
 	conns := s.conns.snapshot()
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
-	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout)
+	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout.String())
 	start := time.Now()
 	window := s.cfg.DrainTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < window {
@@ -564,7 +564,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
 	}
 	s.waitConns(ctx, closeGraceMS*time.Millisecond+time.Second)
-	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond), "left", s.conns.count())
+	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond).String(), "left", s.conns.count())
 	return ctx.Err()
 }
 

@@ -317,6 +317,15 @@ func (w *wsClient) expectNoMsg(t testing.TB) {
 // close code.
 func (w *wsClient) closeCode(t testing.TB, d time.Duration) int {
 	t.Helper()
+	code, err := w.waitClose(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// waitClose is closeCode for use off the test goroutine.
+func (w *wsClient) waitClose(d time.Duration) (int, error) {
 	deadline := time.After(d)
 	for {
 		select {
@@ -327,11 +336,11 @@ func (w *wsClient) closeCode(t testing.TB, d time.Duration) int {
 			err := <-w.closed
 			var ce client.CloseError
 			if errors.As(err, &ce) {
-				return int(ce.Code)
+				return int(ce.Code), nil
 			}
-			t.Fatalf("connection ended without a close frame: %v", err)
+			return 0, fmt.Errorf("connection ended without a close frame: %v", err)
 		case <-deadline:
-			t.Fatalf("connection not closed within %s", d)
+			return 0, fmt.Errorf("connection not closed within %s", d)
 		}
 	}
 }
