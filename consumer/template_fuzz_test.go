@@ -30,6 +30,9 @@ func FuzzTemplate(f *testing.F) {
 		if !tmpl.Match(string(out), "ticks") {
 			t.Fatalf("template %q rendered %q but does not match it", src, out)
 		}
+		if tmpl.Static() && string(out) != src {
+			t.Fatalf("static template %q rendered %q", src, out)
+		}
 		if tmpl.Static() && strings.ContainsAny(src, "{}") {
 			t.Fatalf("template %q with braces reported static", src)
 		}

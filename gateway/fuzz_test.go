@@ -18,7 +18,7 @@ func FuzzParseRequest(f *testing.F) {
 		`{"op":"refresh","id":5,"token":"x.y.z"}`,
 		`{"op":"ping","id":9}`,
 		`{"op":"subscribe","channels":[]}`,
-		`{"op":"nope"}`, `{}`, `[]`, `{"op":"ping"} {}`, `{"id":1e400}`,
+		`{"op":"nope"}`, `{}`, `[]`, `{"op":"ping"} {}`, `{"id":1e400}`, `{`, `null`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -15,6 +15,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add([]byte("tls:\n  cert_file: c.pem\n  min_version: \"1.3\"\n"))
 	f.Add([]byte("listen: ${NOPE}\n"))
 	f.Add([]byte("gateway: [1,2]\n"))
+	f.Add([]byte("routes: [{topic: t, channel: \"c.{key}\"}]\ngateway: {ping_interval: 1s}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := LoadConfig("fuzz.yaml", data)
 		if err != nil {
@@ -22,6 +23,9 @@ func FuzzLoadConfig(f *testing.F) {
 				t.Fatal("empty error")
 			}
 			return
+		}
+		if len(cfg.Routes) == 0 || cfg.Gateway.Path == "" {
+			t.Fatalf("accepted an incomplete config: %+v", cfg)
 		}
 		cfg.SetDefaults()
 		if err := cfg.Validate(); err != nil {
