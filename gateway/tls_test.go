@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -76,6 +77,16 @@ func TestWSSDeliveryAndCertificateReload(t *testing.T) {
 	if _, err := dialClient(t, "ws://"+g.addr+"/ws", nil); err == nil {
 		t.Fatal("plain ws upgrade succeeded on the TLS listener")
 	}
+
+	// Plain HTTP on the same port is served over TLS too (the demo page;
+	// this gateway has no handler, so 404).
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, ServerName: "127.0.0.1"}}}
+	if resp, err := hc.Get("https://" + g.addr + "/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("https GET /: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	hc.CloseIdleConnections()
 
 	if s := peerSerial(t, g.addr, p); s != 100 {
 		t.Fatalf("serving serial %d, want 100", s)
