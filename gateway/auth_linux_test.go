@@ -233,7 +233,7 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 	if time.Now().Before(expiresAt) {
 		t.Fatalf("closed %s before the token expired", time.Until(expiresAt))
 	}
-	waitUntil(t, 5*time.Second, "the refreshed connection to outlive the old expiry", func() bool {
+	secWaitUntil(t, 5*time.Second, "the refreshed connection to outlive the old expiry", func() bool {
 		return time.Now().After(expiresAt.Add(300 * time.Millisecond))
 	})
 	g.publish("user.42.orders", `{"still":"here"}`)

@@ -87,7 +87,7 @@ func TestHostileClientLimits(t *testing.T) {
 			// Another address is not affected, and a freed slot is reusable.
 			mustDial(t, g.url, fromAddr("127.0.0.4")).NetConn().Close()
 			held[0].NetConn().Close()
-			waitUntil(t, 10*time.Second, "a slot to free up", func() bool {
+			secWaitUntil(t, 10*time.Second, "a slot to free up", func() bool {
 				c, err := dialClient(t, g.url, fromAddr("127.0.0.3"))
 				if err == nil {
 					c.NetConn().Close()
@@ -178,7 +178,7 @@ func TestHostileClientLimits(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := g.rejected(tc.reason)
 			tc.run(t)
-			waitUntil(t, 5*time.Second, fmt.Sprintf("kpush_rejected_total{reason=%q} to grow", tc.reason), func() bool {
+			secWaitUntil(t, 5*time.Second, fmt.Sprintf("kpush_rejected_total{reason=%q} to grow", tc.reason), func() bool {
 				return g.rejected(tc.reason) > before
 			})
 			w.check(t)
@@ -209,7 +209,7 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	if _, err := io.ReadAll(c); err != nil {
 		t.Fatalf("silent TLS client not cut: %v", err)
 	}
-	waitUntil(t, 5*time.Second, "handshake_timeout to be counted", func() bool { return g.rejected("handshake_timeout") == 1 })
+	secWaitUntil(t, 5*time.Second, "handshake_timeout to be counted", func() bool { return g.rejected("handshake_timeout") == 1 })
 	w.check(t)
 }
 
@@ -299,10 +299,10 @@ func TestHostileBurstReturnsToBaseline(t *testing.T) {
 		t.Fatal("hostile clients did not finish within 60s")
 	}
 	w.check(t)
-	waitUntil(t, 10*time.Second, "kpush_connections to return to 1 (the witness)", func() bool { return g.gauge("kpush_connections") == 1 })
+	secWaitUntil(t, 10*time.Second, "kpush_connections to return to 1 (the witness)", func() bool { return g.gauge("kpush_connections") == 1 })
 	var heap1 uint64
 	var gr1 int
-	waitUntil(t, 10*time.Second, "goroutines and heap to return to their baseline", func() bool {
+	secWaitUntil(t, 10*time.Second, "goroutines and heap to return to their baseline", func() bool {
 		heap1, gr1 = settledHeap()
 		return gr1 <= gr0+1 && heap1 < heap0+4<<20
 	})

@@ -251,7 +251,7 @@ func (w *witness) check(t testing.TB) {
 	w.c.expectMsg(t, w.ch)
 }
 
-func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+func secWaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {

@@ -94,7 +94,7 @@ func TestWSSDeliveryAndCertificateReload(t *testing.T) {
 	// Rotate: new files with serial 101. New handshakes get it once the
 	// poll notices; the established connection stays up and keeps receiving.
 	p.issue(t, 101)
-	waitUntil(t, 10*time.Second, "the new certificate to be served", func() bool { return peerSerial(t, g.addr, p) == 101 })
+	secWaitUntil(t, 10*time.Second, "the new certificate to be served", func() bool { return peerSerial(t, g.addr, p) == 101 })
 	g.publish("ticks.AAPL", `{"px":2}`)
 	if f := a.expectMsg(t, "ticks.AAPL"); string(f.Data) != `{"px":2}` {
 		t.Fatalf("after reload: msg data %s", f.Data)
@@ -114,7 +114,7 @@ func TestWSSDeliveryAndCertificateReload(t *testing.T) {
 	if err := os.WriteFile(p.dir+"/cert.pem", []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "the failed reload to be counted", func() bool {
+	secWaitUntil(t, 10*time.Second, "the failed reload to be counted", func() bool {
 		return g.metric("kpush_tls_cert_reloads_total", "result", "failed") >= 1
 	})
 	if s := peerSerial(t, g.addr, p); s != 101 {
@@ -228,7 +228,7 @@ func TestIdleConnectionCost(t *testing.T) {
 			sc := bufio.NewScanner(stdout)
 			for sc.Scan() && sc.Text() != "ready" {
 			}
-			waitUntil(t, 30*time.Second, "every helper connection to register", func() bool { return g.srv.Connections() == n })
+			secWaitUntil(t, 30*time.Second, "every helper connection to register", func() bool { return g.srv.Connections() == n })
 			heap1, gr1 := settledHeap()
 			per := float64(int64(heap1)-int64(heap0)) / float64(n)
 			t.Logf("%s: %d idle connections: %+d goroutines, heap %+.0f bytes per connection", mode, n, gr1-gr0, per)
@@ -236,7 +236,7 @@ func TestIdleConnectionCost(t *testing.T) {
 				t.Fatalf("%d idle %s connections added %d goroutines; idle connections must hold none", n, mode, gr1-gr0)
 			}
 			stdin.Close()
-			waitUntil(t, 30*time.Second, "the helper's connections to close", func() bool { return g.srv.Connections() == 0 })
+			secWaitUntil(t, 30*time.Second, "the helper's connections to close", func() bool { return g.srv.Connections() == 0 })
 		})
 	}
 }
