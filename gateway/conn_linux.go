@@ -25,10 +25,14 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
+	tls *tlsState // nil for plain ws; set before the conn is registered
+	sec connSec   // token grant, expiry and request rate (security_linux.go)
+
 	mu          sync.Mutex
 	queue       []*router.Frame  // guarded by mu; frames waiting to be written
 	queuedBytes int              // guarded by mu; bytes in queue not yet written
 	head        int              // guarded by mu; bytes of queue[0] already written
+	inflight    int              // guarded by mu; frames at the queue front handed to a writev in progress
 	flags       connFlags        // guarded by mu
 	closeAt     int64            // guarded by mu; coarse ms after which a closing conn is cut
 	subs        []string         // guarded by mu; channels subscribed to
@@ -105,6 +109,10 @@ func (c *conn) scheduleLocked() {
 // flush writes as much of the queue as the socket takes, with one writev per
 // round. It runs on a worker; flagFlushing makes it exclusive.
 func (c *conn) flush(w *worker) {
+	if c.tls != nil {
+		c.flushTLS(w)
+		return
+	}
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
@@ -144,12 +152,14 @@ func (c *conn) flush(w *worker) {
 			setIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
+		c.inflight = len(iov)
 		c.mu.Unlock()
 
 		n, err := writev(c.fd, iov)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
+		c.inflight = 0
 		if err != nil {
 			if isWouldBlock(err) {
 				c.flags = c.flags&^flagFlushing | flagWaitOut
@@ -236,7 +246,10 @@ func (c *conn) onReadable(w *worker) {
 	c.mu.Lock()
 	c.flags &^= flagReading
 	if alive && c.flags&flagClosed == 0 {
-		if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
+		if c.tls != nil && !c.tls.drained {
+			// crypto/tls may hold records epoll cannot see: read again.
+			c.srv.work.push(task{c: c, kind: taskRead})
+		} else if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
 			alive = false
 		}
 	}
@@ -256,7 +269,7 @@ func (c *conn) readFrames(w *worker) bool {
 	c.partial = nil
 	maxPayload := c.srv.cfg.MaxMessageBytes
 	for budget := 4; budget > 0; budget-- {
-		m, err := readFD(c.fd, buf[n:])
+		m, err := c.read(buf[n:])
 		if err != nil {
 			if isWouldBlock(err) {
 				break
@@ -301,6 +314,9 @@ func (c *conn) readFrames(w *worker) bool {
 func (c *conn) handleFrame(f inFrame) bool {
 	switch f.op {
 	case ws.OpPing:
+		if ok, alive := c.allowRequest(nil); !ok {
+			return alive
+		}
 		c.send(serverFrame(ws.OpPong, f.payload))
 		return true
 	case ws.OpPong:
@@ -376,9 +392,11 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	}
 	c.flags |= flagClosing
 	if dropPending && len(c.queue) > 0 {
-		keep := 0
-		if c.head > 0 {
-			keep = 1 // finish the frame already on the wire
+		// Keep what a writev in progress is writing and the rest of a
+		// frame already partly on the wire: the stream must stay whole.
+		keep := c.inflight
+		if keep == 0 && c.head > 0 {
+			keep = 1
 		}
 		for _, f := range c.queue[keep:] {
 			c.queuedBytes -= len(f.Data)
@@ -391,10 +409,27 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
+	hasSubs := len(c.subs) > 0
+	c.mu.Unlock()
+	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if r := closeRejectReason(code); r != "" {
+		c.srv.metrics.rejected.WithLabelValues(r).Inc()
+	}
+	if hasSubs {
+		// closeWith may run inside Enqueue, under a router shard lock,
+		// so the router is left to a worker (see dropSubscriptions).
+		c.srv.work.push(task{c: c, kind: taskUnsubscribe})
+	}
+}
+
+// dropSubscriptions removes a closing connection from the router. It runs on
+// a worker, never under a router lock. Subscribe adds nothing once the conn
+// is closing, so this sees the final list.
+func (c *conn) dropSubscriptions() {
+	c.mu.Lock()
 	subs := c.subs
 	c.subs = nil
 	c.mu.Unlock()
-	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
 	if len(subs) > 0 {
 		c.srv.router.Unsubscribe(c, subs...)
 	}
@@ -404,7 +439,8 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 // frame before it is cut.
 const closeGraceMS = 2000
 
-// abort drops the connection without a close handshake.
+// abort drops the connection without a close handshake. It must not be
+// called under a router lock.
 func (c *conn) abort() {
 	c.mu.Lock()
 	already := c.flags&flagClosed != 0
@@ -438,6 +474,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.writePoller.remove(fd)
 	c.srv.conns.remove(fd, c)
 	closeFD(fd)
+	c.releaseSecurityLocked()
 	c.fd = -1
 	c.queue = nil
 	c.queuedBytes = 0
