@@ -273,6 +273,9 @@ func runAll(ctx context.Context, o *options) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{Machine: describeMachine(), Command: strings.Join(append([]string{"kpush-bench"}, os.Args[1:]...), " "), Started: time.Now()}
+	if need := maxConns(o) + 200; uint64(need) > rep.Machine.OpenFiles {
+		return rep, fmt.Errorf("the scenarios hold up to %d connections but this process may open %d files (Go has already raised the soft limit to the hard one): raise the hard limit (ulimit -Hn) or use smaller sizes", need-200, rep.Machine.OpenFiles)
+	}
 	e, err := newEnv(ctx, o)
 	if err != nil {
 		return rep, err
@@ -302,6 +305,26 @@ func runAll(ctx context.Context, o *options) (*Report, error) {
 	}
 	rep.Took = time.Since(rep.Started).Round(time.Second).String()
 	return rep, errors.Join(errs...)
+}
+
+// maxConns is the most connections the chosen scenarios hold at once.
+func maxConns(o *options) int {
+	n := 0
+	for _, s := range o.scenarios {
+		switch s {
+		case "idle":
+			for _, k := range o.idleSteps {
+				n = max(n, k)
+			}
+		case "fanout":
+			n = max(n, o.fanoutSubs)
+		case "market":
+			n = max(n, o.marketConns)
+		case "handshake":
+			n = max(n, o.hsConns, o.stormConns)
+		}
+	}
+	return n
 }
 
 func writeJSON(path string, rep *Report) error {
