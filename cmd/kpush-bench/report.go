@@ -97,7 +97,7 @@ func printReport(w io.Writer, r *Report) {
 		if f.Half != nil {
 			stepRow(p, *f.Half)
 		}
-		p("\nMax rate kept up: %g records/s = %s deliveries/s; best %s deliveries per kpush CPU-second.",
+		p("\nMax rate kept up: %g records/s = %s deliveries/s; best %s deliveries per kpush CPU-second (any step).",
 			f.MaxRate, si(f.MaxDeliveriesPerSec), si(f.BestDeliveriesPerCPU))
 		if f.Half != nil {
 			p(" At 50%% of the max (%g/s): p50 %s, p90 %s, p99 %s, p99.9 %s, max %s.", f.Half.Rate,
