@@ -198,7 +198,7 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	produced, expected := prod.produced.Load()-p0, prod.expected.Load()-x0
 	// Wait for what the records owe, a little longer than the bound for
 	// keeping up, to tell late deliveries from lost ones.
-	deadline := time.Now().Add(max(3*keepUpDrain, d/2))
+	deadline := time.Now().Add(max(5*keepUpDrain, d/2))
 	drainStart := time.Now()
 	var caughtUp time.Duration = -1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
