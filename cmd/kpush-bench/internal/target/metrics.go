@@ -29,6 +29,39 @@ type Metrics struct {
 	HandshakesOK  float64   `json:"handshakes_ok"`   // kpush_handshakes_total{result="ok"}
 	HandshakesBad float64   `json:"handshakes_fail"` // kpush_handshakes_total{result!="ok"}
 	Writes        float64   `json:"writes"`          // kpush_delivery_latency_seconds_count: socket writes carrying a record
+	// LatencyBuckets are kpush_delivery_latency_seconds' cumulative
+	// buckets (Kafka timestamp to socket write, once per write), by upper
+	// bound in seconds.
+	LatencyBuckets []Bucket `json:"-"`
+}
+
+// Bucket is one cumulative histogram bucket.
+type Bucket struct {
+	LE    float64
+	Count float64
+}
+
+// LatencyQuantile returns the upper bound of the bucket holding quantile q
+// of the writes between earlier and m (+Inf if beyond the last bound, 0 if
+// there were none).
+func (m Metrics) LatencyQuantile(earlier Metrics, q float64) float64 {
+	if len(m.LatencyBuckets) == 0 {
+		return 0
+	}
+	prev := map[float64]float64{}
+	for _, b := range earlier.LatencyBuckets {
+		prev[b.LE] = b.Count
+	}
+	total := m.LatencyBuckets[len(m.LatencyBuckets)-1].Count - prev[m.LatencyBuckets[len(m.LatencyBuckets)-1].LE]
+	if total <= 0 {
+		return 0
+	}
+	for _, b := range m.LatencyBuckets {
+		if b.Count-prev[b.LE] >= q*total {
+			return b.LE
+		}
+	}
+	return math.Inf(1)
 }
 
 // series maps each metric name to the field it fills. A filter, when set,
@@ -65,6 +98,14 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 		if !ok {
 			continue
 		}
+		if name == "kpush_delivery_latency_seconds_bucket" {
+			if le, ok := labelValue(labels, "le"); ok {
+				if bound, err := strconv.ParseFloat(le, 64); err == nil {
+					m.LatencyBuckets = append(m.LatencyBuckets, Bucket{LE: bound, Count: value})
+				}
+			}
+			continue
+		}
 		for _, s := range series {
 			if s.name != name {
 				continue
@@ -82,6 +123,17 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 		return m, fmt.Errorf("target: read metrics: %w", err)
 	}
 	return m, nil
+}
+
+// labelValue returns the value of label key in `a="x",b="y"`.
+func labelValue(labels, key string) (string, bool) {
+	for _, kv := range strings.Split(labels, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.Trim(v, `"`), true
+		}
+	}
+	return "", false
 }
 
 // parseSample splits `name{labels} value [timestamp]`.

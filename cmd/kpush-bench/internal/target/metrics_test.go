@@ -1,6 +1,8 @@
 package target
 
 import (
+	"math"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -19,6 +21,8 @@ kpush_handshakes_total{result="failed"} 3
 kpush_handshakes_total{result="rejected"} 2
 kpush_slow_consumers_total{policy="disconnect"} 4
 kpush_delivery_latency_seconds_bucket{le="0.001"} 10
+kpush_delivery_latency_seconds_bucket{le="0.01"} 70
+kpush_delivery_latency_seconds_bucket{le="+Inf"} 77
 kpush_delivery_latency_seconds_count 77
 kpush_connections_other 999
 weird line without value
@@ -35,8 +39,21 @@ func TestParseMetricsSumsTheSeries(t *testing.T) {
 		Connections: 15000, Subscriptions: 15000, Deliveries: 1e7,
 		HandshakesOK: 15000, HandshakesBad: 5, SlowConsumers: 4, Writes: 77,
 	}
-	if m != want {
+	buckets := m.LatencyBuckets
+	m.LatencyBuckets = nil
+	if !reflect.DeepEqual(m, want) {
 		t.Fatalf("got %+v\nwant %+v", m, want)
+	}
+	if len(buckets) != 3 || buckets[1] != (Bucket{LE: 0.01, Count: 70}) || !math.IsInf(buckets[2].LE, 1) {
+		t.Fatalf("latency buckets %+v", buckets)
+	}
+	m.LatencyBuckets = buckets
+	earlier := Metrics{LatencyBuckets: []Bucket{{0.001, 5}, {0.01, 5}, {math.Inf(1), 7}}}
+	// Between the two: 5 writes at <= 1ms, 60 more at <= 10ms, 5 beyond.
+	for _, tc := range []struct{ q, want float64 }{{0.05, 0.001}, {0.5, 0.01}, {0.95, math.Inf(1)}} {
+		if got := m.LatencyQuantile(earlier, tc.q); got != tc.want {
+			t.Errorf("quantile %.2f = %v, want %v", tc.q, got, tc.want)
+		}
 	}
 }
 
