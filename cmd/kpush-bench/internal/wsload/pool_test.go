@@ -181,15 +181,19 @@ func TestDropAndReconnect(t *testing.T) {
 
 // TestRefusedUpgradeIsAFailure points the pool at a full server.
 func TestRefusedUpgradeIsAFailure(t *testing.T) {
-	_, url := startGateway(t, func(c *gateway.Config) { c.MaxConnections = 5 })
-	// One handshake at a time, so the limit is checked after each.
-	p := newPool(t, Config{URL: url, MaxInFlight: 1, Loops: 1})
-	p.Open(8, nil)
-	waitFor(t, 10*time.Second, "five upgrades and three failures", func() bool {
-		s := p.Stats()
-		return s.Ready == 5 && s.Failed == 3
-	})
-	if got := p.Stats().Failures["upgrade: HTTP status 503"]; got != 3 {
-		t.Fatalf("failures %v, want three HTTP 503", p.Stats().Failures)
+	srv, url := startGateway(t, func(c *gateway.Config) { c.MaxConnections = 5 })
+	p := newPool(t, Config{URL: url})
+	p.Open(5, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	// The server counts a connection just after answering its upgrade.
+	waitFor(t, 10*time.Second, "the gateway to count five connections", func() bool { return srv.Connections() == 5 })
+	p.Open(3, nil)
+	waitFor(t, 10*time.Second, "three failures", func() bool { return p.Stats().Failed == 3 })
+	if s := p.Stats(); s.Ready != 5 || s.Failures["upgrade: HTTP status 503"] != 3 {
+		t.Fatalf("stats %+v, want five ready and three HTTP 503 failures", s)
 	}
 }
