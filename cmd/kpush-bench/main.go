@@ -143,7 +143,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.fanoutSubs, "fanout-subs", 10000, "fanout: subscribers of the one channel")
 	rates := fs.String("fanout-rates", "10,20,40,80,120,160,200,250,320,400,500,640,800,1000", "fanout: records/s to step through until deliveries stop keeping up")
 	fs.DurationVar(&o.fanoutStep, "fanout-step", 5*time.Second, "fanout: duration of each rate step")
-	fs.IntVar(&o.fanoutOverload, "fanout-overload", 1, "fanout: rate steps still run after the first one that does not keep up (they show the cost per delivery under overload)")
+	fs.IntVar(&o.fanoutOverload, "fanout-overload", 3, "fanout: rate steps still run after the first one that does not keep up (they show the cost per delivery under overload)")
 	fs.IntVar(&o.recordBytes, "record-bytes", 100, "record value size in bytes")
 
 	fs.IntVar(&o.marketConns, "market-conns", 10000, "market: connections")
