@@ -122,3 +122,40 @@ func (t *Template) Append(dst []byte, f *Fields) ([]byte, error) {
 }
 
 var errNoKey = fmt.Errorf("record has no key")
+
+// Match reports whether the template can produce channel ch for a record of
+// the given topic and partition: literals, {topic} and {partition} must match
+// exactly, and {key} and {header:NAME} stand for any non-empty text. It is
+// how a resume finds the topic a channel's records come from.
+func (t *Template) Match(ch, topic string, partition int32) bool {
+	part := strconv.FormatInt(int64(partition), 10)
+	// ok[i] reports whether ch[i:] matches the parts from the current one
+	// on; filled from the last part backwards (O(len(parts) * len(ch)^2)
+	// at worst, with channels of at most 200 bytes).
+	next := make([]bool, len(ch)+1)
+	next[len(ch)] = true
+	cur := make([]bool, len(ch)+1)
+	for k := len(t.parts) - 1; k >= 0; k-- {
+		p := t.parts[k]
+		for i := 0; i <= len(ch); i++ {
+			cur[i] = false
+			var lit string
+			switch p.kind {
+			case tmplLiteral:
+				lit = p.text
+			case tmplTopic:
+				lit = topic
+			case tmplPartition:
+				lit = part
+			default: // {key}, {header:NAME}: one or more bytes
+				for j := i + 1; j <= len(ch) && !cur[i]; j++ {
+					cur[i] = next[j]
+				}
+				continue
+			}
+			cur[i] = strings.HasPrefix(ch[i:], lit) && next[i+len(lit)]
+		}
+		next, cur = cur, next
+	}
+	return next[0]
+}

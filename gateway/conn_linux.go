@@ -26,13 +26,17 @@ type conn struct {
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
 	mu          sync.Mutex
-	queue       []*router.Frame  // guarded by mu; frames waiting to be written
-	queuedBytes int              // guarded by mu; bytes in queue not yet written
-	head        int              // guarded by mu; bytes of queue[0] already written
-	flags       connFlags        // guarded by mu
-	closeAt     int64            // guarded by mu; coarse ms after which a closing conn is cut
-	subs        []string         // guarded by mu; channels subscribed to
-	conflated   map[string]int64 // guarded by mu; channel → records dropped by conflation
+	queue       []*router.Frame        // guarded by mu; frames waiting to be written
+	queuedBytes int                    // guarded by mu; bytes in queue not yet written
+	head        int                    // guarded by mu; bytes of queue[0] already written
+	flags       connFlags              // guarded by mu
+	closeAt     int64                  // guarded by mu; coarse ms after which a closing conn is cut
+	subs        []string               // guarded by mu; channels subscribed to
+	conflated   map[string]int64       // guarded by mu; channel → records dropped by conflation
+	inflight    int                    // guarded by mu; queue frames gathered into a write in progress
+	seen        map[string]struct{}    // guarded by mu; scratch for compactLocked
+	resume      map[string]*chanResume // guarded by mu; channels replaying or with floors
+	held        int                    // guarded by mu; live frames held for replays
 
 	// Read state, touched only by the worker running onReadable; epoll's
 	// one-shot arming guarantees there is at most one.
@@ -56,23 +60,31 @@ var _ router.Sink = (*conn)(nil)
 
 // Enqueue queues a shared frame for writing. It is called by the router
 // with a shard lock held, so it only appends and schedules; it never writes.
+// Frames of a channel being resumed go through its resume state first
+// (resume_linux.go); a full queue applies the route's slow-consumer policy
+// (slow_linux.go).
 func (c *conn) Enqueue(f *router.Frame) bool {
 	c.mu.Lock()
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.srv.cfg.MaxQueueMessages || c.queuedBytes+len(f.Data) > c.srv.cfg.MaxQueueBytes {
+	ok := true
+	handled := false
+	if c.resume != nil {
+		handled, ok = c.resumeFilterLocked(f)
+	}
+	if !handled {
+		ok = c.queueLocked(f)
+	}
+	if !ok {
+		queued := c.queuedBytes
 		c.mu.Unlock()
 		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.queuedBytes)
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
 		c.closeWith(CloseSlowConsumer, "slow consumer", true)
 		return false
 	}
-	c.queue = append(c.queue, f)
-	c.queuedBytes += len(f.Data)
-	c.flags |= flagRecent
-	c.scheduleLocked()
 	c.mu.Unlock()
 	return true
 }
@@ -83,6 +95,11 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 func (c *conn) send(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sendLocked(b)
+}
+
+// sendLocked is send with c.mu held.
+func (c *conn) sendLocked(b []byte) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
@@ -126,9 +143,14 @@ func (c *conn) flush(w *worker) {
 		// can be written after it is released.
 		iov := w.iov[:0]
 		var oldest int64
+		gathered := 0
 		for i, f := range c.queue {
 			if len(iov) == maxIovecs {
 				break
+			}
+			gathered = i + 1
+			if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
+				f = c.markSkippedLocked(i)
 			}
 			b := f.Data
 			if i == 0 {
@@ -144,12 +166,14 @@ func (c *conn) flush(w *worker) {
 			setIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
+		c.inflight = gathered // not to be dropped or rewritten while written
 		c.mu.Unlock()
 
 		n, err := writev(c.fd, iov)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
+		c.inflight = 0
 		if err != nil {
 			if isWouldBlock(err) {
 				c.flags = c.flags&^flagFlushing | flagWaitOut
@@ -375,11 +399,11 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 		return
 	}
 	c.flags |= flagClosing
+	for ch := range c.resume {
+		c.dropResumeLocked(ch)
+	}
 	if dropPending && len(c.queue) > 0 {
-		keep := 0
-		if c.head > 0 {
-			keep = 1 // finish the frame already on the wire
-		}
+		keep := c.protectedLocked() // finish the frames already on the wire
 		for _, f := range c.queue[keep:] {
 			c.queuedBytes -= len(f.Data)
 		}
@@ -441,6 +465,9 @@ func (c *conn) releaseIfIdleLocked() {
 	c.fd = -1
 	c.queue = nil
 	c.queuedBytes = 0
+	c.resume = nil
+	c.held = 0
+	c.conflated = nil
 	c.partial = nil
 	c.msg = nil
 }
