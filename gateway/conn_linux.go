@@ -79,10 +79,13 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 	}
 	if !ok {
 		queued := c.queuedBytes
+		// Enqueue runs under a router lock: the subscriptions stay until
+		// the close finishes (finish, abort), which release them.
+		c.beginCloseLocked(CloseSlowConsumer, "slow consumer", true)
 		c.mu.Unlock()
 		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.metrics.closes.WithLabelValues(closeReason(CloseSlowConsumer)).Inc()
 		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
-		c.closeWith(CloseSlowConsumer, "slow consumer", true)
 		return false
 	}
 	c.mu.Unlock()
@@ -391,12 +394,29 @@ func (c *conn) handleText(p []byte) bool {
 
 // closeWith queues a close frame and marks the connection closing; the
 // descriptor is released once the frame is written or when the close
-// deadline passes. dropPending discards frames not yet started.
+// deadline passes. dropPending discards frames not yet started. It calls
+// the router, so it must not run under a router lock (Enqueue uses
+// beginCloseLocked).
 func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.mu.Lock()
-	if c.flags&(flagClosing|flagClosed) != 0 {
+	if !c.beginCloseLocked(code, reason, dropPending) {
 		c.mu.Unlock()
 		return
+	}
+	subs := c.subs
+	c.subs = nil
+	c.mu.Unlock()
+	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if len(subs) > 0 {
+		c.srv.router.Unsubscribe(c, subs...)
+	}
+}
+
+// beginCloseLocked marks the connection closing and queues the close frame.
+// It reports false if it was closing already. Caller holds c.mu.
+func (c *conn) beginCloseLocked(code ws.StatusCode, reason string, dropPending bool) bool {
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		return false
 	}
 	c.flags |= flagClosing
 	for ch := range c.resume {
@@ -415,13 +435,7 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
-	subs := c.subs
-	c.subs = nil
-	c.mu.Unlock()
-	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
-	if len(subs) > 0 {
-		c.srv.router.Unsubscribe(c, subs...)
-	}
+	return true
 }
 
 // closeGraceMS is how long a closing connection may take to accept its close
@@ -431,23 +445,28 @@ const closeGraceMS = 2000
 // abort drops the connection without a close handshake.
 func (c *conn) abort() {
 	c.mu.Lock()
-	already := c.flags&flagClosed != 0
 	c.flags |= flagClosed | flagClosing
 	subs := c.subs
 	c.subs = nil
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
-	if !already && len(subs) > 0 {
+	if len(subs) > 0 {
 		c.srv.router.Unsubscribe(c, subs...)
 	}
 }
 
-// finish releases a connection whose close frame has been written.
+// finish releases a connection whose close frame has been written, and the
+// subscriptions a close from Enqueue left in place.
 func (c *conn) finish() {
 	c.mu.Lock()
 	c.flags |= flagClosed
+	subs := c.subs
+	c.subs = nil
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
+	if len(subs) > 0 {
+		c.srv.router.Unsubscribe(c, subs...)
+	}
 }
 
 // releaseIfIdleLocked closes the descriptor once the connection is closed and

@@ -96,8 +96,8 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		}
 		c.mu.Unlock()
 		if closing {
-			// closeWith already released the earlier subscriptions;
-			// this one arrived after it and is ours to drop.
+			// The close releases the subscriptions in c.subs; this
+			// one arrived after it began and is ours to drop.
 			s.router.Unsubscribe(c, ch)
 			return
 		}
