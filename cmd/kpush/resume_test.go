@@ -376,3 +376,112 @@ func (g *gate) dial(ctx context.Context, network, addr string) (net.Conn, error)
 	var d net.Dialer
 	return d.DialContext(ctx, network, addr)
 }
+
+// TestSnapshotStitch: under a steady 1,000 records/s on one channel,
+// clients subscribe with snapshot at different moments; each gets the last
+// record (marked snap) and then every later record, none missing or
+// repeated.
+func TestSnapshotStitch(t *testing.T) {
+	k := startKafka(t)
+	topic := k.topic(t, "snap", 1)
+	app := startApp(t, k, []consumer.Route{{Topic: topic, Channel: "ticks.{key}", Format: consumer.FormatJSON, Snapshot: true}}, nil)
+
+	const (
+		rate     = 1000
+		duration = 2 * time.Second
+		clients  = 20
+	)
+	var mu sync.Mutex
+	var produced []int64 // offsets of ticks.S in order (one partition)
+	var prodErr error
+	ctx, cancel := context.WithTimeout(context.Background(), duration)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		seq := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for i := 0; i < rate/100; i++ {
+				r := ticks(topic, 0, "S", seq, 1)[0]
+				seq++
+				k.cl.Produce(context.Background(), r, func(r *kgo.Record, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						prodErr = err
+						return
+					}
+					produced = append(produced, r.Offset)
+				})
+			}
+		}
+	}()
+	// The first record is there before anyone subscribes.
+	waitFor(t, 10*time.Second, "the first record", func() bool { return app.metric(t, "kpush_published_total") > 0 })
+
+	subs := make([]*wsClient, clients)
+	ids := make([]int64, clients)
+	for i := range subs {
+		subs[i] = dial(t, app.wsURL)
+		var err error
+		if ids[i], err = subs[i].Send(&client.Request{Op: "subscribe", Channels: []string{"ticks.S"}, Snapshot: true}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(duration / 2 / clients) // spread the subscribes over the stream (pacing)
+	}
+	wg.Wait()
+	if err := k.cl.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if prodErr != nil {
+		t.Fatalf("produce: %v", prodErr)
+	}
+	want := append([]int64(nil), produced...)
+	mu.Unlock()
+	index := make(map[int64]int, len(want))
+	for i, o := range want {
+		index[o] = i
+	}
+	for i, c := range subs {
+		// The ok may come anywhere after the snapshot; the rest are msgs.
+		sawOK := false
+		next := func() *client.Frame {
+			f := c.next(t, 10*time.Second)
+			if f.Op == "ok" && f.ID == ids[i] && !sawOK {
+				sawOK = true
+				f = c.next(t, 10*time.Second)
+			}
+			return f
+		}
+		first := next()
+		if first.Op != "msg" || !first.Snap {
+			t.Fatalf("client %d: first frame %+v, want the snapshot", i, first)
+		}
+		at, ok := index[first.O]
+		if !ok {
+			t.Fatalf("client %d: snapshot offset %d was never produced", i, first.O)
+		}
+		for j, o := range want[at+1:] {
+			f := next()
+			if f.Op != "msg" || f.O != o || f.Snap {
+				t.Fatalf("client %d: after snapshot %d, message %d is %s o=%d snap=%v, want o=%d", i, first.O, j, f.Op, f.O, f.Snap, o)
+			}
+		}
+		if !sawOK {
+			if f := c.next(t, 10*time.Second); f.Op != "ok" {
+				t.Fatalf("client %d: %+v, want the subscribe's ok", i, f)
+			}
+		}
+		c.expectNoMsg(t)
+	}
+	t.Logf("%d records at %d/s; %d clients stitched snapshot and live", len(want), rate, clients)
+}
