@@ -135,6 +135,9 @@ type Route struct {
 	Topic   string `yaml:"topic"`
 	Channel string `yaml:"channel"`
 	Format  Format `yaml:"format"`
+	// Public opens the route's channels to every client, anonymous ones
+	// included, when auth.mode is jwt.
+	Public bool `yaml:"public"`
 	// Snapshot keeps every channel's last record, sent to clients that
 	// subscribe with "snapshot":true.
 	Snapshot bool `yaml:"snapshot"`

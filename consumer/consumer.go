@@ -148,7 +148,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.setMetadataOK(false)
 			c.m.errors.WithLabelValues("metadata").Inc()
 			d := backoff.next()
-			c.log.Warn("consumer: reading metadata failed; retrying", "err", err, "retry_in", d)
+			c.log.Warn("consumer: reading metadata failed; retrying", "err", err, "retry_in", d.String())
 			t.Reset(d)
 			continue
 		}
@@ -235,7 +235,7 @@ func (c *Consumer) readPartition(ctx context.Context, tp topicPartition, start i
 		ps.healthy.Store(false)
 		c.m.errors.WithLabelValues(op).Inc()
 		d := backoff.next()
-		log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d)
+		log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d.String())
 		select {
 		case <-time.After(d):
 			return true

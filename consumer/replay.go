@@ -28,8 +28,8 @@ const (
 // or when ctx ends. It reports whether every such record was emitted, and
 // why not (one of the Replay* results).
 //
-// The topic is found from the routes whose channel template can produce ch
-// for partition p; positions are per partition, so a channel must come from
+// The topic is found from the routes whose channel template can produce ch;
+// positions are per partition, so a channel must come from
 // a single topic to be replayed. Replay is safe for concurrent use and
 // independent of the live partition readers.
 func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (complete bool, result string, err error) {
@@ -38,7 +38,7 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	var routes []*Route
 	for _, t := range c.topics {
 		for _, r := range c.routes[t] {
-			if !r.tmpl.Match(ch, t, p) {
+			if !r.tmpl.Match(ch, t) {
 				continue
 			}
 			if topic != "" && topic != t {

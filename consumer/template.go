@@ -123,39 +123,61 @@ func (t *Template) Append(dst []byte, f *Fields) ([]byte, error) {
 
 var errNoKey = fmt.Errorf("record has no key")
 
-// Match reports whether the template can produce channel ch for a record of
-// the given topic and partition: literals, {topic} and {partition} must match
-// exactly, and {key} and {header:NAME} stand for any non-empty text. It is
-// how a resume finds the topic a channel's records come from.
-func (t *Template) Match(ch, topic string, partition int32) bool {
-	part := strconv.FormatInt(int64(partition), 10)
-	// ok[i] reports whether ch[i:] matches the parts from the current one
-	// on; filled from the last part backwards (O(len(parts) * len(ch)^2)
-	// at worst, with channels of at most 200 bytes).
-	next := make([]bool, len(ch)+1)
-	next[len(ch)] = true
-	cur := make([]bool, len(ch)+1)
-	for k := len(t.parts) - 1; k >= 0; k-- {
-		p := t.parts[k]
-		for i := 0; i <= len(ch); i++ {
-			cur[i] = false
-			var lit string
-			switch p.kind {
-			case tmplLiteral:
-				lit = p.text
-			case tmplTopic:
-				lit = topic
-			case tmplPartition:
-				lit = part
-			default: // {key}, {header:NAME}: one or more bytes
-				for j := i + 1; j <= len(ch) && !cur[i]; j++ {
-					cur[i] = next[j]
-				}
+// Match reports whether the template, for a record of topic, can render
+// channel ch: literals match themselves, {topic} the topic, {partition} a
+// run of digits and {key} or {header:NAME} any non-empty text. Channels are
+// at most router.MaxChannelLen bytes; longer ones never match.
+func (t *Template) Match(ch, topic string) bool {
+	const maxLen = 200
+	if len(ch) > maxLen {
+		return false
+	}
+	// at[i] is true when the parts so far can render exactly ch[:i].
+	var a, b [maxLen + 1]bool
+	at, next := &a, &b
+	at[0] = true
+	n := len(ch)
+	for _, p := range t.parts {
+		clear(next[:n+1])
+		reached := false
+		first := -1
+		for i := 0; i <= n; i++ {
+			if !at[i] {
 				continue
 			}
-			cur[i] = strings.HasPrefix(ch[i:], lit) && next[i+len(lit)]
+			if first < 0 {
+				first = i
+			}
+			switch p.kind {
+			case tmplLiteral, tmplTopic:
+				lit := p.text
+				if p.kind == tmplTopic {
+					lit = topic
+				}
+				if strings.HasPrefix(ch[i:], lit) {
+					next[i+len(lit)] = true
+					reached = true
+				}
+			case tmplPartition:
+				for j := i; j < n && ch[j] >= '0' && ch[j] <= '9'; j++ {
+					next[j+1] = true
+					reached = true
+				}
+			}
 		}
-		next, cur = cur, next
+		if p.kind == tmplKey || p.kind == tmplHeader {
+			// Any non-empty text: every position after the first reachable one.
+			if first >= 0 {
+				for j := first + 1; j <= n; j++ {
+					next[j] = true
+					reached = true
+				}
+			}
+		}
+		if !reached {
+			return false
+		}
+		at, next = next, at
 	}
-	return next[0]
+	return at[n]
 }

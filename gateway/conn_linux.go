@@ -25,15 +25,18 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
+	tls *tlsState // nil for plain ws; set before the conn is registered
+	sec connSec   // token grant, expiry and request rate (security_linux.go)
+
 	mu          sync.Mutex
 	queue       []*router.Frame        // guarded by mu; frames waiting to be written
 	queuedBytes int                    // guarded by mu; bytes in queue not yet written
 	head        int                    // guarded by mu; bytes of queue[0] already written
+	inflight    int                    // guarded by mu; frames at the queue front handed to a writev in progress
 	flags       connFlags              // guarded by mu
 	closeAt     int64                  // guarded by mu; coarse ms after which a closing conn is cut
 	subs        []string               // guarded by mu; channels subscribed to
 	conflated   map[string]int64       // guarded by mu; channel → records dropped by conflation
-	inflight    int                    // guarded by mu; queue frames gathered into a write in progress
 	seen        map[string]struct{}    // guarded by mu; scratch for compactLocked
 	resume      map[string]*chanResume // guarded by mu; channels replaying or with floors
 	held        int                    // guarded by mu; live frames held for replays
@@ -69,27 +72,21 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 		c.mu.Unlock()
 		return false
 	}
-	ok := true
-	handled := false
+	ok, handled := true, false
 	if c.resume != nil {
 		handled, ok = c.resumeFilterLocked(f)
 	}
 	if !handled {
 		ok = c.queueLocked(f)
 	}
-	if !ok {
-		queued := c.queuedBytes
-		// Enqueue runs under a router lock: the subscriptions stay until
-		// the close finishes (finish, abort), which release them.
-		c.beginCloseLocked(CloseSlowConsumer, "slow consumer", true)
-		c.mu.Unlock()
-		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.metrics.closes.WithLabelValues(closeReason(CloseSlowConsumer)).Inc()
-		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
-		return false
-	}
+	queued := c.queuedBytes
 	c.mu.Unlock()
-	return true
+	if !ok {
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
+		c.closeWith(CloseSlowConsumer, "slow consumer", true)
+	}
+	return ok
 }
 
 // send queues a frame private to this connection (a reply or a control
@@ -125,6 +122,10 @@ func (c *conn) scheduleLocked() {
 // flush writes as much of the queue as the socket takes, with one writev per
 // round. It runs on a worker; flagFlushing makes it exclusive.
 func (c *conn) flush(w *worker) {
+	if c.tls != nil {
+		c.flushTLS(w)
+		return
+	}
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
@@ -146,14 +147,12 @@ func (c *conn) flush(w *worker) {
 		// can be written after it is released.
 		iov := w.iov[:0]
 		var oldest int64
-		gathered := 0
 		for i, f := range c.queue {
 			if len(iov) == maxIovecs {
 				break
 			}
-			gathered = i + 1
 			if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
-				f = c.markSkippedLocked(i)
+				f = c.markSkippedLocked(i) // "skipped":N, before it is on the wire
 			}
 			b := f.Data
 			if i == 0 {
@@ -169,7 +168,7 @@ func (c *conn) flush(w *worker) {
 			setIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
-		c.inflight = gathered // not to be dropped or rewritten while written
+		c.inflight = len(iov)
 		c.mu.Unlock()
 
 		n, err := writev(c.fd, iov)
@@ -263,7 +262,10 @@ func (c *conn) onReadable(w *worker) {
 	c.mu.Lock()
 	c.flags &^= flagReading
 	if alive && c.flags&flagClosed == 0 {
-		if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
+		if c.tls != nil && !c.tls.drained {
+			// crypto/tls may hold records epoll cannot see: read again.
+			c.srv.work.push(task{c: c, kind: taskRead})
+		} else if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
 			alive = false
 		}
 	}
@@ -283,7 +285,7 @@ func (c *conn) readFrames(w *worker) bool {
 	c.partial = nil
 	maxPayload := c.srv.cfg.MaxMessageBytes
 	for budget := 4; budget > 0; budget-- {
-		m, err := readFD(c.fd, buf[n:])
+		m, err := c.read(buf[n:])
 		if err != nil {
 			if isWouldBlock(err) {
 				break
@@ -328,6 +330,9 @@ func (c *conn) readFrames(w *worker) bool {
 func (c *conn) handleFrame(f inFrame) bool {
 	switch f.op {
 	case ws.OpPing:
+		if ok, alive := c.allowRequest(nil); !ok {
+			return alive
+		}
 		c.send(serverFrame(ws.OpPong, f.payload))
 		return true
 	case ws.OpPong:
@@ -394,36 +399,21 @@ func (c *conn) handleText(p []byte) bool {
 
 // closeWith queues a close frame and marks the connection closing; the
 // descriptor is released once the frame is written or when the close
-// deadline passes. dropPending discards frames not yet started. It calls
-// the router, so it must not run under a router lock (Enqueue uses
-// beginCloseLocked).
+// deadline passes. dropPending discards frames not yet started.
 func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.mu.Lock()
-	if !c.beginCloseLocked(code, reason, dropPending) {
+	if c.flags&(flagClosing|flagClosed) != 0 {
 		c.mu.Unlock()
 		return
-	}
-	subs := c.subs
-	c.subs = nil
-	c.mu.Unlock()
-	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
-	if len(subs) > 0 {
-		c.srv.router.Unsubscribe(c, subs...)
-	}
-}
-
-// beginCloseLocked marks the connection closing and queues the close frame.
-// It reports false if it was closing already. Caller holds c.mu.
-func (c *conn) beginCloseLocked(code ws.StatusCode, reason string, dropPending bool) bool {
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		return false
 	}
 	c.flags |= flagClosing
 	for ch := range c.resume {
 		c.dropResumeLocked(ch)
 	}
 	if dropPending && len(c.queue) > 0 {
-		keep := c.protectedLocked() // finish the frames already on the wire
+		// Keep what a writev in progress is writing and the rest of a
+		// frame already partly on the wire: the stream must stay whole.
+		keep := c.protectedLocked()
 		for _, f := range c.queue[keep:] {
 			c.queuedBytes -= len(f.Data)
 		}
@@ -435,38 +425,57 @@ func (c *conn) beginCloseLocked(code ws.StatusCode, reason string, dropPending b
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
-	return true
+	hasSubs := len(c.subs) > 0
+	c.mu.Unlock()
+	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if r := closeRejectReason(code); r != "" {
+		c.srv.metrics.rejected.WithLabelValues(r).Inc()
+	}
+	if hasSubs {
+		// closeWith may run inside Enqueue, under a router shard lock,
+		// so the router is left to a worker (see dropSubscriptions).
+		c.srv.work.push(task{c: c, kind: taskUnsubscribe})
+	}
+}
+
+// dropSubscriptions removes a closing connection from the router. It runs on
+// a worker, never under a router lock. Subscribe adds nothing once the conn
+// is closing, so this sees the final list.
+func (c *conn) dropSubscriptions() {
+	c.mu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.mu.Unlock()
+	if len(subs) > 0 {
+		c.srv.router.Unsubscribe(c, subs...)
+	}
 }
 
 // closeGraceMS is how long a closing connection may take to accept its close
 // frame before it is cut.
 const closeGraceMS = 2000
 
-// abort drops the connection without a close handshake.
+// abort drops the connection without a close handshake. It must not be
+// called under a router lock.
 func (c *conn) abort() {
 	c.mu.Lock()
+	already := c.flags&flagClosed != 0
 	c.flags |= flagClosed | flagClosing
 	subs := c.subs
 	c.subs = nil
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
-	if len(subs) > 0 {
+	if !already && len(subs) > 0 {
 		c.srv.router.Unsubscribe(c, subs...)
 	}
 }
 
-// finish releases a connection whose close frame has been written, and the
-// subscriptions a close from Enqueue left in place.
+// finish releases a connection whose close frame has been written.
 func (c *conn) finish() {
 	c.mu.Lock()
 	c.flags |= flagClosed
-	subs := c.subs
-	c.subs = nil
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
-	if len(subs) > 0 {
-		c.srv.router.Unsubscribe(c, subs...)
-	}
 }
 
 // releaseIfIdleLocked closes the descriptor once the connection is closed and
@@ -481,6 +490,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.writePoller.remove(fd)
 	c.srv.conns.remove(fd, c)
 	closeFD(fd)
+	c.releaseSecurityLocked()
 	c.fd = -1
 	c.queue = nil
 	c.queuedBytes = 0

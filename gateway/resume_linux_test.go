@@ -90,11 +90,11 @@ func TestResumeSeam(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startServer(t, tc.cfg, tc.replay)
+			s := startPushServer(t, tc.cfg, tc.replay)
 			for _, o := range tc.before {
 				s.publish("c", 0, o, tc.keep, tc.conflate)
 			}
-			c := dialServer(t, s.url, nil)
+			c := dialPush(t, s.url, nil)
 			id, err := c.Send(resumeReq("c", 0, tc.after))
 			if err != nil {
 				t.Fatal(err)
@@ -139,8 +139,8 @@ func TestResumeSeam(t *testing.T) {
 
 func TestResumeHeldOverflowDisconnects(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 5)...)
-	s := startServer(t, Config{MaxQueueMessages: 8}, rp)
-	c := dialServer(t, s.url, nil)
+	s := startPushServer(t, Config{MaxQueueMessages: 8}, rp)
+	c := dialPush(t, s.url, nil)
 	if _, err := c.Send(resumeReq("c", 0, 0)); err != nil {
 		t.Fatal(err)
 	}
@@ -156,8 +156,8 @@ func TestResumeHeldOverflowDisconnects(t *testing.T) {
 
 func TestResumeUnsubscribedDuringReadBack(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 5)...)
-	s := startServer(t, Config{}, rp)
-	c := dialServer(t, s.url, nil)
+	s := startPushServer(t, Config{}, rp)
+	c := dialPush(t, s.url, nil)
 	id, err := c.Send(resumeReq("c", 0, 0))
 	if err != nil {
 		t.Fatal(err)
@@ -183,12 +183,12 @@ func TestResumeUnsubscribedDuringReadBack(t *testing.T) {
 // does not name (live only).
 func TestResumeFromMemory(t *testing.T) {
 	keep := &router.Retention{HistoryRecords: 100, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
-	s := startServer(t, Config{}, nil) // no replayer: memory or nothing
+	s := startPushServer(t, Config{}, nil) // no replayer: memory or nothing
 	for o := int64(1); o <= 10; o++ {
 		s.publish("c", 0, o, keep, false)
 		s.publish("c", 1, 100+o, keep, false)
 	}
-	c := dialServer(t, s.url, nil)
+	c := dialPush(t, s.url, nil)
 	msgs, reply := c.request(t, &client.Request{Op: "subscribe", Channels: []string{"c"},
 		Since: map[string]map[string]int64{"c": {"0": 7}}})
 	if !reply.Recovered["c"] || fmt.Sprint(offsets(msgs)) != "[8 9 10]" {
@@ -203,7 +203,7 @@ func TestResumeFromMemory(t *testing.T) {
 	// A position ahead of what this instance has published: nothing to
 	// replay, and the records it publishes later up to the position are
 	// not sent again.
-	c2 := dialServer(t, s.url, nil)
+	c2 := dialPush(t, s.url, nil)
 	msgs, reply = c2.request(t, resumeReq("c", 0, 13))
 	if !reply.Recovered["c"] || len(msgs) != 0 {
 		t.Fatalf("got %v then %+v, want nothing then recovered", offsets(msgs), reply)
@@ -216,7 +216,7 @@ func TestResumeFromMemory(t *testing.T) {
 	}
 
 	// Older than the history and no replayer: not recovered.
-	c3 := dialServer(t, s.url, nil)
+	c3 := dialPush(t, s.url, nil)
 	if _, reply = c3.request(t, resumeReq("c", 0, -1)); reply.Recovered["c"] {
 		t.Fatalf("reply %+v, want recovered false", reply)
 	}

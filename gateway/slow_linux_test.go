@@ -46,7 +46,7 @@ type stalledClient struct {
 	err    chan error
 }
 
-func dialStalled(t *testing.T, srv *testServer, chs ...string) *stalledClient {
+func dialStalled(t *testing.T, srv *pushServer, chs ...string) *stalledClient {
 	t.Helper()
 	url := srv.url
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -78,7 +78,7 @@ func dialStalled(t *testing.T, srv *testServer, chs ...string) *stalledClient {
 }
 
 // newestConn returns the connection accepted last.
-func (s *testServer) newestConn(t *testing.T) *conn {
+func (s *pushServer) newestConn(t *testing.T) *conn {
 	t.Helper()
 	var newest *conn
 	for _, c := range s.conns.snapshot() {
@@ -103,7 +103,7 @@ func (c *conn) setSendBuffer(t *testing.T, n int) {
 
 // maxQueue returns the longest queue among the server's connections (the
 // stalled one's), in frames and bytes.
-func (s *testServer) maxQueue() (frames, bytes int) {
+func (s *pushServer) maxQueue() (frames, bytes int) {
 	for _, c := range s.conns.snapshot() {
 		c.mu.Lock()
 		if c.queuedBytes > bytes {
@@ -123,9 +123,9 @@ func TestSlowClientPolicies(t *testing.T) {
 	pad := bytes.Repeat([]byte("x"), 1000)
 	for _, conflate := range []bool{false, true} {
 		t.Run(fmt.Sprintf("conflate=%v", conflate), func(t *testing.T) {
-			s := startServer(t, Config{MaxQueueBytes: maxBytes, MaxQueueMessages: 64}, nil)
+			s := startPushServer(t, Config{MaxQueueBytes: maxBytes, MaxQueueMessages: 64}, nil)
 			sc := dialStalled(t, s, "c")
-			reader := dialServer(t, s.url, nil)
+			reader := dialPush(t, s.url, nil)
 			if _, reply := reader.request(t, &client.Request{Op: "subscribe", Channels: []string{"c"}}); reply.Op != "ok" {
 				t.Fatal(reply)
 			}
@@ -210,7 +210,7 @@ func TestSlowClientIsolation(t *testing.T) {
 		perRun  = 100
 		rate    = 100 // records per second
 	)
-	s := startServer(t, Config{MaxConnections: 2000}, nil)
+	s := startPushServer(t, Config{MaxConnections: 2000}, nil)
 	bulk := []byte(`"` + string(bytes.Repeat([]byte("b"), 64<<10)) + `"`)
 	type reader struct {
 		c   *client.Conn

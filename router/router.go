@@ -221,6 +221,8 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 	n := 0
 	if c != nil {
 		n = r.fanout(c, f)
+	} else {
+		r.published.Add(1)
 	}
 	sh.mu.RUnlock()
 	return n

@@ -63,6 +63,7 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
+	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
 	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, newPublisher(a.gw, cfg.Routes), a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
@@ -231,7 +232,7 @@ func serve(cfg *Config, dev *devOptions, out io.Writer) error {
 	case err := <-runErr:
 		return err
 	case sig := <-sigs:
-		log.Info("signal received; draining", "signal", sig.String(), "window", cfg.Gateway.DrainTimeout)
+		log.Info("signal received; draining", "signal", sig.String(), "window", cfg.Gateway.DrainTimeout.String())
 	}
 	// A second signal stops at once.
 	drainCtx, drainDone := context.WithTimeout(ctx, cfg.Gateway.DrainTimeout+10*time.Second)

@@ -14,14 +14,14 @@ import (
 	"github.com/kpush/kpush/router"
 )
 
-// testServer is a gateway on a random loopback port, fed directly through
+// pushServer is a gateway on a random loopback port, fed directly through
 // Publish (no Kafka).
-type testServer struct {
+type pushServer struct {
 	*Server
 	url string
 }
 
-func startServer(t testing.TB, cfg Config, rp Replayer) *testServer {
+func startPushServer(t testing.TB, cfg Config, rp Replayer) *pushServer {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DrainTimeout = time.Second
@@ -48,23 +48,23 @@ func startServer(t testing.TB, cfg Config, rp Replayer) *testServer {
 		}
 	})
 	<-s.Ready()
-	return &testServer{Server: s, url: "ws://" + ln.Addr().String() + s.cfg.Path}
+	return &pushServer{Server: s, url: "ws://" + ln.Addr().String() + s.cfg.Path}
 }
 
 // publish sends one record of ch whose data carries its offset.
-func (s *testServer) publish(ch string, p int32, o int64, keep *router.Retention, conflate bool) {
+func (s *pushServer) publish(ch string, p int32, o int64, keep *router.Retention, conflate bool) {
 	s.Publish(&Message{Channel: ch, Partition: p, Offset: o, Timestamp: time.Now().UnixMilli(),
 		Data: []byte(fmt.Sprintf(`{"o":%d}`, o)), Conflate: conflate}, keep)
 }
 
-// testClient reads frames into a channel.
-type testClient struct {
+// pushClient reads frames into a channel.
+type pushClient struct {
 	*client.Conn
 	frames chan *client.Frame
 	err    chan error
 }
 
-func dialServer(t testing.TB, url string, o *client.DialOptions) *testClient {
+func dialPush(t testing.TB, url string, o *client.DialOptions) *pushClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -72,7 +72,7 @@ func dialServer(t testing.TB, url string, o *client.DialOptions) *testClient {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	tc := &testClient{Conn: c, frames: make(chan *client.Frame, 1<<14), err: make(chan error, 1)}
+	tc := &pushClient{Conn: c, frames: make(chan *client.Frame, 1<<14), err: make(chan error, 1)}
 	go func() {
 		defer close(tc.frames)
 		for {
@@ -88,7 +88,7 @@ func dialServer(t testing.TB, url string, o *client.DialOptions) *testClient {
 	return tc
 }
 
-func (c *testClient) next(t testing.TB) *client.Frame {
+func (c *pushClient) next(t testing.TB) *client.Frame {
 	t.Helper()
 	select {
 	case f, ok := <-c.frames:
@@ -104,7 +104,7 @@ func (c *testClient) next(t testing.TB) *client.Frame {
 
 // request sends r and waits for its reply, returning the msg frames that
 // came first.
-func (c *testClient) request(t testing.TB, r *client.Request) (msgs []*client.Frame, reply *client.Frame) {
+func (c *pushClient) request(t testing.TB, r *client.Request) (msgs []*client.Frame, reply *client.Frame) {
 	t.Helper()
 	id, err := c.Send(r)
 	if err != nil {
@@ -124,7 +124,7 @@ func (c *testClient) request(t testing.TB, r *client.Request) (msgs []*client.Fr
 }
 
 // sync returns the msg frames that arrive before the reply to a ping.
-func (c *testClient) sync(t testing.TB) []*client.Frame {
+func (c *pushClient) sync(t testing.TB) []*client.Frame {
 	t.Helper()
 	msgs, reply := c.request(t, &client.Request{Op: "ping"})
 	if reply.Op != "pong" {
@@ -133,7 +133,7 @@ func (c *testClient) sync(t testing.TB) []*client.Frame {
 	return msgs
 }
 
-func (c *testClient) closeCode(t testing.TB) int {
+func (c *pushClient) closeCode(t testing.TB) int {
 	t.Helper()
 	for {
 		select {
