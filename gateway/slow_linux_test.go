@@ -205,11 +205,11 @@ func TestSlowClientIsolation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,000 connections; skipped with -short")
 	}
-	const (
-		readers = 1000
-		perRun  = 100
-		rate    = 100 // records per second
-	)
+	const readers = 1000
+	perRun, rate := 100, 100 // records per phase, per second
+	if raceEnabled {
+		perRun, rate = 25, 25 // a functional check: the detector dominates the timing
+	}
 	s := startPushServer(t, Config{MaxConnections: 2000}, nil)
 	bulk := []byte(`"` + string(bytes.Repeat([]byte("b"), 64<<10)) + `"`)
 	type reader struct {
@@ -218,23 +218,39 @@ func TestSlowClientIsolation(t *testing.T) {
 		err error
 	}
 	rs := make([]*reader, readers)
-	for i := range rs {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := client.Dial(ctx, s.url, nil)
-		cancel()
-		if err != nil {
-			t.Fatalf("dial reader %d: %v", i, err)
-		}
-		t.Cleanup(func() { c.NetConn().Close() })
-		if _, err := c.Send(&client.Request{Op: "subscribe", ID: 1, Channels: []string{"feed"}}); err != nil {
-			t.Fatal(err)
-		}
-		if f, err := c.Read(); err != nil || f.Op != "ok" {
-			t.Fatalf("reader %d subscribe: %+v %v", i, f, err)
-		}
-		rs[i] = &reader{c: c}
+	var dialWG sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		dialWG.Add(1)
+		go func() {
+			defer dialWG.Done()
+			for i := w; i < readers; i += 16 {
+				r := &reader{}
+				rs[i] = r
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				r.c, r.err = client.Dial(ctx, s.url, nil)
+				cancel()
+				if r.err != nil {
+					return
+				}
+				if _, r.err = r.c.Send(&client.Request{Op: "subscribe", ID: 1, Channels: []string{"feed"}}); r.err != nil {
+					return
+				}
+				if f, err := r.c.Read(); err != nil || f.Op != "ok" {
+					r.err = fmt.Errorf("subscribe: %+v %v", f, err)
+				}
+			}
+		}()
 	}
-	pad := string(bytes.Repeat([]byte("x"), 1000))
+	dialWG.Wait()
+	for i, r := range rs {
+		if r != nil && r.c != nil {
+			t.Cleanup(func() { r.c.NetConn().Close() })
+		}
+		if r == nil || r.err != nil {
+			t.Fatalf("reader %d: %v", i, r.err)
+		}
+	}
+	pad := string(bytes.Repeat([]byte("x"), 100))
 	offset := int64(0)
 	run := func(name string, stalled, conflate bool) (p50, p99 time.Duration) {
 		var sc *stalledClient
@@ -248,7 +264,7 @@ func TestSlowClientIsolation(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for want := first; want < first+perRun; want++ {
+				for want := first; want < first+int64(perRun); want++ {
 					b, err := r.c.ReadRaw()
 					if err != nil {
 						r.err = err
@@ -264,14 +280,14 @@ func TestSlowClientIsolation(t *testing.T) {
 				}
 			}()
 		}
-		tick := time.NewTicker(time.Second / rate)
+		tick := time.NewTicker(time.Second / time.Duration(rate))
 		peak := 0
 		for i := 0; i < perRun; i++ {
 			<-tick.C
 			offset++
 			s.Publish(&Message{Channel: "feed", Offset: offset, Timestamp: time.Now().UnixMilli(), Conflate: conflate,
 				Data: []byte(`{"t":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `,"pad":"` + pad + `"}`)}, nil)
-			if stalled && i%4 == 0 {
+			if stalled && i%max(1, perRun/25) == 0 {
 				s.Publish(&Message{Channel: "bulk", Offset: offset, Conflate: conflate, Data: bulk}, nil)
 			}
 			if i%10 == 0 {
