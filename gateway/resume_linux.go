@@ -188,7 +188,7 @@ func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Fr
 		}
 	}
 	for _, f := range frames {
-		c.queue = append(c.queue, f)
+		c.queue = append(c.queue, unmeasured(f))
 		c.queuedBytes += len(f.Data)
 		st.raise(f.Partition, f.Offset)
 	}
@@ -215,6 +215,19 @@ func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Fr
 		c.scheduleLocked()
 	}
 	return ok
+}
+
+// unmeasured returns f for a frame sent from history, a read-back or a
+// snapshot: a copy without Timestamp, so that the delivery latency metric
+// (Kafka timestamp to socket write) measures live records only. Data is
+// shared.
+func unmeasured(f *router.Frame) *router.Frame {
+	if f.Timestamp == 0 {
+		return f
+	}
+	cp := *f
+	cp.Timestamp = 0
+	return &cp
 }
 
 // newerThan reports whether f is past the client's position in its

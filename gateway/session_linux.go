@@ -92,7 +92,7 @@ func (s *Server) subscribe(c *conn, req *Request) {
 			before = func(v router.View) {
 				if last := v.Last(); last != nil {
 					s.metrics.snapshots.Inc()
-					c.Enqueue(markFrame(last, `"snap":true`))
+					c.Enqueue(unmeasured(markFrame(last, `"snap":true`)))
 				}
 			}
 		}
