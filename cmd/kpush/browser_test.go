@@ -416,6 +416,19 @@ func TestBrowserDemoRecoversWithoutGap(t *testing.T) {
 		return true
 	})
 	t.Logf("after the cut: %+v", st)
+	if path := os.Getenv("KPUSH_BROWSER_SCREENSHOT"); path != "" {
+		// For a person to look at the page after the recovery.
+		res := page.call(t, "Page.captureScreenshot", map[string]any{"format": "png"})
+		var shot struct {
+			Data []byte `json:"data"` // base64 in JSON, decoded by encoding/json
+		}
+		if err := json.Unmarshal(res, &shot); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, shot.Data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if st.Gaps != 0 || st.Failed != 0 || st.Duplicates != 0 || st.Errors != 0 {
 		t.Fatalf("page saw %d gaps, %d failed recoveries, %d duplicates, %d errors; want none", st.Gaps, st.Failed, st.Duplicates, st.Errors)
 	}
