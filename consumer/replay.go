@@ -13,7 +13,7 @@ import (
 // Replay results, the label values of kpush_consumer_replays_total.
 const (
 	ReplayComplete  = "complete"
-	ReplayGone      = "gone"      // records deleted by retention, or the position is past the log's end
+	ReplayGone      = "gone"      // records deleted by retention, the position past the log's end, or no such partition
 	ReplayLimit     = "limit"     // kafka.replay_max_scanned reached
 	ReplayStopped   = "stopped"   // the caller's emit stopped it, or its context ended
 	ReplayNoRoute   = "no_route"  // no route produces the channel
@@ -75,7 +75,9 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			err = resp.Error
 		}
 		if err != nil {
-			if errors.Is(err, kafka.OffsetOutOfRange) {
+			if errors.Is(err, kafka.OffsetOutOfRange) || errors.Is(err, kafka.UnknownTopicOrPartition) {
+				// Deleted by retention, or a partition that does not
+				// exist (a position from a client, not from kpush).
 				return false, ReplayGone, nil
 			}
 			if ctx.Err() != nil {

@@ -378,7 +378,10 @@ func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 				return true
 			})
 			if err != nil && ctx.Err() == nil {
-				s.log.Warn("gateway: resume read-back failed", "channel", rc.ch, "partition", pp.p, "after", pp.after, "err", err)
+				// Debug: clients cause these at will; kafka errors are
+				// counted in kpush_consumer_replays_total{result="error"}
+				// and the live readers warn about the broker.
+				s.log.Debug("gateway: resume read-back failed", "channel", rc.ch, "partition", pp.p, "after", pp.after, "err", err)
 			}
 			if err != nil || !complete {
 				rc.ok = false
