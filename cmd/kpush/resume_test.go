@@ -179,14 +179,16 @@ func TestResumeSameInstance(t *testing.T) {
 // answered recovered:false, after the channel's last record as a snapshot.
 func TestResumeNotRecovered(t *testing.T) {
 	cases := []struct {
-		name    string
-		history int
-		deleted bool
-		mutate  func(*Config)
+		name      string
+		history   int
+		deleted   bool
+		partition int32
+		mutate    func(*Config)
 	}{
-		{"records deleted from kafka", 0, true, nil},
-		{"beyond the replay scan limit", 0, false, func(c *Config) { c.Kafka.ReplayMaxScanned = 20 }},
-		{"more than the queue holds", 1000, false, func(c *Config) { c.Gateway.MaxQueueMessages = 16 }},
+		{"records deleted from kafka", 0, true, 0, nil},
+		{"beyond the replay scan limit", 0, false, 0, func(c *Config) { c.Kafka.ReplayMaxScanned = 20 }},
+		{"more than the queue holds", 1000, false, 0, func(c *Config) { c.Gateway.MaxQueueMessages = 16 }},
+		{"a partition that does not exist", 0, false, 7, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,7 +206,7 @@ func TestResumeNotRecovered(t *testing.T) {
 
 			c := dial(t, app.wsURL)
 			id, err := c.Send(&client.Request{Op: "subscribe", Channels: []string{"ticks.AAPL"},
-				Since: since("ticks.AAPL", 0, recs[9].Offset)})
+				Since: since("ticks.AAPL", tc.partition, recs[9].Offset)})
 			if err != nil {
 				t.Fatal(err)
 			}
