@@ -90,7 +90,7 @@ func TestDeliveriesCountedWithoutGaps(t *testing.T) {
 	for seq := int64(1); seq <= perChannel; seq++ {
 		for c, ch := range chs {
 			srv.Publish(&gateway.Message{Channel: ch, Partition: int32(c % 3), Offset: seq, Timestamp: time.Now().UnixMilli(),
-				Data: AppendValue(nil, seq, time.Now().UnixNano(), 100)}, false)
+				Data: AppendValue(nil, seq, time.Now().UnixNano(), 100)}, nil)
 		}
 	}
 	want := int64(conns * 2 * perChannel)
@@ -121,7 +121,7 @@ func TestGapsAndDuplicatesDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	send := func(offset, seq int64) {
-		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, time.Now().UnixNano(), 0)}, false)
+		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, time.Now().UnixNano(), 0)}, nil)
 	}
 	send(10, 1)
 	send(11, 2)
@@ -174,8 +174,8 @@ func TestDropAndReconnect(t *testing.T) {
 		t.Fatalf("after reconnect %+v, want %d ready and no failures", s, conns)
 	}
 	waitFor(t, 10*time.Second, "gateway to drop the dead connections", func() bool { return srv.Connections() == conns })
-	srv.Publish(&gateway.Message{Channel: "bench.S000001", Data: []byte(`1`)}, false)
-	srv.Publish(&gateway.Message{Channel: "bench.S000", Offset: 1, Data: AppendValue(nil, 1, time.Now().UnixNano(), 0)}, false)
+	srv.Publish(&gateway.Message{Channel: "bench.S000001", Data: []byte(`1`)}, nil)
+	srv.Publish(&gateway.Message{Channel: "bench.S000", Offset: 1, Data: AppendValue(nil, 1, time.Now().UnixNano(), 0)}, nil)
 	waitFor(t, 10*time.Second, "a delivery to every subscriber of bench.S000", func() bool { return p.Stats().Deliveries == conns/5 })
 }
 
