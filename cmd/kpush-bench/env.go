@@ -151,10 +151,12 @@ routes:
   - topic: %s
     channel: "%s{key}"
     format: json
-log:
+    snapshot: %v
+    slow: %s
+%slog:
   level: info
   format: json
-`, scenario, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix)
+`, scenario, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, historyYAML(e.o.history))
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	p, err := target.Start(sctx, target.Options{
@@ -166,6 +168,13 @@ log:
 	}
 	logf("kpush pid %d on %s (admin %s), log %s", p.Pid(), p.WSURL, p.AdminURL, p.LogPath)
 	return &kpushRef{wsURL: p.WSURL, adminURL: p.AdminURL, topic: topic, proc: p}, nil
+}
+
+func historyYAML(records int) string {
+	if records <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("    history:\n      max_records: %d\n", records)
 }
 
 func (k *kpushRef) stop() {

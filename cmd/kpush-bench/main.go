@@ -56,6 +56,9 @@ type options struct {
 	inFlight      int
 	profile       bool
 	kpushEnv      envList
+	snapshot      bool
+	history       int
+	slow          string
 	kpushCPUs     string
 
 	idleSteps    []int
@@ -134,6 +137,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.inFlight, "inflight", 512, "connections connecting or subscribing at once")
 	fs.BoolVar(&o.profile, "profile", false, "write kpush CPU profiles of the measured phases (and a heap profile after idle) into -out")
 	fs.Var(&o.kpushEnv, "kpush-env", "KEY=VALUE added to the started kpush's environment (repeatable), e.g. GOGC=50")
+	fs.BoolVar(&o.snapshot, "route-snapshot", false, "a started kpush's route keeps each channel's last record (routes[].snapshot)")
+	fs.IntVar(&o.history, "route-history", 0, "a started kpush's route keeps this many records per channel for resumes (routes[].history.max_records; 0: none)")
+	fs.StringVar(&o.slow, "route-slow", "disconnect", "a started kpush's policy for full queues (routes[].slow): disconnect or conflate")
 	fs.StringVar(&o.kpushCPUs, "kpush-cpus", "", "run the started kpush on these CPUs (taskset -c LIST), e.g. 0,1")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")
