@@ -62,7 +62,8 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.srv.cfg.MaxQueueMessages || c.queuedBytes+len(f.Data) > c.srv.cfg.MaxQueueBytes {
+	lim := c.srv.lim()
+	if len(c.queue) >= lim.MaxQueueMessages || c.queuedBytes+len(f.Data) > lim.MaxQueueBytes {
 		c.mu.Unlock()
 		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
 		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.queuedBytes)
@@ -251,10 +252,13 @@ func (c *conn) onReadable(w *worker) {
 // returns false when the connection must be dropped without a close
 // handshake (EOF, socket error).
 func (c *conn) readFrames(w *worker) bool {
+	maxPayload := c.srv.lim().MaxMessageBytes
+	if size := readBufferSize(maxPayload); len(w.rbuf) < size {
+		w.rbuf = make([]byte, size) // max_message_bytes was raised by a reload
+	}
 	buf := w.rbuf
 	n := copy(buf, c.partial)
 	c.partial = nil
-	maxPayload := c.srv.cfg.MaxMessageBytes
 	for budget := 4; budget > 0; budget-- {
 		m, err := readFD(c.fd, buf[n:])
 		if err != nil {
@@ -338,7 +342,7 @@ func (c *conn) handleFrame(f inFrame) bool {
 			c.closeWith(ws.StatusProtocolError, errFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.payload) > c.srv.cfg.MaxMessageBytes {
+		if len(c.msg)+len(f.payload) > c.srv.lim().MaxMessageBytes {
 			c.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
 			c.closeWith(ws.StatusMessageTooBig, errFrameTooLarge.Error(), true)

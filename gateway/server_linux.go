@@ -25,7 +25,10 @@ import (
 // Server accepts WebSocket connections, serves protocol v1 on them and
 // writes routed frames to their subscribers.
 type Server struct {
+	// cfg is the configuration given to New. Its live-changeable keys are
+	// only the starting values: read those through lim().
 	cfg    Config
+	limits atomic.Pointer[Limits] // replaced whole by SetLimits
 	router *router.Router
 	log    *slog.Logger
 
@@ -85,6 +88,8 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	s.clock.Store(time.Now().UnixMilli())
+	lim := cfg.Limits()
+	s.limits.Store(&lim)
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
@@ -122,6 +127,23 @@ func (s *Server) Connections() int { return s.conns.count() }
 
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
+
+// SetLimits applies the live-changeable keys of cfg (see Limits) to the
+// running server and ignores the others. cfg is defaulted and validated
+// first; an invalid cfg changes nothing. Safe to call concurrently with
+// everything else.
+func (s *Server) SetLimits(cfg Config) error {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	lim := cfg.Limits()
+	s.limits.Store(&lim)
+	return nil
+}
+
+// lim returns the limits in force.
+func (s *Server) lim() *Limits { return s.limits.Load() }
 
 // Run listens on cfg.Listen and serves until ctx is cancelled or Shutdown
 // completes. Cancelling ctx closes every connection at once; Shutdown drains
@@ -272,10 +294,15 @@ func (w *worker) observeLatency(tsMillis int64) {
 	w.s.metrics.latency.Observe(float64(d) / 1000)
 }
 
+// readBufferSize is the size of a worker's read buffer: at least 64 KiB, and
+// room for one whole frame of the largest allowed payload (a client frame
+// header is at most 14 bytes).
+func readBufferSize(maxMessageBytes int) int { return max(64<<10, maxMessageBytes+14) }
+
 func (s *Server) runWorker() {
 	w := &worker{
 		s:    s,
-		rbuf: make([]byte, max(64<<10, s.cfg.MaxMessageBytes+14)),
+		rbuf: make([]byte, readBufferSize(s.lim().MaxMessageBytes)),
 		iov:  make([]syscall.Iovec, 0, maxIovecs),
 	}
 	for {
@@ -313,10 +340,6 @@ func (s *Server) runTicker(ctx context.Context) {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	sweepEvery := int64(max(time.Second, s.cfg.PingInterval/10) / tick)
-	if s.cfg.PingInterval < time.Second {
-		sweepEvery = 1
-	}
 	ping := &router.Frame{Data: serverFrame(ws.OpPing, nil)}
 	var n int64
 	for {
@@ -326,6 +349,9 @@ func (s *Server) runTicker(ctx context.Context) {
 		case now := <-t.C:
 			s.clock.Store(now.UnixMilli())
 			n++
+			// Every second, or every tenth of a longer ping interval;
+			// re-read each tick so a reloaded interval takes effect.
+			sweepEvery := int64(max(time.Second, s.lim().PingInterval/10) / tick)
 			if n%sweepEvery == 0 {
 				s.sweep(now.UnixMilli(), ping)
 			}
@@ -334,8 +360,9 @@ func (s *Server) runTicker(ctx context.Context) {
 }
 
 func (s *Server) sweep(now int64, ping *router.Frame) {
-	idle := s.cfg.IdleTimeout.Milliseconds()
-	interval := s.cfg.PingInterval.Milliseconds()
+	lim := s.lim()
+	idle := lim.IdleTimeout.Milliseconds()
+	interval := lim.PingInterval.Milliseconds()
 	var toPing, toIdle, toCut []*conn
 	s.conns.each(func(c *conn) {
 		if now-c.lastSeen.Load() > idle {
@@ -399,14 +426,15 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
 		return
 	}
-	if s.conns.count() >= s.cfg.MaxConnections {
+	lim := s.lim()
+	if s.conns.count() >= lim.MaxConnections {
 		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
 	up := ws.Upgrader{
 		OnHeader: func(key, value []byte) error {
-			if asciiEqualFold(key, "Origin") && !s.originAllowed(string(value)) {
+			if asciiEqualFold(key, "Origin") && !originAllowed(lim.AllowedOrigins, string(value)) {
 				s.metrics.rejected.WithLabelValues("origin").Inc()
 				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
 			}
@@ -436,7 +464,7 @@ func (s *Server) handshake(nc net.Conn) {
 	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: ip}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
-	c.pingDue.Store(now + rand.Int64N(s.cfg.PingInterval.Milliseconds()+1))
+	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
 		s.conns.remove(fd, c)
@@ -460,8 +488,8 @@ func (s *Server) reject(c net.Conn, status int, reason, msg string) {
 	c.Close()
 }
 
-func (s *Server) originAllowed(origin string) bool {
-	for _, o := range s.cfg.AllowedOrigins {
+func originAllowed(allowed []string, origin string) bool {
+	for _, o := range allowed {
 		if o == "*" || asciiEqualFoldString(o, origin) {
 			return true
 		}

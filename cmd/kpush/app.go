@@ -32,6 +32,7 @@ type app struct {
 	router   *router.Router
 	gw       *gateway.Server
 	consumer *consumer.Consumer
+	reloader *reloader
 
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -41,12 +42,21 @@ type app struct {
 }
 
 func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
-	level, _ := parseLevel(cfg.Level) // validated with the config
+	log, _ := newLeveledLogger(cfg, w)
+	return log
+}
+
+// newLeveledLogger is newLogger with its level in a variable that a reload
+// can change.
+func newLeveledLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	l, _ := parseLevel(cfg.Level) // validated with the config
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(slog.NewTextHandler(w, opts)), level
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(slog.NewJSONHandler(w, opts)), level
 }
 
 // newApp builds kpush and binds its listeners, so their addresses are known
@@ -66,6 +76,9 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, publisher{a.gw}, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
+	if a.reloader, err = newReloader(cfg, a.gw, a, a.reg, log.With("component", "config")); err != nil {
+		return nil, err
+	}
 	if a.gwLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
@@ -75,6 +88,11 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	return a, nil
+}
+
+// SetRoutes applies reloaded routes to everything that depends on them.
+func (a *app) SetRoutes(routes []consumer.Route) error {
+	return a.consumer.SetRoutes(routes)
 }
 
 // publisher hands consumed records to the gateway.
@@ -137,6 +155,7 @@ func (a *app) Run(ctx context.Context) error {
 	}
 	start("admin", func() error { return a.admin.Serve(a.adminLn) })
 	start("consumer", func() error { return a.consumer.Run(ctx) })
+	start("config", func() error { a.reloader.run(ctx); return nil })
 	start("gateway", func() error {
 		err := a.gw.Serve(ctx, a.gwLn)
 		cancel() // the gateway ending (drained) ends the rest
@@ -166,9 +185,20 @@ func (a *app) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// serve runs kpush until SIGTERM or SIGINT, then drains and returns.
-func serve(cfg *Config, dev *devOptions, out io.Writer) error {
-	log := newLogger(cfg.Log, os.Stderr)
+// configSource is where the configuration came from: a file (path and its
+// content at start-up), or the embedded one (path "").
+type configSource struct {
+	path string
+	data []byte
+}
+
+// serve runs kpush until SIGTERM or SIGINT, then drains and returns. SIGHUP
+// reloads the configuration file.
+func serve(cfg *Config, src configSource, dev *devOptions, out io.Writer) error {
+	log, level := newLeveledLogger(cfg.Log, os.Stderr)
+	// SIGHUP's default action ends the process: ignore it until the
+	// reloader takes it.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if dev != nil {
@@ -182,6 +212,9 @@ func serve(cfg *Config, dev *devOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	a.reloader.watch(src.path, src.data, level)
+	signal.Notify(a.reloader.hup, syscall.SIGHUP)
+	defer signal.Stop(a.reloader.hup)
 	if dev != nil {
 		printDevBanner(out, a)
 	}
