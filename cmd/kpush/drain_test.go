@@ -31,10 +31,14 @@ var buildKpush = sync.OnceValues(func() (string, error) {
 // kpushProcess is kpush running as a child process.
 type kpushProcess struct {
 	cmd      *exec.Cmd
+	path     string // its configuration file
 	wsURL    string
 	adminURL string
 	exited   chan struct{} // closed when the process has exited
 	err      error         // its exit error, valid once exited is closed
+
+	logMu sync.Mutex
+	logs  []map[string]any // guarded by logMu; its JSON log records, in order
 }
 
 // startKpushProcess runs the kpush binary with configYAML and waits until it
@@ -57,7 +61,7 @@ func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &kpushProcess{cmd: cmd, exited: make(chan struct{})}
+	p := &kpushProcess{cmd: cmd, path: path, exited: make(chan struct{})}
 	addrs := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -69,6 +73,12 @@ func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "kpush running" {
 				addrs <- [2]string{line.Listen, line.Admin}
+			}
+			var record map[string]any
+			if json.Unmarshal(sc.Bytes(), &record) == nil {
+				p.logMu.Lock()
+				p.logs = append(p.logs, record)
+				p.logMu.Unlock()
 			}
 			if testing.Verbose() {
 				fmt.Fprintln(os.Stderr, "kpush:", sc.Text())
