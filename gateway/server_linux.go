@@ -316,6 +316,8 @@ func (s *Server) runWorker() {
 				t.c.onReadable(w)
 			case taskFlush:
 				t.c.flush(w)
+			case taskUnsubscribe:
+				t.c.dropSubscriptions()
 			}
 			w.batch[i] = task{}
 		}
@@ -585,6 +587,14 @@ func (s *Server) Publish(m *Message, keepLast bool) int {
 // fallbackHandler serves plain HTTP on the WebSocket port.
 func (s *Server) fallbackHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == s.cfg.Path {
+			// A request for the WebSocket path on a kept-alive HTTP
+			// connection: the upgrade is only taken as the first request
+			// of a connection, which is what browsers send.
+			w.Header().Set("Connection", "close")
+			http.Error(w, "WebSocket upgrade must be the first request on its connection", http.StatusBadRequest)
+			return
+		}
 		if s.httpHandler != nil {
 			s.httpHandler.ServeHTTP(w, r)
 			return
