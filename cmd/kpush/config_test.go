@@ -29,7 +29,8 @@ func TestEmbeddedConfigsLoad(t *testing.T) {
 	}
 	if full.Gateway.PingInterval != min.Gateway.PingInterval || full.Gateway.MaxQueueBytes != min.Gateway.MaxQueueBytes ||
 		full.Kafka.FetchMaxWait != min.Kafka.FetchMaxWait || full.Kafka.MetadataInterval != min.Kafka.MetadataInterval ||
-		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log {
+		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log ||
+		full.ConfigCheckInterval != min.ConfigCheckInterval {
 		t.Fatalf("configs/kpush.yaml disagrees with the built-in defaults:\n%+v\n%+v", full, min)
 	}
 }
@@ -52,6 +53,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"same ports", "listen: \":1\"\nadmin_listen: \":1\"\nroutes: [{topic: t, channel: c}]\n", []string{"admin_listen"}},
 		{"unset env", "routes: [{topic: t, channel: c}]\nkafka: {brokers: [\"${KPUSH_TEST_SURELY_UNSET}\"]}\n", []string{"line 2", "KPUSH_TEST_SURELY_UNSET"}},
 		{"empty", "", []string{"empty"}},
+		{"config check too often", "routes: [{topic: t, channel: c}]\nconfig_check_interval: 10ms\n", []string{"config_check_interval", "10ms"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
