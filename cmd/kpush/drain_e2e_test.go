@@ -145,6 +145,7 @@ log: {level: info, format: json}
 	movers := make([]*mover, clients)
 	var sigterm atomic.Int64
 	var connected, finished sync.WaitGroup
+	allFinished := make(chan struct{})
 	sem := make(chan struct{}, 64) // dials in flight
 	for i := range movers {
 		m := &mover{ch: fmt.Sprintf("move.c%04d", i), part: int32(i % partitions)}
@@ -158,6 +159,10 @@ log: {level: info, format: json}
 		}()
 	}
 	connected.Wait()
+	go func() {
+		finished.Wait()
+		close(allFinished)
+	}()
 	for _, m := range movers {
 		if m.dialErr != nil {
 			t.Fatalf("%s: connecting to A: %v", m.ch, m.dialErr)
@@ -224,8 +229,11 @@ log: {level: info, format: json}
 	}()
 
 	// Produce to every client that has reached B, during the drain and
-	// until every channel has all its records.
+	// until every channel has all its records (or every client has ended,
+	// some with an error reported below).
 	var duringDrain int
+	giveUp := time.After(window + 90*time.Second)
+produce:
 	for {
 		n := produce(func(i int) bool { return movers[i].onB.Load() })
 		select {
@@ -240,21 +248,38 @@ log: {level: info, format: json}
 		if done {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-allFinished:
+			break produce
+		case <-giveUp:
+			t.Error("gave up producing: clients still not on B")
+			break produce
+		}
 	}
-	finished.Wait()
+	<-allFinished
 	<-probesDone
 
 	// Every client: closed with 1001 by A, then every record in order.
+	failed := 0
 	for _, m := range movers {
+		var problem string
 		switch {
 		case m.err != nil:
-			t.Errorf("%s: %v", m.ch, m.err)
+			problem = m.err.Error()
 		case m.code != 1001:
-			t.Errorf("%s: A closed it with %d, want 1001", m.ch, m.code)
+			problem = fmt.Sprintf("A closed it with %d, want 1001", m.code)
 		case m.got.Load() != total:
-			t.Errorf("%s: %d records, want %d", m.ch, m.got.Load(), total)
+			problem = fmt.Sprintf("%d records, want %d", m.got.Load(), total)
+		default:
+			continue
 		}
+		if failed++; failed <= 10 {
+			t.Errorf("%s: %s", m.ch, problem)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d clients failed", failed, clients)
 	}
 	t.Logf("%d records produced to moved clients while A was draining", duringDrain)
 	if duringDrain == 0 {
