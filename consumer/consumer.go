@@ -378,46 +378,64 @@ func (c *Consumer) dispatch(resp *kafka.FetchResponse, tp topicPartition, offset
 		}
 		offset = rec.Offset + 1
 		pm.records.Inc()
-		key := readBytes(rec.Key)
-		value := readBytes(rec.Value)
-		fields := Fields{Topic: tp.topic, Partition: int32(tp.partition), Key: key}
-		if len(rec.Headers) > 0 {
-			headers := rec.Headers
-			fields.Header = func(name string) ([]byte, bool) {
-				for _, h := range headers {
-					if h.Key == name {
-						return h.Value, true
-					}
-				}
-				return nil, false
-			}
-		}
-		for _, r := range routes {
-			chbuf, err = r.tmpl.Append(chbuf[:0], &fields)
-			if err != nil {
-				c.m.skipped.WithLabelValues("template").Inc()
-				continue
-			}
-			ch := string(chbuf)
-			if !router.ValidChannel(ch) {
-				c.m.skipped.WithLabelValues("invalid_channel").Inc()
-				continue
-			}
-			if r.Format == FormatJSON && !json.Valid(value) {
-				c.m.skipped.WithLabelValues("invalid_json").Inc()
-				continue
-			}
-			c.sink.Deliver(&Message{
-				Channel:   ch,
-				Topic:     tp.topic,
-				Partition: int32(tp.partition),
-				Offset:    rec.Offset,
-				Timestamp: rec.Time.UnixMilli(),
-				Value:     value,
-				Route:     r,
-			})
+		chbuf = c.route(routes, tp, rec, chbuf, "", c.sink.Deliver, true)
+	}
+}
+
+// route maps one record through routes and calls deliver with a Message per
+// route that gives it a valid channel (only that channel, when only is set);
+// live counts the records it skips (a replay reads them a second time).
+// chbuf is scratch space, returned for reuse.
+func (c *Consumer) route(routes []*Route, tp topicPartition, rec *kafka.Record, chbuf []byte, only string, deliver func(*Message), live bool) []byte {
+	skip := func(reason string) {
+		if live {
+			c.m.skipped.WithLabelValues(reason).Inc()
 		}
 	}
+	key := readBytes(rec.Key)
+	value := readBytes(rec.Value)
+	fields := Fields{Topic: tp.topic, Partition: int32(tp.partition), Key: key}
+	if len(rec.Headers) > 0 {
+		headers := rec.Headers
+		fields.Header = func(name string) ([]byte, bool) {
+			for _, h := range headers {
+				if h.Key == name {
+					return h.Value, true
+				}
+			}
+			return nil, false
+		}
+	}
+	for _, r := range routes {
+		var err error
+		chbuf, err = r.tmpl.Append(chbuf[:0], &fields)
+		if err != nil {
+			skip("template")
+			continue
+		}
+		if only != "" && string(chbuf) != only {
+			continue
+		}
+		ch := string(chbuf)
+		if !router.ValidChannel(ch) {
+			skip("invalid_channel")
+			continue
+		}
+		if r.Format == FormatJSON && !json.Valid(value) {
+			skip("invalid_json")
+			continue
+		}
+		deliver(&Message{
+			Channel:   ch,
+			Topic:     tp.topic,
+			Partition: int32(tp.partition),
+			Offset:    rec.Offset,
+			Timestamp: rec.Time.UnixMilli(),
+			Value:     value,
+			Route:     r,
+		})
+	}
+	return chbuf
 }
 
 func readBytes(b kafka.Bytes) []byte {
@@ -479,10 +497,12 @@ func (b *backoff) next() time.Duration {
 func (b *backoff) reset() { b.failures = 0 }
 
 type metrics struct {
-	records *prometheus.CounterVec
-	skipped *prometheus.CounterVec
-	errors  *prometheus.CounterVec
-	lag     *prometheus.GaugeVec
+	records       *prometheus.CounterVec
+	skipped       *prometheus.CounterVec
+	errors        *prometheus.CounterVec
+	lag           *prometheus.GaugeVec
+	replays       *prometheus.CounterVec
+	replayScanned prometheus.Counter
 }
 
 type partMetrics struct {
@@ -523,8 +543,16 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 			Name: "kpush_consumer_lag",
 			Help: "Records between the partition's high watermark and the next offset kpush reads.",
 		}, []string{"topic", "partition"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_consumer_replays_total",
+			Help: "Partition read-backs for resuming clients, by result (complete, gone, limit, stopped, no_route, ambiguous, error).",
+		}, []string{"result"}),
+		replayScanned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_consumer_replay_records_scanned_total",
+			Help: "Records read back from Kafka for resuming clients, of any channel.",
+		}),
 	}
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
 			Help: "1 when every routed partition is being read without error.",

@@ -13,6 +13,12 @@
 // failure it retries with backoff from exactly the next undelivered offset:
 // nothing is skipped or repeated.
 //
+// Replay reads one partition back from a given offset for clients that
+// resume from a position older than the gateway's in-memory history; it
+// uses the same routes to keep only the records of the asked channel, is
+// bounded by kafka.replay_max_scanned, and is independent of the live
+// readers.
+//
 // Concurrency: Run owns every goroutine it starts and returns after they
 // stop. Sink.Deliver is called concurrently from partition goroutines (but in
 // order within a partition) and must not block.

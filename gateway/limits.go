@@ -1,58 +1,112 @@
 package gateway
 
 import (
-	"slices"
-	"time"
+	"errors"
+	"io"
+	"sync"
 )
 
-// Limits are the gateway keys that may change while kpush runs: a running
-// Server applies them with SetLimits. Every other key of Config is read once
-// by New, and changing it needs a restart.
-//
-// What a change does to connections already open:
-//   - MaxConnections, AllowedOrigins: checked at each handshake; open
-//     connections are kept even if they are now over the limit.
-//   - MaxSubscriptions: checked at each subscribe; subscriptions already
-//     held are kept.
-//   - MaxMessageBytes: applies to the next frame read.
-//   - MaxQueueBytes, MaxQueueMessages: apply to the next frame queued; a
-//     connection already past a lowered bound is closed as a slow consumer
-//     when its next frame arrives.
-//   - PingInterval, IdleTimeout: apply from the next sweep (within a second,
-//     or one tenth of the ping interval).
-type Limits struct {
-	MaxConnections   int
-	MaxMessageBytes  int
-	MaxSubscriptions int
-	MaxQueueBytes    int
-	MaxQueueMessages int
-	PingInterval     time.Duration
-	IdleTimeout      time.Duration
-	AllowedOrigins   []string
+// Limits against hostile clients that are not tied to the epoll layer.
+
+// ipLimiter counts WebSocket connections (and upgrades in progress) per
+// client address. A nil *ipLimiter allows everything.
+type ipLimiter struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int // guarded by mu; addresses with at least one connection
 }
 
-// Limits returns c's live-changeable keys.
-func (c *Config) Limits() Limits {
-	return Limits{
-		MaxConnections:   c.MaxConnections,
-		MaxMessageBytes:  c.MaxMessageBytes,
-		MaxSubscriptions: c.MaxSubscriptions,
-		MaxQueueBytes:    c.MaxQueueBytes,
-		MaxQueueMessages: c.MaxQueueMessages,
-		PingInterval:     c.PingInterval,
-		IdleTimeout:      c.IdleTimeout,
-		AllowedOrigins:   slices.Clone(c.AllowedOrigins),
+func newIPLimiter(max int) *ipLimiter {
+	if max <= 0 {
+		return nil
 	}
+	return &ipLimiter{max: max, n: make(map[string]int)}
 }
 
-// SetLimits replaces c's live-changeable keys with l, leaving the others.
-func (c *Config) SetLimits(l Limits) {
-	c.MaxConnections = l.MaxConnections
-	c.MaxMessageBytes = l.MaxMessageBytes
-	c.MaxSubscriptions = l.MaxSubscriptions
-	c.MaxQueueBytes = l.MaxQueueBytes
-	c.MaxQueueMessages = l.MaxQueueMessages
-	c.PingInterval = l.PingInterval
-	c.IdleTimeout = l.IdleTimeout
-	c.AllowedOrigins = slices.Clone(l.AllowedOrigins)
+// acquire takes a slot for ip, or reports false when ip holds max already.
+func (l *ipLimiter) acquire(ip string) bool {
+	if l == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[ip] >= l.max {
+		return false
+	}
+	l.n[ip]++
+	return true
 }
+
+// release gives back a slot taken by acquire.
+func (l *ipLimiter) release(ip string) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if l.n[ip] <= 1 {
+		delete(l.n, ip) // keep the map as small as the set of connected addresses
+	} else {
+		l.n[ip]--
+	}
+	l.mu.Unlock()
+}
+
+// addresses returns how many client addresses hold a slot.
+func (l *ipLimiter) addresses() int {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.n)
+}
+
+// rateLimiter is a token bucket over the coarse clock: rate requests per
+// second, bursts up to burst. It is used by one goroutine at a time (a
+// connection's reading worker) and needs no lock.
+type rateLimiter struct {
+	tokens  float64
+	last    int64 // coarse ms of the last refill; 0 before the first request
+	strikes int   // requests refused in a row
+}
+
+// allow takes a token at time now (ms). It returns false when the request
+// is over the limit, and over=true once burst requests in a row were refused.
+func (r *rateLimiter) allow(now int64, rate, burst int) (ok, over bool) {
+	if r.last == 0 {
+		r.tokens, r.last = float64(burst), now
+	}
+	if now > r.last {
+		r.tokens = min(float64(burst), r.tokens+float64(now-r.last)*float64(rate)/1000)
+		r.last = now
+	}
+	if r.tokens >= 1 {
+		r.tokens--
+		r.strikes = 0
+		return true, false
+	}
+	r.strikes++
+	return false, r.strikes >= burst
+}
+
+var errHeaderTooLarge = errors.New("gateway: upgrade request larger than gateway.max_header_bytes")
+
+// headerLimiter lets the upgrader read at most left bytes of the request.
+type headerLimiter struct {
+	rw   io.ReadWriter
+	left int
+}
+
+func (h *headerLimiter) Read(p []byte) (int, error) {
+	if h.left <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if len(p) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.rw.Read(p)
+	h.left -= n
+	return n, err
+}
+
+func (h *headerLimiter) Write(p []byte) (int, error) { return h.rw.Write(p) }

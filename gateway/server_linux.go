@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -54,6 +56,18 @@ type Server struct {
 	done     chan struct{} // closed when Run returns
 
 	handshakes chan struct{} // semaphore bounding handshakes in progress
+
+	// Security (security_linux.go, tls_linux.go); set by New, read-only
+	// while serving, except public (replaced by SetPublicChannels).
+	tlsConfig *tls.Config // nil: plain ws
+	certs     *certStore
+	verifier  *auth.Verifier // nil: auth.mode none
+	public    atomic.Pointer[PublicChannels]
+	perIP     *ipLimiter
+
+	replayer      Replayer        // nil: resumes beyond the history fail
+	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
+	resumePending atomic.Int64    // read-backs queued or running
 }
 
 // New returns a Server. It does not listen until Run.
@@ -86,6 +100,7 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
 	s.clock.Store(time.Now().UnixMilli())
 	lim := cfg.Limits()
@@ -95,6 +110,9 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	s.metrics = m
+	if err := s.initSecurity(reg); err != nil {
+		return nil, err
+	}
 	if s.readPoller, err = newPoller(syscall.EPOLLIN | syscall.EPOLLRDHUP); err != nil {
 		return nil, err
 	}
@@ -104,6 +122,10 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 	}
 	return s, nil
 }
+
+// SetReplayer sets where resumes older than the in-memory history are read
+// back from (Kafka). Without one they answer recovered:false. Call before Run.
+func (s *Server) SetReplayer(r Replayer) { s.replayer = r }
 
 // HandleHTTP sets the handler for plain HTTP requests on the WebSocket port
 // (any path other than gateway.path), such as the demo page. Call before Run.
@@ -187,6 +209,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	goTracked(func() { s.logErr(s.readPoller.wait(s.dispatchReadable)) })
 	goTracked(func() { s.logErr(s.writePoller.wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
+	if s.certs != nil {
+		goTracked(func() { s.certs.run(ctx) })
+	}
+	for i := 0; i < s.cfg.ResumeConcurrency; i++ {
+		goTracked(func() { s.runResumes(ctx) })
+	}
 	httpSrv := &http.Server{
 		Handler:           s.fallbackHandler(),
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
@@ -356,6 +384,7 @@ func (s *Server) runTicker(ctx context.Context) {
 			sweepEvery := int64(max(time.Second, s.lim().PingInterval/10) / tick)
 			if n%sweepEvery == 0 {
 				s.sweep(now.UnixMilli(), ping)
+				s.router.Trim(now) // history of channels that went quiet
 			}
 		}
 	}
@@ -365,8 +394,11 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 	lim := s.lim()
 	idle := lim.IdleTimeout.Milliseconds()
 	interval := lim.PingInterval.Milliseconds()
-	var toPing, toIdle, toCut []*conn
+	var toPing, toIdle, toCut, toExpire []*conn
 	s.conns.each(func(c *conn) {
+		if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
+			toExpire = append(toExpire, c)
+		}
 		if now-c.lastSeen.Load() > idle {
 			toIdle = append(toIdle, c)
 		} else if now >= c.pingDue.Load() {
@@ -403,15 +435,32 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 	for _, c := range toCut {
 		c.abort()
 	}
+	for _, c := range toExpire {
+		c.closeWith(CloseTokenExpired, "token expired", true)
+	}
 }
 
 // handshake upgrades one accepted connection or serves it as plain HTTP.
+// With TLS on, the TLS handshake comes first and both the upgrade and plain
+// HTTP run over it.
 func (s *Server) handshake(nc net.Conn) {
-	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	ip := remoteIP(nc)
+	raw := nc // the TCP connection, detached after the upgrade
+	_ = raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	ip := remoteIP(raw)
+	var link *tlsLink
+	var tc *tls.Conn
+	if s.tlsConfig != nil {
+		var err error
+		if tc, link, err = s.startTLS(raw); err != nil {
+			s.handshakeFailed(err)
+			raw.Close()
+			return
+		}
+		nc = tc
+	}
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
 	if err != nil {
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		s.handshakeFailed(err)
 		nc.Close()
 		return
 	}
@@ -434,29 +483,37 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	up := ws.Upgrader{
-		OnHeader: func(key, value []byte) error {
-			if asciiEqualFold(key, "Origin") && !originAllowed(lim.AllowedOrigins, string(value)) {
-				s.metrics.rejected.WithLabelValues("origin").Inc()
-				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
-			}
-			return nil
-		},
+	if !s.perIP.acquire(ip) {
+		pc.release()
+		s.reject(nc, http.StatusTooManyRequests, "max_connections_per_ip", "too many connections from this address")
+		return
 	}
-	_, err = up.Upgrade(pc)
+	ipHeld := true // until the conn owns the slot
+	defer func() {
+		if ipHeld {
+			s.perIP.release(ip)
+		}
+	}()
+	var ua upgradeAuth
+	up := s.upgrader(&ua)
+	_, err = up.Upgrade(&headerLimiter{rw: pc, left: lim.MaxHeaderBytes})
 	pc.release()
 	if err != nil {
-		result := "failed"
+		if errors.Is(err, errHeaderTooLarge) {
+			s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
+			return
+		}
 		var rej *ws.ConnectionRejectedError
 		if errors.As(err, &rej) {
-			result = "rejected"
+			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+		} else {
+			s.handshakeFailed(err)
 		}
-		s.metrics.handshakes.WithLabelValues(result).Inc()
 		nc.Close()
 		return
 	}
-	_ = nc.SetDeadline(time.Time{})
-	fd, err := detach(nc)
+	_ = raw.SetDeadline(time.Time{})
+	fd, err := detach(raw)
 	if err != nil {
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not take over an upgraded socket", "err", err)
@@ -464,18 +521,33 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	now := s.clock.Load()
 	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: ip}
+	if link != nil {
+		link.fd, link.Conn = fd, nil
+		c.tls = &tlsState{tc: tc, link: link}
+	}
+	if s.verifier != nil {
+		c.setGrant(ua.grant)
+	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
+	ipHeld = false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
-		s.conns.remove(fd, c)
-		closeFD(fd)
+		c.mu.Lock()
+		c.flags |= flagClosed | flagClosing
+		c.releaseIfIdleLocked()
+		c.mu.Unlock()
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not watch a connection", "err", err)
 		return
 	}
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
+	if c.tls != nil {
+		// crypto/tls may already hold records that arrived with the
+		// upgrade request; epoll would not report them.
+		s.work.push(task{c: c, kind: taskRead})
+	}
 	// A drain that began during this handshake must not miss the new conn.
 	if s.draining.Load() {
 		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
@@ -490,8 +562,8 @@ func (s *Server) reject(c net.Conn, status int, reason, msg string) {
 	c.Close()
 }
 
-func originAllowed(allowed []string, origin string) bool {
-	for _, o := range allowed {
+func (s *Server) originAllowed(origin string) bool {
+	for _, o := range s.lim().AllowedOrigins {
 		if o == "*" || asciiEqualFoldString(o, origin) {
 			return true
 		}
@@ -578,10 +650,11 @@ func (s *Server) forceCloseAll() {
 }
 
 // Publish encodes m once and queues it to every subscriber of its channel.
-// keepLast retains it as the channel's snapshot. It returns the number of
-// connections that accepted it.
-func (s *Server) Publish(m *Message, keepLast bool) int {
-	return s.router.Publish(EncodeMessage(m), keepLast)
+// keep (nil for nothing) says what the router retains of the channel for
+// snapshots and resumes; it is the route's and shared. It returns the number
+// of connections that accepted it.
+func (s *Server) Publish(m *Message, keep *router.Retention) int {
+	return s.router.Publish(EncodeMessage(m), keep)
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

@@ -11,7 +11,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +34,7 @@ type app struct {
 	router   *router.Router
 	gw       *gateway.Server
 	consumer *consumer.Consumer
+	pub      *publisher
 	reloader *reloader
 
 	gwLn    net.Listener
@@ -73,9 +76,12 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
-	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, publisher{a.gw}, a.reg, log.With("component", "consumer")); err != nil {
+	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
+	a.pub = newPublisher(a.gw, cfg.Routes)
+	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, a.pub, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
+	a.gw.SetReplayer(replayer{a.consumer})
 	if a.reloader, err = newReloader(cfg, a.gw, a, a.reg, log.With("component", "config")); err != nil {
 		return nil, err
 	}
@@ -90,23 +96,92 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// SetRoutes applies reloaded routes to everything that depends on them.
+// SetRoutes applies reloaded routes (already validated) to everything that
+// depends on them. routes is owned from here on: a Message's Route points
+// into it.
 func (a *app) SetRoutes(routes []consumer.Route) error {
+	routes = slices.Clone(routes)
+	if err := consumer.ValidateRoutes(routes); err != nil {
+		return err
+	}
+	// Retention first, so no record of a new route is published without it.
+	a.pub.setRoutes(routes)
+	a.gw.SetPublicChannels(publicRoutes(routes))
 	return a.consumer.SetRoutes(routes)
 }
 
-// publisher hands consumed records to the gateway.
-type publisher struct{ gw *gateway.Server }
+// publisher hands consumed records to the gateway, with what the router
+// retains of each route's channels.
+type publisher struct {
+	gw   *gateway.Server
+	keep atomic.Pointer[retentions] // replaced whole by setRoutes
+}
 
-func (p publisher) Deliver(m *consumer.Message) {
-	p.gw.Publish(&gateway.Message{
+// retentions maps routes to what the router keeps of their channels.
+type retentions struct {
+	// byRoute holds the routes in force and those they replaced: a fetch
+	// the consumer dispatched with the old routes may still be delivering.
+	byRoute map[*consumer.Route]*router.Retention
+	current map[*consumer.Route]*router.Retention // the routes in force
+}
+
+func newPublisher(gw *gateway.Server, routes []consumer.Route) *publisher {
+	p := &publisher{gw: gw}
+	p.setRoutes(routes)
+	return p
+}
+
+// setRoutes adds the retention of routes, keeping that of the routes they
+// replace until the next call.
+func (p *publisher) setRoutes(routes []consumer.Route) {
+	next := &retentions{
+		byRoute: make(map[*consumer.Route]*router.Retention),
+		current: make(map[*consumer.Route]*router.Retention),
+	}
+	for i := range routes {
+		r := &routes[i]
+		k := &router.Retention{
+			Last:           r.Snapshot,
+			HistoryRecords: r.History.MaxRecords,
+			HistoryBytes:   r.History.MaxBytes,
+			HistoryAge:     r.History.MaxAge,
+		}
+		if k.Last || k.HistoryRecords > 0 {
+			next.byRoute[r], next.current[r] = k, k
+		}
+	}
+	if prev := p.keep.Load(); prev != nil {
+		for r, k := range prev.current {
+			next.byRoute[r] = k
+		}
+	}
+	p.keep.Store(next)
+}
+
+func (p *publisher) Deliver(m *consumer.Message) {
+	p.gw.Publish(toGateway(m), p.keep.Load().byRoute[m.Route])
+}
+
+func toGateway(m *consumer.Message) *gateway.Message {
+	return &gateway.Message{
 		Channel:   m.Channel,
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
-	}, false)
+		Conflate:  m.Route.Slow == consumer.SlowConflate,
+	}
+}
+
+// replayer reads records back from Kafka for the gateway's resumes.
+type replayer struct{ c *consumer.Consumer }
+
+func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*gateway.Message) bool) (bool, error) {
+	complete, _, err := r.c.Replay(ctx, ch, p, after, func(m *consumer.Message) bool {
+		return emit(toGateway(m))
+	})
+	return complete, err
 }
 
 func (a *app) adminHandler() http.Handler {

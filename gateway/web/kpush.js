@@ -13,9 +13,10 @@
  *
  * Options (all optional):
  *   token          sent as the `token` query parameter of the WebSocket URL.
- *                  Browsers cannot set headers on a WebSocket; the alternative
- *                  is a subprotocol (Sec-WebSocket-Protocol), passed here as
- *                  `protocols`, if the server is set up to read it.
+ *                  Browsers cannot set headers on a WebSocket; to keep the
+ *                  token out of URLs (and access logs) pass it as a
+ *                  subprotocol instead: protocols: ['kpush.v1',
+ *                  'kpush.bearer.' + token] (the server selects kpush.v1).
  *   protocols      subprotocols handed to the WebSocket constructor.
  *   minBackoff     first reconnect delay cap in ms (250).
  *   maxBackoff     largest reconnect delay cap in ms (10000).
@@ -33,7 +34,8 @@
  * server sends what was published meanwhile; channels never seen yet are
  * subscribed with `snapshot: true`. A message whose offset is not above the
  * last one seen for its channel and partition is a duplicate and is dropped.
- * The server's verdict comes as a 'recovered' event per channel: false means
+ * The server's verdict comes as a 'recovered' event per channel, after the
+ * replayed messages (the server answers once they are all sent): false means
  * records were lost (gone from Kafka or beyond the replay limit) and the
  * application should resynchronise that channel.
  *
