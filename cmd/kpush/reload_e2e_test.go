@@ -10,16 +10,17 @@ import (
 	"time"
 
 	"github.com/kpush/kpush/consumer"
+	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/client"
 )
 
 // harnessYAML is a configuration file equal to what startApp runs with,
-// plus the given gateway keys, routes and config_check_interval, so that
-// reloading it changes only those.
-func harnessYAML(k *testKafka, gateway string, routes []consumer.Route, check time.Duration) string {
+// plus the given gateway keys, routes, config_check_interval and top-level
+// lines, so that reloading it changes only those.
+func harnessYAML(k *testKafka, gateway string, routes []consumer.Route, check time.Duration, top ...string) string {
 	var rs []string
 	for _, r := range routes {
-		rs = append(rs, fmt.Sprintf("{topic: %s, channel: %q}", r.Topic, r.Channel))
+		rs = append(rs, fmt.Sprintf("{topic: %s, channel: %q, public: %t, snapshot: %t}", r.Topic, r.Channel, r.Public, r.Snapshot))
 	}
 	return fmt.Sprintf(`listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
@@ -28,7 +29,7 @@ kafka: {brokers: [%q], metadata_interval: 500ms, retry_backoff: 50ms, retry_back
 routes: [%s]
 log: {level: warn, format: text}
 config_check_interval: %s
-`, gateway, k.brokers[0], strings.Join(rs, ", "), check)
+%s`, gateway, k.brokers[0], strings.Join(rs, ", "), check, strings.Join(top, "\n"))
 }
 
 // startWatchedApp starts kpush in-process and has it watch path, written
@@ -190,4 +191,51 @@ func TestReloadLimitsOnConfigMapUpdate(t *testing.T) {
 	}
 	r := k.produce(t, rec(topic, 0, "c", `{"after":"reload"}`))[0]
 	checkMsg(t, c.next(t, 10*time.Second), "ticks.c", r)
+}
+
+// A reloaded route's settings reach every part that depends on routes: the
+// gateway's public channels (auth) and the router's retention (snapshot).
+func TestReloadRouteSettings(t *testing.T) {
+	const secret = "reload-secret-reload-secret-reload-secret"
+	k := startKafka(t)
+	topic := k.topic(t, "reload-set", 1)
+	path := filepath.Join(t.TempDir(), "kpush.yaml")
+	v1 := []consumer.Route{{Topic: topic, Channel: "r.{key}"}}
+	authYAML := "auth: {mode: jwt, hs256_secret: " + secret + "}"
+	content := harnessYAML(k, "", v1, time.Hour, authYAML)
+	writeFileAtomic(t, path, content)
+	a := startApp(t, k, v1, func(c *Config) {
+		c.ConfigCheckInterval = time.Hour
+		c.Auth = auth.Config{Mode: auth.ModeJWT, HS256Secret: secret}
+	})
+	a.reloader.watch(path, []byte(content), nil)
+
+	anon := dial(t, a.wsURL)
+	if f := anon.request(t, &client.Request{Op: "subscribe", Channels: []string{"r.k"}}); f.Code != "forbidden" {
+		t.Fatalf("anonymous subscribe to a route that is not public: %+v", f)
+	}
+	k.produce(t, rec(topic, 0, "k", `{"n":1}`))
+
+	v2 := []consumer.Route{{Topic: topic, Channel: "r.{key}", Public: true, Snapshot: true}}
+	writeFileAtomic(t, path, harnessYAML(k, "", v2, time.Hour, authYAML))
+	a.reloader.hup <- syscall.SIGHUP
+	waitFor(t, 10*time.Second, "the reload to apply", func() bool {
+		return a.metric(t, "kpush_config_reloads_total", `result="applied"`) == 1
+	})
+	if got := a.metric(t, "kpush_config_restart_pending"); got != 0 {
+		t.Fatalf("kpush_config_restart_pending = %v: the test file differs from the running config in more than routes", got)
+	}
+	anon.subscribe(t, "r.k") // public now
+	r2 := k.produce(t, rec(topic, 0, "k", `{"n":2}`))[0]
+	checkMsg(t, anon.next(t, 10*time.Second), "r.k", r2)
+	// The reloaded route keeps snapshots: a new subscriber gets r2 first.
+	late := dial(t, a.wsURL)
+	if _, err := late.Send(&client.Request{Op: "subscribe", Channels: []string{"r.k"}, Snapshot: true}); err != nil {
+		t.Fatal(err)
+	}
+	f := late.next(t, 10*time.Second)
+	if !f.Snap {
+		t.Fatalf("first frame after a snapshot subscribe: %+v, want the snapshot", f)
+	}
+	checkMsg(t, f, "r.k", r2)
 }
