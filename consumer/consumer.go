@@ -194,8 +194,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			pctx, cancel := context.WithCancel(ctx)
 			ps := &partState{cancel: cancel}
 			c.mu.Lock()
-			c.partitions[tp] = ps
+			_, routed := c.table.Load().byTopic[tp.topic]
+			if routed { // not unrouted by SetRoutes since discover
+				c.partitions[tp] = ps
+			}
 			c.mu.Unlock()
+			if !routed {
+				cancel()
+				continue
+			}
 			if !f.fresh {
 				c.log.Info("consumer: new partition; reading from its first offset", "topic", tp.topic, "partition", tp.partition)
 			}
