@@ -209,6 +209,7 @@ func TestReloadRouteSettings(t *testing.T) {
 		c.Auth = auth.Config{Mode: auth.ModeJWT, HS256Secret: secret}
 	})
 	a.reloader.watch(path, []byte(content), nil)
+	a.waitPartitions(t, 1) // so record 1 is read before the reload
 
 	anon := dial(t, a.wsURL)
 	if f := anon.request(t, &client.Request{Op: "subscribe", Channels: []string{"r.k"}}); f.Code != "forbidden" {
