@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Consumer throughput and latency against a real Apache Kafka broker. Both
+// benchmarks skip unless KPUSH_TEST_KAFKA names a broker; `make bench-kafka`
+// starts one and runs them. Results and the exact commands are in
+// cmd/kpush-bench/README.md.
+
+// benchValue returns a JSON value of exactly size bytes carrying n and the
+// produce time t (Unix nanoseconds), padded with a string field.
+func benchValue(size int, n int, t int64) []byte {
+	v := fmt.Appendf(nil, `{"n":%d,"t":%d,"pad":"`, n, t)
+	for len(v) < size-2 {
+		v = append(v, 'x')
+	}
+	return append(v, `"}`...)
+}
+
+// benchTopic is the pre-filled topic shared by every run of
+// BenchmarkKafkaConsume in one process, so repeated runs (-count) do not
+// produce the records again.
+var benchTopic struct {
+	once    sync.Once
+	name    string
+	records int
+	err     error
+}
+
+const (
+	benchPartitions = 4
+	benchValueBytes = 100
+	benchKeys       = 1000
+)
+
+func benchRecords() int {
+	if s := os.Getenv("KPUSH_BENCH_RECORDS"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1_000_000
+}
+
+// fillBenchTopic creates a topic with benchPartitions partitions and writes
+// records values of benchValueBytes bytes, uncompressed, keyed over
+// benchKeys symbols.
+func fillBenchTopic(b *testing.B, k *testKafka) (string, int) {
+	benchTopic.once.Do(func() {
+		name := k.topic(b, "bench", benchPartitions)
+		n := benchRecords()
+		cl, err := kgo.NewClient(
+			kgo.SeedBrokers(k.brokers...),
+			kgo.RecordPartitioner(kgo.ManualPartitioner()),
+			kgo.ProducerBatchCompression(kgo.NoCompression()),
+			kgo.ProducerBatchMaxBytes(1<<20),
+			kgo.MaxBufferedRecords(100_000),
+		)
+		if err != nil {
+			benchTopic.err = err
+			return
+		}
+		defer cl.Close()
+		start := time.Now()
+		var (
+			mu       sync.Mutex
+			firstErr error
+		)
+		keys := make([][]byte, benchKeys)
+		for i := range keys {
+			keys[i] = fmt.Appendf(nil, "S%03d", i)
+		}
+		for i := range n {
+			r := &kgo.Record{Topic: name, Partition: int32(i % benchPartitions), Key: keys[i%benchKeys], Value: benchValue(benchValueBytes, i, 0)}
+			cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := cl.Flush(ctx); err != nil {
+			benchTopic.err = err
+			return
+		}
+		if firstErr != nil {
+			benchTopic.err = firstErr
+			return
+		}
+		b.Logf("produced %d records of %d bytes to %s in %s", n, benchValueBytes, name, time.Since(start).Round(time.Millisecond))
+		benchTopic.name, benchTopic.records = name, n
+	})
+	if benchTopic.err != nil {
+		b.Fatalf("fill bench topic: %v", benchTopic.err)
+	}
+	return benchTopic.name, benchTopic.records
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// consumed returns kpush_consumer_records_total read straight from the
+// app's registry.
+func consumed(b *testing.B, a *app) float64 {
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		b.Fatalf("gather: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != "kpush_consumer_records_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// BenchmarkKafkaConsume measures how many records per second one kpush
+// reads from Kafka and routes (template, JSON check, encode, channel lookup)
+// when no client is subscribed. Each iteration starts a fresh kpush that
+// reads the pre-filled topic from its first offset to its end.
+func BenchmarkKafkaConsume(b *testing.B) {
+	if os.Getenv("KPUSH_TEST_KAFKA") == "" {
+		b.Skip("needs a real Apache Kafka broker: run `make bench-kafka` (sets KPUSH_TEST_KAFKA)")
+	}
+	k := startKafka(b)
+	topic, n := fillBenchTopic(b, k)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var elapsed time.Duration
+	var cpu float64
+	for range b.N {
+		cpu0, start := cpuSeconds(), time.Now()
+		a := startApp(b, k, tickRoute(topic), func(c *Config) {
+			c.Kafka.Start = "earliest"
+			c.Kafka.MetadataInterval = 0 // the default
+			c.Kafka.RetryBackoff = 0
+			c.Kafka.RetryBackoffMax = 0
+		})
+		for consumed(b, a.app) < float64(n) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed += time.Since(start)
+		cpu += cpuSeconds() - cpu0
+		a.stop()
+	}
+	b.StopTimer()
+	total := float64(n) * float64(b.N)
+	b.ReportMetric(total/elapsed.Seconds(), "records/s")
+	b.ReportMetric(total/cpu, "records/cpu-s")
+	b.ReportMetric(cpu/elapsed.Seconds(), "cores")
+}
+
+// BenchmarkKafkaLatency measures produce-to-receive latency for one client
+// subscribed to one channel while records for that channel are produced at
+// 1,000 per second: from just before the producer hands the record to its
+// Kafka client, through the broker (acks=all), kpush's fetch, routing and
+// WebSocket write, to the client having read and parsed the frame.
+func BenchmarkKafkaLatency(b *testing.B) {
+	if os.Getenv("KPUSH_TEST_KAFKA") == "" {
+		b.Skip("needs a real Apache Kafka broker: run `make bench-kafka` (sets KPUSH_TEST_KAFKA)")
+	}
+	const (
+		rate     = 1000
+		duration = 5 * time.Second
+	)
+	k := startKafka(b)
+	topic := k.topic(b, "latency", benchPartitions)
+	a := startApp(b, k, tickRoute(topic), func(c *Config) {
+		c.Kafka.MetadataInterval = 0
+		c.Kafka.RetryBackoff = 0
+		c.Kafka.RetryBackoffMax = 0
+	})
+	c := dial(b, a.wsURL)
+	c.subscribe(b, "ticks.LAT")
+	b.ResetTimer()
+	var lat []time.Duration
+	for range b.N {
+		total := int(rate * duration / time.Second)
+		done := make(chan []time.Duration, 1)
+		go func() {
+			got := make([]time.Duration, 0, total)
+			var v struct{ T int64 }
+			for len(got) < total {
+				select {
+				case f, ok := <-c.frames:
+					if !ok {
+						done <- got
+						return
+					}
+					now := time.Now().UnixNano()
+					if f.Op != "msg" || json.Unmarshal(f.Data, &v) != nil {
+						continue
+					}
+					got = append(got, time.Duration(now-v.T))
+				case <-time.After(30 * time.Second):
+					done <- got
+					return
+				}
+			}
+			done <- got
+		}()
+		tick := time.NewTicker(time.Second / rate)
+		for i := range total {
+			<-tick.C
+			r := &kgo.Record{Topic: topic, Partition: 1, Key: []byte("LAT"), Value: benchValue(benchValueBytes, i, time.Now().UnixNano())}
+			k.cl.Produce(context.Background(), r, nil)
+		}
+		tick.Stop()
+		got := <-done
+		if len(got) != total {
+			b.Fatalf("received %d of %d records", len(got), total)
+		}
+		lat = append(lat, got...)
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond) }
+	b.ReportMetric(q(0.50), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+	b.ReportMetric(q(0.999), "p99.9-ms")
+	b.ReportMetric(float64(lat[len(lat)-1])/float64(time.Millisecond), "max-ms")
+}
+
+// stop ends kpush now (no drain) and waits for Run to return; the cleanup
+// registered by startApp then finds it stopped.
+func (a *testApp) stop() {
+	a.cancel()
+	err := <-a.done
+	a.done <- err
+}
