@@ -188,6 +188,8 @@ func (r *Router) Publish(f *Frame, keepLast bool) int {
 	n := 0
 	if c != nil {
 		n = r.fanout(c, f)
+	} else {
+		r.published.Add(1)
 	}
 	sh.mu.RUnlock()
 	return n

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpush/kpush/configs"
+)
+
+func TestEmbeddedConfigsLoad(t *testing.T) {
+	for name, data := range map[string][]byte{"kpush.yaml": configs.Default, "dev.yaml": configs.Dev} {
+		cfg, err := LoadConfig(name, data)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if cfg.Gateway.Path != "/ws" || len(cfg.Routes) == 0 {
+			t.Fatalf("%s loaded as %+v", name, cfg)
+		}
+	}
+	// kpush.yaml documents every default: loading it must equal loading
+	// the minimum config and filling defaults.
+	full, _ := LoadConfig("kpush.yaml", configs.Default)
+	min, err := LoadConfig("min", []byte("routes: [{topic: ticks, channel: \"ticks.{key}\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.Gateway.PingInterval != min.Gateway.PingInterval || full.Gateway.MaxQueueBytes != min.Gateway.MaxQueueBytes ||
+		full.Kafka.FetchMaxWait != min.Kafka.FetchMaxWait || full.Kafka.MetadataInterval != min.Kafka.MetadataInterval ||
+		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log {
+		t.Fatalf("configs/kpush.yaml disagrees with the built-in defaults:\n%+v\n%+v", full, min)
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string // substrings the error must contain
+	}{
+		{"unknown key", "routes: [{topic: t, channel: c}]\ngateway:\n  pth: /ws\n", []string{"test.yaml", "line 3", `unknown key "pth"`}},
+		{"unknown top key", "routs: []\n", []string{"line 1", `unknown key "routs"`}},
+		{"wrong type", "routes: [{topic: t, channel: c}]\ngateway: {max_connections: lots}\n", []string{"line 2", "lots"}},
+		{"bad duration", "routes: [{topic: t, channel: c}]\ngateway: {ping_interval: 3x}\n", []string{"line 2", "duration"}},
+		{"missing routes", "listen: \":8080\"\n", []string{"routes", "at least one route"}},
+		{"bad template", "routes: [{topic: t, channel: \"c.{nope}\"}]\n", []string{"routes[0].channel", "{nope}"}},
+		{"bad start", "routes: [{topic: t, channel: c}]\nkafka: {start: middle}\n", []string{"kafka.start", "middle"}},
+		{"idle below ping", "routes: [{topic: t, channel: c}]\ngateway: {ping_interval: 30s, idle_timeout: 10s}\n", []string{"gateway.idle_timeout"}},
+		{"bad origin", "routes: [{topic: t, channel: c}]\ngateway: {allowed_origins: [example.com]}\n", []string{"gateway.allowed_origins"}},
+		{"bad level", "routes: [{topic: t, channel: c}]\nlog: {level: loud}\n", []string{"log.level"}},
+		{"same ports", "listen: \":1\"\nadmin_listen: \":1\"\nroutes: [{topic: t, channel: c}]\n", []string{"admin_listen"}},
+		{"unset env", "routes: [{topic: t, channel: c}]\nkafka: {brokers: [\"${KPUSH_TEST_SURELY_UNSET}\"]}\n", []string{"line 2", "KPUSH_TEST_SURELY_UNSET"}},
+		{"empty", "", []string{"empty"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadConfig("test.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigEnvExpansion(t *testing.T) {
+	t.Setenv("KPUSH_TEST_BROKER", "10.1.2.3:9092")
+	cfg, err := LoadConfig("env.yaml", []byte(`
+kafka: {brokers: ["${KPUSH_TEST_BROKER}", "${KPUSH_TEST_UNSET_WITH_DEFAULT:-b:9092}"]}
+gateway: {drain_timeout: 3s}
+routes: [{topic: t, channel: "c.{key}"}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Kafka.Brokers; len(got) != 2 || got[0] != "10.1.2.3:9092" || got[1] != "b:9092" {
+		t.Fatalf("brokers = %v", got)
+	}
+	if cfg.Gateway.DrainTimeout != 3*time.Second {
+		t.Fatalf("drain_timeout = %s", cfg.Gateway.DrainTimeout)
+	}
+}
+
+func TestValidateCommand(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, configs.Default, 0o644)
+	os.WriteFile(bad, []byte("routes: []\nbogus: 1\n"), 0o644)
+	if code := run([]string{"validate", "-config", good}); code != 0 {
+		t.Fatalf("validate good config: exit %d", code)
+	}
+	if code := run([]string{"validate", "-config", bad}); code != 1 {
+		t.Fatalf("validate bad config: exit %d, want 1", code)
+	}
+	if code := run([]string{"validate"}); code != 2 {
+		t.Fatalf("validate without -config: exit %d, want 2", code)
+	}
+}
+
+func FuzzLoadConfig(f *testing.F) {
+	f.Add(configs.Default)
+	f.Add(configs.Dev)
+	f.Add([]byte("routes: [{topic: t, channel: \"c.{key}\"}]\ngateway: {ping_interval: 1s}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := LoadConfig("fuzz.yaml", b)
+		if err == nil && (len(cfg.Routes) == 0 || cfg.Gateway.Path == "") {
+			t.Fatalf("accepted an incomplete config: %+v", cfg)
+		}
+	})
+}

@@ -1,0 +1,94 @@
+package consumer
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestTemplate(t *testing.T) {
+	headers := map[string]string{"user-id": "42", "empty": ""}
+	fields := &Fields{
+		Topic:     "ticks",
+		Partition: 3,
+		Key:       []byte("AAPL"),
+		Header: func(name string) ([]byte, bool) {
+			v, ok := headers[name]
+			return []byte(v), ok
+		},
+	}
+	cases := []struct {
+		tmpl, want, err string
+	}{
+		{"ticks.{key}", "ticks.AAPL", ""},
+		{"{topic}.{partition}.{key}", "ticks.3.AAPL", ""},
+		{"user.{header:user-id}", "user.42", ""},
+		{"static", "static", ""},
+		{"{key}{key}", "AAPLAAPL", ""},
+		{"x.{header:missing}", "", "no header"},
+		{"x.{header:empty}", "", "no header"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.tmpl, func(t *testing.T) {
+			tm, err := ParseTemplate(tc.tmpl)
+			if err != nil {
+				t.Fatalf("ParseTemplate: %v", err)
+			}
+			got, err := tm.Append(nil, fields)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	noKey := &Fields{Topic: "t"}
+	tm, _ := ParseTemplate("a.{key}")
+	if _, err := tm.Append(nil, noKey); err == nil {
+		t.Fatal("a record without a key filled {key}")
+	}
+}
+
+func TestParseTemplateErrors(t *testing.T) {
+	for _, s := range []string{"", "a.{key", "a.}b", "{nope}", "{header:}", "{}", "a{b{c}}"} {
+		if _, err := ParseTemplate(s); err == nil {
+			t.Errorf("ParseTemplate(%q) accepted a bad template", s)
+		}
+	}
+}
+
+func TestValidateRoutes(t *testing.T) {
+	if err := ValidateRoutes(nil); err == nil {
+		t.Fatal("no routes accepted")
+	}
+	routes := []Route{{Topic: "t", Channel: "c.{key}"}}
+	if err := ValidateRoutes(routes); err != nil || routes[0].Format != FormatJSON || routes[0].Template() == nil {
+		t.Fatalf("valid route: err=%v format=%q", err, routes[0].Format)
+	}
+	bad := []Route{{Channel: "c"}, {Topic: "t", Channel: "{x}"}, {Topic: "t", Channel: "c", Format: "xml"}}
+	err := ValidateRoutes(bad)
+	for _, key := range []string{"routes[0].topic", "routes[1].channel", "routes[2].format"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("error %v does not name %s", err, key)
+		}
+	}
+}
+
+func FuzzTemplate(f *testing.F) {
+	for _, s := range []string{"ticks.{key}", "{topic}.{partition}", "u.{header:x}", "{", "}{"} {
+		f.Add(s, []byte("k"))
+	}
+	f.Fuzz(func(t *testing.T, tmpl string, key []byte) {
+		tm, err := ParseTemplate(tmpl)
+		if err != nil {
+			return
+		}
+		out, err := tm.Append(nil, &Fields{Topic: "t", Key: key})
+		if err == nil && tm.Static() && string(out) != tmpl {
+			t.Fatalf("static template %q rendered %q", tmpl, out)
+		}
+	})
+}
