@@ -549,17 +549,13 @@ func (s *Server) forceCloseAll() {
 
 // Publish encodes m once and queues it to every subscriber of its channel.
 // keepLast retains it as the channel's snapshot. It returns the number of
-// connections that accepted it.
-//
-// A record for a channel nobody subscribes to (and that keeps no snapshot)
-// is not encoded at all: most Kafka records have no subscriber at a given
-// instant. A subscribe racing this check sees the channel from the next
-// record on, as it would had it arrived a moment later.
+// connections that accepted it. A record for a channel nobody subscribes to
+// (and that keeps no snapshot) is not encoded at all.
 func (s *Server) Publish(m *Message, keepLast bool) int {
-	if !keepLast && s.router.Subscribers(m.Channel) == 0 {
-		return 0
+	if keepLast {
+		return s.router.Publish(EncodeMessage(m), true)
 	}
-	return s.router.Publish(EncodeMessage(m), keepLast)
+	return s.router.PublishLazy(m.Channel, func() *router.Frame { return EncodeMessage(m) })
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

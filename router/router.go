@@ -195,6 +195,23 @@ func (r *Router) Publish(f *Frame, keepLast bool) int {
 	return n
 }
 
+// PublishLazy is Publish(encode(), false) for a frame built only if ch has
+// subscribers: most records have none at a given instant, and encoding them
+// would be wasted work. encode runs at most once, under the shard's read
+// lock, and must not call back into the Router. Published counts the record
+// either way.
+func (r *Router) PublishLazy(ch string, encode func() *Frame) int {
+	sh := r.shardFor(ch)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	c := sh.channels[ch]
+	if c == nil {
+		r.published.Add(1)
+		return 0
+	}
+	return r.fanout(c, encode())
+}
+
 // fanout enqueues f to every sink of c; caller holds the shard lock.
 func (r *Router) fanout(c *channel, f *Frame) int {
 	r.published.Add(1)
