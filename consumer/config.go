@@ -16,8 +16,10 @@ type Config struct {
 	// later are always read from their first offset, so nothing produced to
 	// them is missed.
 	Start string `yaml:"start"`
-	// MetadataInterval bounds how long a new routed topic or partition goes
-	// unnoticed.
+	// MetadataInterval bounds how long a routed topic created, or a
+	// partition added, while kpush runs goes unread: it is read from its
+	// first offset within this interval (plus one round trip). Metadata is
+	// refreshed every half interval or sooner; at most 10s.
 	MetadataInterval time.Duration `yaml:"metadata_interval"`
 	// FetchMaxWait is how long the broker may hold a fetch open when a
 	// partition has nothing new. A new record ends the wait at once, so
