@@ -129,6 +129,28 @@ func (k *realKafka) tryKcat(topic string, partition int32, extra []string, lines
 	return nil
 }
 
+// addPartitions grows topic to total partitions.
+func (k *realKafka) addPartitions(t testing.TB, topic string, total int32) {
+	t.Helper()
+	req := kmsg.NewPtrCreatePartitionsRequest()
+	rt := kmsg.NewCreatePartitionsRequestTopic()
+	rt.Topic = topic
+	rt.Count = total
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 10000
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, k.cl)
+	if err != nil {
+		t.Fatalf("add partitions to %s: %v", topic, err)
+	}
+	for _, r := range resp.Topics {
+		if r.ErrorCode != 0 {
+			t.Fatalf("add partitions to %s: error code %d", topic, r.ErrorCode)
+		}
+	}
+}
+
 // readLog reads partitions 0..n-1 of topic from the first offset to their
 // current end with an independent client, and returns each partition's
 // records in offset order: what an exact consumer must deliver.
@@ -261,6 +283,28 @@ func (l *frameLog) waitMsgs(t testing.TB, n int, d time.Duration) []*client.Fram
 		t.Fatalf("connection ended after %d of %d messages: %v", len(got), n, l.closed)
 	}
 	return got
+}
+
+// waitFor waits until cond holds for the msg frames received so far.
+func (l *frameLog) waitFor(t testing.TB, d time.Duration, what string, cond func([]*client.Frame) bool) {
+	t.Helper()
+	waitFor(t, d, what, func() bool {
+		if l.isEnded() {
+			t.Fatalf("connection ended while waiting for %s: %v", what, l.closed)
+		}
+		return cond(l.msgs())
+	})
+}
+
+// hasMsg reports whether msgs holds the record at partition p, offset o on
+// channel ch with data.
+func hasMsg(msgs []*client.Frame, ch string, p int32, o int64, data string) bool {
+	for _, f := range msgs {
+		if f.Ch == ch && f.P == p && f.O == o && string(f.Data) == data {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *frameLog) isEnded() bool {
