@@ -166,7 +166,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.setMetadataOK(false)
 			c.m.errMetadata.Inc()
 			d := backoff.next()
-			c.log.Warn("consumer: reading metadata failed; retrying", "err", err, "retry_in", d)
+			c.log.Warn("consumer: reading metadata failed; retrying", "err", err, "retry_in", d.String())
 			t.Reset(d)
 			continue
 		}

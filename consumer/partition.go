@@ -67,7 +67,7 @@ func (r *partReader) run(ctx context.Context, start int64) {
 		r.state.healthy.Store(false)
 		r.c.m.errors.WithLabelValues(op).Inc()
 		d := backoff.next()
-		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d)
+		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d.String())
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {

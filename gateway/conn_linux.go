@@ -29,6 +29,7 @@ type conn struct {
 	queue       []*router.Frame  // guarded by mu; frames waiting to be written
 	queuedBytes int              // guarded by mu; bytes in queue not yet written
 	head        int              // guarded by mu; bytes of queue[0] already written
+	inflight    int              // guarded by mu; frames at the queue front handed to a writev in progress
 	flags       connFlags        // guarded by mu
 	closeAt     int64            // guarded by mu; coarse ms after which a closing conn is cut
 	subs        []string         // guarded by mu; channels subscribed to
@@ -144,12 +145,14 @@ func (c *conn) flush(w *worker) {
 			setIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
+		c.inflight = len(iov)
 		c.mu.Unlock()
 
 		n, err := writev(c.fd, iov)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
+		c.inflight = 0
 		if err != nil {
 			if isWouldBlock(err) {
 				c.flags = c.flags&^flagFlushing | flagWaitOut
@@ -376,9 +379,11 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	}
 	c.flags |= flagClosing
 	if dropPending && len(c.queue) > 0 {
-		keep := 0
-		if c.head > 0 {
-			keep = 1 // finish the frame already on the wire
+		// Keep what a writev in progress is writing and the rest of a
+		// frame already partly on the wire: the stream must stay whole.
+		keep := c.inflight
+		if keep == 0 && c.head > 0 {
+			keep = 1
 		}
 		for _, f := range c.queue[keep:] {
 			c.queuedBytes -= len(f.Data)
@@ -391,10 +396,24 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
+	hasSubs := len(c.subs) > 0
+	c.mu.Unlock()
+	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if hasSubs {
+		// closeWith may run inside Enqueue, under a router shard lock,
+		// so the router is left to a worker (see dropSubscriptions).
+		c.srv.work.push(task{c: c, kind: taskUnsubscribe})
+	}
+}
+
+// dropSubscriptions removes a closing connection from the router. It runs on
+// a worker, never under a router lock. Subscribe adds nothing once the conn
+// is closing, so this sees the final list.
+func (c *conn) dropSubscriptions() {
+	c.mu.Lock()
 	subs := c.subs
 	c.subs = nil
 	c.mu.Unlock()
-	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
 	if len(subs) > 0 {
 		c.srv.router.Unsubscribe(c, subs...)
 	}
@@ -404,7 +423,8 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 // frame before it is cut.
 const closeGraceMS = 2000
 
-// abort drops the connection without a close handshake.
+// abort drops the connection without a close handshake. It must not be
+// called under a router lock.
 func (c *conn) abort() {
 	c.mu.Lock()
 	already := c.flags&flagClosed != 0

@@ -229,7 +229,7 @@ func (s *Server) acceptLoop(ln net.Listener, hsWG *sync.WaitGroup) error {
 				// Out of descriptors or a transient error: back off
 				// instead of spinning, as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("gateway accept failed; retrying", "err", err, "backoff", backoff)
+				s.log.Warn("gateway accept failed; retrying", "err", err, "backoff", backoff.String())
 				select {
 				case <-time.After(backoff):
 				case <-s.stop:
@@ -289,6 +289,8 @@ func (s *Server) runWorker() {
 				t.c.onReadable(w)
 			case taskFlush:
 				t.c.flush(w)
+			case taskUnsubscribe:
+				t.c.dropSubscriptions()
 			}
 			w.batch[i] = task{}
 		}
@@ -485,7 +487,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAccepting()
 	conns := s.conns.snapshot()
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
-	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout)
+	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout.String())
 	start := time.Now()
 	window := s.cfg.DrainTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < window {
@@ -505,7 +507,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
 	}
 	s.waitConns(ctx, closeGraceMS*time.Millisecond+time.Second)
-	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond), "left", s.conns.count())
+	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond).String(), "left", s.conns.count())
 	return ctx.Err()
 }
 
@@ -561,6 +563,14 @@ func (s *Server) Publish(m *Message, keepLast bool) int {
 // fallbackHandler serves plain HTTP on the WebSocket port.
 func (s *Server) fallbackHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == s.cfg.Path {
+			// A request for the WebSocket path on a kept-alive HTTP
+			// connection: the upgrade is only taken as the first request
+			// of a connection, which is what browsers send.
+			w.Header().Set("Connection", "close")
+			http.Error(w, "WebSocket upgrade must be the first request on its connection", http.StatusBadRequest)
+			return
+		}
 		if s.httpHandler != nil {
 			s.httpHandler.ServeHTTP(w, r)
 			return

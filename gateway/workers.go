@@ -8,8 +8,9 @@ import "sync"
 type taskKind uint8
 
 const (
-	taskRead  taskKind = iota + 1 // the socket is readable
-	taskFlush                     // the connection has queued frames and a writable socket
+	taskRead        taskKind = iota + 1 // the socket is readable
+	taskFlush                           // the connection has queued frames and a writable socket
+	taskUnsubscribe                     // the connection is closing: leave the router
 )
 
 type task struct {
@@ -20,7 +21,8 @@ type task struct {
 // workQueue is an unbounded FIFO of tasks feeding the worker pool. It never
 // blocks its producers: pushes come from epoll loops and from publishers that
 // hold router locks. Its length is bounded by two tasks per connection, since
-// a connection has at most one read and one flush scheduled at a time.
+// a connection has at most one read and one flush scheduled at a time (plus
+// one unsubscribe when it closes).
 type workQueue struct {
 	mu     sync.Mutex
 	cond   sync.Cond

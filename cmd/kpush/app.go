@@ -194,7 +194,7 @@ func serve(cfg *Config, dev *devOptions, out io.Writer) error {
 	case err := <-runErr:
 		return err
 	case sig := <-sigs:
-		log.Info("signal received; draining", "signal", sig.String(), "window", cfg.Gateway.DrainTimeout)
+		log.Info("signal received; draining", "signal", sig.String(), "window", cfg.Gateway.DrainTimeout.String())
 	}
 	// A second signal stops at once.
 	drainCtx, drainDone := context.WithTimeout(ctx, cfg.Gateway.DrainTimeout+10*time.Second)

@@ -237,3 +237,25 @@ func TestFormatsAndSkippedRecords(t *testing.T) {
 		t.Fatalf("decoded data %v, want %v", got, payload)
 	}
 }
+
+func TestFollowsNewTopicsAndPartitions(t *testing.T) {
+	k := startKafka(t)
+	topic := fmt.Sprintf("later-%d", time.Now().UnixNano())
+	// The routed topic does not exist yet when kpush starts.
+	app := startApp(t, k, tickRoute(topic), nil)
+	c := dial(t, app.wsURL)
+	c.subscribe(t, "ticks.K")
+
+	k.createTopic(t, topic, 1)
+	// Produced right after creation: read from the first offset, not
+	// skipped as "before latest".
+	first := k.produce(t, rec(topic, 0, "K", `{"n":1}`))[0]
+	checkMsg(t, c.next(t, 15*time.Second), "ticks.K", first)
+
+	k.addPartitions(t, topic, 3)
+	waitFor(t, 15*time.Second, "kpush to read the added partitions", func() bool {
+		return app.metric(t, "kpush_consumer_partitions") == 3
+	})
+	r := k.produce(t, rec(topic, 2, "K", `{"n":2}`))[0]
+	checkMsg(t, c.next(t, 15*time.Second), "ticks.K", r)
+}

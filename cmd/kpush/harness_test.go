@@ -47,6 +47,7 @@ func startKafka(t testing.TB) *testKafka {
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(),
+		kgo.MetadataMinAge(100*time.Millisecond),
 	)
 	if err != nil {
 		t.Fatalf("kafka client: %v", err)
@@ -86,6 +87,39 @@ func (k *testKafka) createTopic(t testing.TB, name string, partitions int32) {
 	}
 }
 
+// addPartitions grows a topic to total partitions.
+func (k *testKafka) addPartitions(t testing.TB, topic string, total int32) {
+	t.Helper()
+	req := kmsg.NewPtrCreatePartitionsRequest()
+	rt := kmsg.NewCreatePartitionsRequestTopic()
+	rt.Topic = topic
+	rt.Count = total
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 10000
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, k.cl)
+	if err != nil {
+		t.Fatalf("add partitions to %s: %v", topic, err)
+	}
+	for _, tr := range resp.Topics {
+		if tr.ErrorCode != 0 {
+			t.Fatalf("add partitions to %s: error code %d", topic, tr.ErrorCode)
+		}
+	}
+	// Let the producer see the new partitions before the test writes to them.
+	waitFor(t, 20*time.Second, "the producer to see the added partitions", func() bool {
+		k.cl.ForceMetadataRefresh()
+		mreq := kmsg.NewPtrMetadataRequest()
+		mt := kmsg.NewMetadataRequestTopic()
+		mt.Topic = kmsg.StringPtr(topic)
+		mreq.Topics = append(mreq.Topics, mt)
+		mresp, err := mreq.RequestWith(ctx, k.cl)
+		return err == nil && len(mresp.Topics) == 1 && int32(len(mresp.Topics[0].Partitions)) == total
+	})
+	k.cl.ForceMetadataRefresh()
+}
+
 // produce writes records synchronously and returns them with partition,
 // offset and timestamp filled in.
 func (k *testKafka) produce(t testing.TB, recs ...*kgo.Record) []*kgo.Record {
@@ -93,6 +127,13 @@ func (k *testKafka) produce(t testing.TB, recs ...*kgo.Record) []*kgo.Record {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := k.cl.ProduceSync(ctx, recs...)
+	// Right after partitions are added the producer's metadata may lag;
+	// that refusal happens before anything is written, so retrying is safe.
+	for tries := 0; tries < 50 && res.FirstErr() != nil && strings.Contains(res.FirstErr().Error(), "invalid record partitioning"); tries++ {
+		k.cl.ForceMetadataRefresh()
+		time.Sleep(100 * time.Millisecond)
+		res = k.cl.ProduceSync(ctx, recs...)
+	}
 	if err := res.FirstErr(); err != nil {
 		t.Fatalf("produce: %v", err)
 	}
@@ -317,6 +358,15 @@ func (w *wsClient) expectNoMsg(t testing.TB) {
 // close code.
 func (w *wsClient) closeCode(t testing.TB, d time.Duration) int {
 	t.Helper()
+	code, err := w.waitClose(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// waitClose is closeCode for use off the test goroutine.
+func (w *wsClient) waitClose(d time.Duration) (int, error) {
 	deadline := time.After(d)
 	for {
 		select {
@@ -327,11 +377,11 @@ func (w *wsClient) closeCode(t testing.TB, d time.Duration) int {
 			err := <-w.closed
 			var ce client.CloseError
 			if errors.As(err, &ce) {
-				return int(ce.Code)
+				return int(ce.Code), nil
 			}
-			t.Fatalf("connection ended without a close frame: %v", err)
+			return 0, fmt.Errorf("connection ended without a close frame: %v", err)
 		case <-deadline:
-			t.Fatalf("connection not closed within %s", d)
+			return 0, fmt.Errorf("connection not closed within %s", d)
 		}
 	}
 }

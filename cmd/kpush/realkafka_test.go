@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -25,8 +24,8 @@ import (
 
 // Helpers for the tests that need the real broker of deployments/local-kafka
 // (make test-kafka): its fault controls (kafka-ctl.sh), the outside producer
-// kcat, kpush as a separate process, and a log of everything a client
-// receives.
+// kcat, measurements of a kpush process (startKpushProcess), and a log of
+// everything a client receives.
 
 // realKafka is the local Apache Kafka broker named by KPUSH_TEST_KAFKA.
 type realKafka struct {
@@ -127,28 +126,6 @@ func (k *realKafka) tryKcat(topic string, partition int32, extra []string, lines
 		return fmt.Errorf("kcat -P -t %s -p %d: %v\n%s", topic, partition, err, stderr.Bytes())
 	}
 	return nil
-}
-
-// addPartitions grows topic to total partitions.
-func (k *realKafka) addPartitions(t testing.TB, topic string, total int32) {
-	t.Helper()
-	req := kmsg.NewPtrCreatePartitionsRequest()
-	rt := kmsg.NewCreatePartitionsRequestTopic()
-	rt.Topic = topic
-	rt.Count = total
-	req.Topics = append(req.Topics, rt)
-	req.TimeoutMillis = 10000
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	resp, err := req.RequestWith(ctx, k.cl)
-	if err != nil {
-		t.Fatalf("add partitions to %s: %v", topic, err)
-	}
-	for _, r := range resp.Topics {
-		if r.ErrorCode != 0 {
-			t.Fatalf("add partitions to %s: error code %d", topic, r.ErrorCode)
-		}
-	}
 }
 
 // readLog reads partitions 0..n-1 of topic from the first offset to their
@@ -375,91 +352,6 @@ func sameAsLog(t testing.TB, who string, msgs []*client.Frame, want map[int32][]
 	}
 }
 
-// kpushProcess is kpush running as its own process (this test binary
-// re-executed through TestMain), for tests that measure the process or
-// start it in a state the in-process harness cannot.
-type kpushProcess struct {
-	cmd      *exec.Cmd
-	wsURL    string
-	adminURL string
-	stderr   *lockedBuffer
-	exited   chan struct{} // closed once the process has been waited for
-	exitErr  error         // set before exited is closed
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// startKpushProcess runs kpush with configYAML (its listeners on port 0,
-// log format json) and returns once it logged the addresses it serves on.
-func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "kpush.yaml")
-	if err := os.WriteFile(path, []byte(configYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(os.Args[0], "-config", path)
-	cmd.Env = append(os.Environ(), "KPUSH_TEST_MAIN=1")
-	pipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start kpush: %v", err)
-	}
-	p := &kpushProcess{cmd: cmd, exited: make(chan struct{}), stderr: &lockedBuffer{}}
-	addrs := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			p.stderr.Write(append(line, '\n'))
-			var rec struct{ Msg, Listen, Admin string }
-			if json.Unmarshal(line, &rec) == nil && rec.Msg == "kpush running" {
-				select {
-				case addrs <- [2]string{rec.Listen, rec.Admin}:
-				default:
-				}
-			}
-		}
-		p.exitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	select {
-	case a := <-addrs:
-		p.wsURL = "ws://" + a[0] + "/ws"
-		p.adminURL = "http://" + a[1]
-	case <-p.exited:
-		t.Fatalf("kpush exited at start: %v\n%s", p.exitErr, p.stderr)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("kpush did not log its addresses within 30s\n%s", p.stderr)
-	}
-	return p
-}
-
 // cpuTicks returns the process's user+system CPU time in clock ticks
 // (USER_HZ, 100 per second on Linux).
 func (p *kpushProcess) cpuTicks(t testing.TB) int64 {
@@ -498,8 +390,8 @@ func (p *kpushProcess) stop(t testing.TB) {
 	}
 	select {
 	case <-p.exited:
-		if p.exitErr != nil {
-			t.Fatalf("kpush exited with %v after SIGTERM\n%s", p.exitErr, p.stderr)
+		if p.err != nil {
+			t.Fatalf("kpush exited with %v after SIGTERM", p.err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("kpush still running 30s after SIGTERM")
