@@ -52,7 +52,7 @@ func benchRecords() int {
 			return n
 		}
 	}
-	return 1_000_000
+	return 2_000_000
 }
 
 // fillBenchTopic creates a topic with benchPartitions partitions and writes
