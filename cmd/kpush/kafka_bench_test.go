@@ -165,8 +165,9 @@ func BenchmarkKafkaConsume(b *testing.B) {
 // Kafka client, through the broker (acks=all), kpush's fetch, routing and
 // WebSocket write, to the client having read and parsed the frame. The
 // first second is a warm-up and not counted. ack-p50/ack-p99 are the
-// producer's own produce-to-acknowledgement times over the same records:
-// the part of the latency spent before kpush can see a record at all.
+// producer's own produce-to-acknowledgement times over the same records, in
+// the same process: a floor set by the broker and by how promptly this
+// machine schedules the process, which kpush cannot go below.
 func BenchmarkKafkaLatency(b *testing.B) {
 	if os.Getenv("KPUSH_TEST_KAFKA") == "" {
 		b.Skip("needs a real Apache Kafka broker: run `make bench-kafka` (sets KPUSH_TEST_KAFKA)")
