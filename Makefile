@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick bench-kafka kafka-up kafka-down test-kafka docker clean
+.PHONY: build run test test-race lint bench bench-quick bench-kafka fuzz kafka-up kafka-down test-kafka docker clean
 
 # Port of the local broker that kafka-up, test-kafka and bench-kafka use.
 KAFKA_PORT ?= 9092
@@ -44,6 +44,17 @@ bench-kafka:
 ## bench-quick: one short pass of the micro-benchmarks
 bench-quick:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./router/ ./gateway/
+
+## fuzz: each fuzz target for FUZZTIME (seed corpora in each package's testdata/fuzz/)
+FUZZTIME ?= 10s
+FUZZ_TARGETS := gateway:FuzzParseRequest gateway:FuzzParseFrame gateway:FuzzHandshakeToken \
+	gateway/auth:FuzzPattern router:FuzzValidChannel consumer:FuzzTemplate cmd/kpush:FuzzLoadConfig
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+	done
 
 ## kafka-up / kafka-down: a real single-node Apache Kafka broker on 127.0.0.1:$${KAFKA_PORT:-9092}
 kafka-up:

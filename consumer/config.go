@@ -113,6 +113,9 @@ type Route struct {
 	Topic   string `yaml:"topic"`
 	Channel string `yaml:"channel"`
 	Format  Format `yaml:"format"`
+	// Public opens the route's channels to every client, anonymous ones
+	// included, when auth.mode is jwt.
+	Public bool `yaml:"public"`
 
 	tmpl *Template
 }

@@ -122,3 +122,62 @@ func (t *Template) Append(dst []byte, f *Fields) ([]byte, error) {
 }
 
 var errNoKey = fmt.Errorf("record has no key")
+
+// Match reports whether the template, for a record of topic, can render
+// channel ch: literals match themselves, {topic} the topic, {partition} a
+// run of digits and {key} or {header:NAME} any non-empty text. Channels are
+// at most router.MaxChannelLen bytes; longer ones never match.
+func (t *Template) Match(ch, topic string) bool {
+	const maxLen = 200
+	if len(ch) > maxLen {
+		return false
+	}
+	// at[i] is true when the parts so far can render exactly ch[:i].
+	var a, b [maxLen + 1]bool
+	at, next := &a, &b
+	at[0] = true
+	n := len(ch)
+	for _, p := range t.parts {
+		clear(next[:n+1])
+		reached := false
+		first := -1
+		for i := 0; i <= n; i++ {
+			if !at[i] {
+				continue
+			}
+			if first < 0 {
+				first = i
+			}
+			switch p.kind {
+			case tmplLiteral, tmplTopic:
+				lit := p.text
+				if p.kind == tmplTopic {
+					lit = topic
+				}
+				if strings.HasPrefix(ch[i:], lit) {
+					next[i+len(lit)] = true
+					reached = true
+				}
+			case tmplPartition:
+				for j := i; j < n && ch[j] >= '0' && ch[j] <= '9'; j++ {
+					next[j+1] = true
+					reached = true
+				}
+			}
+		}
+		if p.kind == tmplKey || p.kind == tmplHeader {
+			// Any non-empty text: every position after the first reachable one.
+			if first >= 0 {
+				for j := first + 1; j <= n; j++ {
+					next[j] = true
+					reached = true
+				}
+			}
+		}
+		if !reached {
+			return false
+		}
+		at, next = next, at
+	}
+	return at[n]
+}

@@ -76,19 +76,3 @@ func TestValidateRoutes(t *testing.T) {
 		}
 	}
 }
-
-func FuzzTemplate(f *testing.F) {
-	for _, s := range []string{"ticks.{key}", "{topic}.{partition}", "u.{header:x}", "{", "}{"} {
-		f.Add(s, []byte("k"))
-	}
-	f.Fuzz(func(t *testing.T, tmpl string, key []byte) {
-		tm, err := ParseTemplate(tmpl)
-		if err != nil {
-			return
-		}
-		out, err := tm.Append(nil, &Fields{Topic: "t", Key: key})
-		if err == nil && tm.Static() && string(out) != tmpl {
-			t.Fatalf("static template %q rendered %q", tmpl, out)
-		}
-	})
-}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kpush/kpush/gateway/auth"
 )
 
 // Config is the gateway section of kpush's configuration. Zero values mean
@@ -32,6 +34,25 @@ type Config struct {
 	Workers int `yaml:"workers"`
 	// MaxHandshakes bounds handshakes in progress at once.
 	MaxHandshakes int `yaml:"max_handshakes"`
+
+	// MaxConnectionsPerIP bounds the WebSocket connections one client
+	// address may hold (HTTP 429 past it); 0 means no per-address limit,
+	// the right setting behind a proxy that hides client addresses.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxHeaderBytes bounds the upgrade request, request line and headers
+	// together (HTTP 431 past it).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxRequestsPerSecond and RequestBurst bound client requests and pings
+	// per connection (a token bucket). A request over the limit is answered
+	// with error rate_limited; once RequestBurst requests in a row were
+	// refused the connection is closed with 1008.
+	MaxRequestsPerSecond int `yaml:"max_requests_per_second"`
+	RequestBurst         int `yaml:"request_burst"`
+
+	// TLS and Auth are the top-level `tls` and `auth` sections (set by the
+	// caller).
+	TLS  TLSConfig   `yaml:"-"`
+	Auth auth.Config `yaml:"-"`
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -65,6 +86,11 @@ func (c *Config) SetDefaults() {
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 4096)
 	def(&c.MaxHandshakes, 1024)
+	def(&c.MaxHeaderBytes, 16<<10)
+	def(&c.MaxRequestsPerSecond, 20)
+	def(&c.RequestBurst, 40)
+	c.TLS.SetDefaults()
+	c.Auth.SetDefaults()
 }
 
 // Validate reports every invalid key, named as in the YAML file.
@@ -77,14 +103,19 @@ func (c *Config) Validate() error {
 		bad("path", "%q must start with /", c.Path)
 	}
 	positive := map[string]int{
-		"max_connections":    c.MaxConnections,
-		"max_message_bytes":  c.MaxMessageBytes,
-		"max_subscriptions":  c.MaxSubscriptions,
-		"max_queue_bytes":    c.MaxQueueBytes,
-		"max_queue_messages": c.MaxQueueMessages,
-		"max_handshakes":     c.MaxHandshakes,
+		"max_connections":         c.MaxConnections,
+		"max_message_bytes":       c.MaxMessageBytes,
+		"max_subscriptions":       c.MaxSubscriptions,
+		"max_queue_bytes":         c.MaxQueueBytes,
+		"max_queue_messages":      c.MaxQueueMessages,
+		"max_handshakes":          c.MaxHandshakes,
+		"max_connections_per_ip":  c.MaxConnectionsPerIP,
+		"max_header_bytes":        c.MaxHeaderBytes,
+		"max_requests_per_second": c.MaxRequestsPerSecond,
+		"request_burst":           c.RequestBurst,
 	}
-	for _, k := range []string{"max_connections", "max_message_bytes", "max_subscriptions", "max_queue_bytes", "max_queue_messages", "max_handshakes"} {
+	for _, k := range []string{"max_connections", "max_message_bytes", "max_subscriptions", "max_queue_bytes", "max_queue_messages", "max_handshakes",
+		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst"} {
 		if positive[k] < 0 {
 			bad(k, "must be positive, got %d", positive[k])
 		}
@@ -114,5 +145,9 @@ func (c *Config) Validate() error {
 			bad("allowed_origins", "%q must be \"*\" or a scheme://host[:port] origin", o)
 		}
 	}
+	if c.MaxHeaderBytes > 0 && c.MaxHeaderBytes < 1024 {
+		bad("max_header_bytes", "%d is below 1024, too small for a browser's upgrade request", c.MaxHeaderBytes)
+	}
+	errs = append(errs, c.TLS.Validate(), c.Auth.Validate())
 	return errors.Join(errs...)
 }

@@ -25,6 +25,9 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
+	tls *tlsState // nil for plain ws; set before the conn is registered
+	sec connSec   // token grant, expiry and request rate (security_linux.go)
+
 	mu          sync.Mutex
 	queue       []*router.Frame  // guarded by mu; frames waiting to be written
 	queuedBytes int              // guarded by mu; bytes in queue not yet written
@@ -106,6 +109,10 @@ func (c *conn) scheduleLocked() {
 // flush writes as much of the queue as the socket takes, with one writev per
 // round. It runs on a worker; flagFlushing makes it exclusive.
 func (c *conn) flush(w *worker) {
+	if c.tls != nil {
+		c.flushTLS(w)
+		return
+	}
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
@@ -239,7 +246,10 @@ func (c *conn) onReadable(w *worker) {
 	c.mu.Lock()
 	c.flags &^= flagReading
 	if alive && c.flags&flagClosed == 0 {
-		if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
+		if c.tls != nil && !c.tls.drained {
+			// crypto/tls may hold records epoll cannot see: read again.
+			c.srv.work.push(task{c: c, kind: taskRead})
+		} else if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
 			alive = false
 		}
 	}
@@ -259,7 +269,7 @@ func (c *conn) readFrames(w *worker) bool {
 	c.partial = nil
 	maxPayload := c.srv.cfg.MaxMessageBytes
 	for budget := 4; budget > 0; budget-- {
-		m, err := readFD(c.fd, buf[n:])
+		m, err := c.read(buf[n:])
 		if err != nil {
 			if isWouldBlock(err) {
 				break
@@ -304,6 +314,9 @@ func (c *conn) readFrames(w *worker) bool {
 func (c *conn) handleFrame(f inFrame) bool {
 	switch f.op {
 	case ws.OpPing:
+		if ok, alive := c.allowRequest(nil); !ok {
+			return alive
+		}
 		c.send(serverFrame(ws.OpPong, f.payload))
 		return true
 	case ws.OpPong:
@@ -399,6 +412,9 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	hasSubs := len(c.subs) > 0
 	c.mu.Unlock()
 	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
+	if r := closeRejectReason(code); r != "" {
+		c.srv.metrics.rejected.WithLabelValues(r).Inc()
+	}
 	if hasSubs {
 		// closeWith may run inside Enqueue, under a router shard lock,
 		// so the router is left to a worker (see dropSubscriptions).
@@ -458,6 +474,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.writePoller.remove(fd)
 	c.srv.conns.remove(fd, c)
 	closeFD(fd)
+	c.releaseSecurityLocked()
 	c.fd = -1
 	c.queue = nil
 	c.queuedBytes = 0

@@ -20,6 +20,15 @@
 //   - One ticker drives pings, idle timeouts and stuck closes for all
 //     connections.
 //
+// Security (README.md, "Security"): with TLS configured, the TLS handshake
+// and the upgrade run in the handshake goroutine and the connection is then
+// detached like a plain one, crypto/tls reading and writing through a
+// non-blocking adapter (tls_linux.go), so an idle wss connection holds no
+// goroutine either. Tokens are verified at the upgrade (package auth) and
+// subscriptions checked against their grants; expiry is enforced by the
+// same ticker. Limits on hostile clients answer with an HTTP status before
+// the upgrade or a close code after it, each counted in kpush_rejected_total.
+//
 // Server.Run serves until its context ends; Server.Shutdown drains: it stops
 // accepting and closes connections with 1001 spread over drain_timeout.
 package gateway

@@ -22,6 +22,7 @@ const (
 	CodeTooManySubscriptions = "too_many_subscriptions"
 	CodeForbidden            = "forbidden"
 	CodeRateLimited          = "rate_limited"
+	CodeInvalidToken         = "invalid_token"
 	CodeInternal             = "internal"
 )
 

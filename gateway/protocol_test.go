@@ -203,37 +203,3 @@ func TestParseFrame(t *testing.T) {
 		}
 	}
 }
-
-func FuzzParseRequest(f *testing.F) {
-	for _, s := range []string{`{"op":"subscribe","id":1,"channels":["a"]}`, `{"op":"ping","id":3}`, `{"op":"subscribe","id":4,"channels":["a"],"since":{"a":{"2":1}}}`, `{`, `null`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := ParseRequest(b, 100)
-		if err == nil && r.Op == "" {
-			t.Fatal("accepted a request without op")
-		}
-		var pe *ProtocolError
-		if err != nil && !errors.As(err, &pe) {
-			t.Fatalf("error %v is not a ProtocolError", err)
-		}
-	})
-}
-
-func FuzzParseFrame(f *testing.F) {
-	f.Add(maskedFrame(true, ws.OpText, []byte(`{"op":"ping","id":1}`)))
-	f.Add(maskedFrame(false, ws.OpContinuation, []byte("abc")))
-	f.Add([]byte{0x81, 0xfe, 0x01, 0x00})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		fr, n, err := parseFrame(b, 4096)
-		if err != nil {
-			return
-		}
-		if n < 0 || n > len(b) {
-			t.Fatalf("used %d of %d bytes", n, len(b))
-		}
-		if n > 0 && len(fr.payload) > 4096 {
-			t.Fatalf("payload of %d bytes passed a 4096 limit", len(fr.payload))
-		}
-	})
-}

@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -51,6 +53,14 @@ type Server struct {
 	done     chan struct{} // closed when Run returns
 
 	handshakes chan struct{} // semaphore bounding handshakes in progress
+
+	// Security (security_linux.go, tls_linux.go); set by New and
+	// SetPublicChannels, read-only while serving.
+	tlsConfig *tls.Config // nil: plain ws
+	certs     *certStore
+	verifier  *auth.Verifier // nil: auth.mode none
+	public    PublicChannels
+	perIP     *ipLimiter
 }
 
 // New returns a Server. It does not listen until Run.
@@ -90,6 +100,9 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	s.metrics = m
+	if err := s.initSecurity(reg); err != nil {
+		return nil, err
+	}
 	if s.readPoller, err = newPoller(syscall.EPOLLIN | syscall.EPOLLRDHUP); err != nil {
 		return nil, err
 	}
@@ -165,6 +178,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	goTracked(func() { s.logErr(s.readPoller.wait(s.dispatchReadable)) })
 	goTracked(func() { s.logErr(s.writePoller.wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
+	if s.certs != nil {
+		goTracked(func() { s.certs.run(ctx) })
+	}
 	httpSrv := &http.Server{
 		Handler:           s.fallbackHandler(),
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
@@ -338,8 +354,11 @@ func (s *Server) runTicker(ctx context.Context) {
 func (s *Server) sweep(now int64, ping *router.Frame) {
 	idle := s.cfg.IdleTimeout.Milliseconds()
 	interval := s.cfg.PingInterval.Milliseconds()
-	var toPing, toIdle, toCut []*conn
+	var toPing, toIdle, toCut, toExpire []*conn
 	s.conns.each(func(c *conn) {
+		if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
+			toExpire = append(toExpire, c)
+		}
 		if now-c.lastSeen.Load() > idle {
 			toIdle = append(toIdle, c)
 		} else if now >= c.pingDue.Load() {
@@ -376,15 +395,32 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 	for _, c := range toCut {
 		c.abort()
 	}
+	for _, c := range toExpire {
+		c.closeWith(CloseTokenExpired, "token expired", true)
+	}
 }
 
 // handshake upgrades one accepted connection or serves it as plain HTTP.
+// With TLS on, the TLS handshake comes first and both the upgrade and plain
+// HTTP run over it.
 func (s *Server) handshake(nc net.Conn) {
-	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	ip := remoteIP(nc)
+	raw := nc // the TCP connection, detached after the upgrade
+	_ = raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	ip := remoteIP(raw)
+	var link *tlsLink
+	var tc *tls.Conn
+	if s.tlsConfig != nil {
+		var err error
+		if tc, link, err = s.startTLS(raw); err != nil {
+			s.handshakeFailed(err)
+			raw.Close()
+			return
+		}
+		nc = tc
+	}
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
 	if err != nil {
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		s.handshakeFailed(err)
 		nc.Close()
 		return
 	}
@@ -406,29 +442,37 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	up := ws.Upgrader{
-		OnHeader: func(key, value []byte) error {
-			if asciiEqualFold(key, "Origin") && !s.originAllowed(string(value)) {
-				s.metrics.rejected.WithLabelValues("origin").Inc()
-				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
-			}
-			return nil
-		},
+	if !s.perIP.acquire(ip) {
+		pc.release()
+		s.reject(nc, http.StatusTooManyRequests, "max_connections_per_ip", "too many connections from this address")
+		return
 	}
-	_, err = up.Upgrade(pc)
+	ipHeld := true // until the conn owns the slot
+	defer func() {
+		if ipHeld {
+			s.perIP.release(ip)
+		}
+	}()
+	var ua upgradeAuth
+	up := s.upgrader(&ua)
+	_, err = up.Upgrade(&headerLimiter{rw: pc, left: s.cfg.MaxHeaderBytes})
 	pc.release()
 	if err != nil {
-		result := "failed"
+		if errors.Is(err, errHeaderTooLarge) {
+			s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
+			return
+		}
 		var rej *ws.ConnectionRejectedError
 		if errors.As(err, &rej) {
-			result = "rejected"
+			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+		} else {
+			s.handshakeFailed(err)
 		}
-		s.metrics.handshakes.WithLabelValues(result).Inc()
 		nc.Close()
 		return
 	}
-	_ = nc.SetDeadline(time.Time{})
-	fd, err := detach(nc)
+	_ = raw.SetDeadline(time.Time{})
+	fd, err := detach(raw)
 	if err != nil {
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not take over an upgraded socket", "err", err)
@@ -436,18 +480,33 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	now := s.clock.Load()
 	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: ip}
+	if link != nil {
+		link.fd, link.Conn = fd, nil
+		c.tls = &tlsState{tc: tc, link: link}
+	}
+	if s.verifier != nil {
+		c.setGrant(ua.grant)
+	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(s.cfg.PingInterval.Milliseconds()+1))
+	ipHeld = false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
-		s.conns.remove(fd, c)
-		closeFD(fd)
+		c.mu.Lock()
+		c.flags |= flagClosed | flagClosing
+		c.releaseIfIdleLocked()
+		c.mu.Unlock()
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not watch a connection", "err", err)
 		return
 	}
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
+	if c.tls != nil {
+		// crypto/tls may already hold records that arrived with the
+		// upgrade request; epoll would not report them.
+		s.work.push(task{c: c, kind: taskRead})
+	}
 	// A drain that began during this handshake must not miss the new conn.
 	if s.draining.Load() {
 		c.closeWith(ws.StatusGoingAway, "server shutting down", false)

@@ -24,6 +24,7 @@ func New(Config, *router.Router, prometheus.Registerer, *slog.Logger) (*Server, 
 }
 
 func (s *Server) HandleHTTP(http.Handler)                   {}
+func (s *Server) SetPublicChannels(PublicChannels)          {}
 func (s *Server) Ready() <-chan struct{}                    { return nil }
 func (s *Server) Addr() net.Addr                            { return nil }
 func (s *Server) Connections() int                          { return 0 }
@@ -32,3 +33,8 @@ func (s *Server) Run(context.Context) error                 { return errNotLinux
 func (s *Server) Shutdown(context.Context) error            { return errNotLinux }
 func (s *Server) Publish(*Message, bool) int                { return 0 }
 func (s *Server) Serve(context.Context, net.Listener) error { return errNotLinux }
+
+// PublicChannels tells which channels anonymous clients may subscribe to.
+type PublicChannels interface {
+	Public(channel string) bool
+}

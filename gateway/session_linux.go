@@ -13,6 +13,9 @@ import (
 // handleRequest answers one client request. It runs on the worker that read
 // the request and must not block.
 func (s *Server) handleRequest(c *conn, p []byte) {
+	if ok, _ := c.allowRequest(p); !ok {
+		return
+	}
 	req, err := ParseRequest(p, s.cfg.MaxSubscriptions)
 	if err != nil {
 		var pe *ProtocolError
@@ -20,6 +23,9 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 			pe = &ProtocolError{Code: CodeInternal, Message: err.Error()}
 		}
 		s.metrics.clientErrors.WithLabelValues(pe.Code).Inc()
+		if pe.Code == CodeTooManySubscriptions {
+			s.metrics.rejected.WithLabelValues(pe.Code).Inc()
+		}
 		c.send(errorFrame(pe.ID, pe.Code, pe.Message))
 		return
 	}
@@ -27,12 +33,13 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 	case "ping":
 		c.send(pongFrame(req.ID))
 	case "subscribe":
-		s.subscribe(c, req)
+		if s.authorize(c, req) {
+			s.subscribe(c, req)
+		}
 	case "unsubscribe":
 		s.unsubscribe(c, req)
 	case "refresh":
-		s.metrics.clientErrors.WithLabelValues(CodeBadRequest).Inc()
-		c.send(errorFrame(req.ID, CodeBadRequest, "refresh needs auth.mode jwt; this server runs without authentication"))
+		s.refresh(c, req)
 	}
 }
 
@@ -47,6 +54,7 @@ func (s *Server) subscribe(c *conn, req *Request) {
 	if n := len(c.subs) + len(fresh); n > s.cfg.MaxSubscriptions {
 		c.mu.Unlock()
 		s.metrics.clientErrors.WithLabelValues(CodeTooManySubscriptions).Inc()
+		s.metrics.rejected.WithLabelValues(CodeTooManySubscriptions).Inc()
 		c.send(errorFrame(req.ID, CodeTooManySubscriptions,
 			fmt.Sprintf("subscribing would hold %d channels, at most %d per connection", n, s.cfg.MaxSubscriptions)))
 		return

@@ -63,6 +63,7 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
+	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
 	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, publisher{a.gw}, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}

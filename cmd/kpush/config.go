@@ -12,17 +12,20 @@ import (
 
 	"github.com/kpush/kpush/consumer"
 	"github.com/kpush/kpush/gateway"
+	"github.com/kpush/kpush/gateway/auth"
 	"gopkg.in/yaml.v3"
 )
 
 // Config is kpush's whole configuration file. Each package owns its section.
 type Config struct {
-	Listen      string           `yaml:"listen"`
-	AdminListen string           `yaml:"admin_listen"`
-	Gateway     gateway.Config   `yaml:"gateway"`
-	Kafka       consumer.Config  `yaml:"kafka"`
-	Routes      []consumer.Route `yaml:"routes"`
-	Log         LogConfig        `yaml:"log"`
+	Listen      string            `yaml:"listen"`
+	AdminListen string            `yaml:"admin_listen"`
+	Gateway     gateway.Config    `yaml:"gateway"`
+	TLS         gateway.TLSConfig `yaml:"tls"`
+	Auth        auth.Config       `yaml:"auth"`
+	Kafka       consumer.Config   `yaml:"kafka"`
+	Routes      []consumer.Route  `yaml:"routes"`
+	Log         LogConfig         `yaml:"log"`
 }
 
 // LogConfig is the `log` section.
@@ -71,7 +74,11 @@ func (c *Config) SetDefaults() {
 	if c.AdminListen == "" {
 		c.AdminListen = ":9090"
 	}
+	c.TLS.SetDefaults()
+	c.Auth.SetDefaults()
 	c.Gateway.Listen = c.Listen
+	c.Gateway.TLS = c.TLS
+	c.Gateway.Auth = c.Auth
 	c.Gateway.SetDefaults()
 	c.Kafka.SetDefaults()
 	if c.Log.Level == "" {
@@ -143,4 +150,18 @@ func cleanYAMLError(err error) string {
 	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
 	msg = strings.ReplaceAll(msg, "into time.Duration", "into a duration (e.g. 30s, 250ms)")
 	return msg
+}
+
+// publicRoutes tells the gateway which channels anonymous clients may
+// subscribe to: those a route marked public: true can produce.
+type publicRoutes []consumer.Route
+
+func (p publicRoutes) Public(ch string) bool {
+	for i := range p {
+		r := &p[i]
+		if r.Public && r.Template() != nil && r.Template().Match(ch, r.Topic) {
+			return true
+		}
+	}
+	return false
 }

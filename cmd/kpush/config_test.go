@@ -102,15 +102,3 @@ func TestValidateCommand(t *testing.T) {
 		t.Fatalf("validate without -config: exit %d, want 2", code)
 	}
 }
-
-func FuzzLoadConfig(f *testing.F) {
-	f.Add(configs.Default)
-	f.Add(configs.Dev)
-	f.Add([]byte("routes: [{topic: t, channel: \"c.{key}\"}]\ngateway: {ping_interval: 1s}\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		cfg, err := LoadConfig("fuzz.yaml", b)
-		if err == nil && (len(cfg.Routes) == 0 || cfg.Gateway.Path == "") {
-			t.Fatalf("accepted an incomplete config: %+v", cfg)
-		}
-	})
-}

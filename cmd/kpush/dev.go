@@ -67,7 +67,11 @@ func startDev(ctx context.Context, cfg *Config, o *devOptions, log *slog.Logger)
 func printDevBanner(w io.Writer, a *app) {
 	addr := a.gwLn.Addr().String()
 	fmt.Fprintf(w, "\nkpush dev mode\n")
-	fmt.Fprintf(w, "  WebSocket:  ws://%s%s\n", addr, a.cfg.Gateway.Path)
+	scheme := "ws"
+	if a.cfg.TLS.Enabled() {
+		scheme = "wss"
+	}
+	fmt.Fprintf(w, "  WebSocket:  %s://%s%s\n", scheme, addr, a.cfg.Gateway.Path)
 	fmt.Fprintf(w, "  Demo page:  http://%s/\n", addr)
 	fmt.Fprintf(w, "  Admin:      http://%s/metrics  /healthz  /readyz\n", a.adminLn.Addr())
 	fmt.Fprintf(w, "  Kafka:      %v (topic ticks; produce with kcat -P -b %s -t ticks -k AAPL)\n", a.cfg.Kafka.Brokers, a.cfg.Kafka.Brokers[0])

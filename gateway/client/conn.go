@@ -35,6 +35,9 @@ type Frame struct {
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 	Recovered map[string]bool `json:"recovered,omitempty"`
+	// Revoked lists the channels a refresh dropped because the new token
+	// no longer grants them.
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // Request is a client request of protocol v1.
@@ -106,12 +109,19 @@ func (c *Conn) control(h ws.Header, r io.Reader) error {
 	return wsutil.ControlFrameHandler(lockedWriter{c}, ws.StateClientSide)(h, r)
 }
 
+// lockedWriter writes control replies (pongs, the close echo). They are best
+// effort: a server that closes right after its close frame (as kpush does
+// for a client that broke a limit, with the client's unread bytes still
+// queued) resets the connection, and the echo fails with a broken pipe. The
+// server's close code must still reach the caller, so the write error is
+// dropped here; a connection that is really gone fails the next read.
 type lockedWriter struct{ c *Conn }
 
 func (w lockedWriter) Write(p []byte) (int, error) {
 	w.c.wmu.Lock()
 	defer w.c.wmu.Unlock()
-	return w.c.nc.Write(p)
+	_, _ = w.c.nc.Write(p)
+	return len(p), nil
 }
 
 // NetConn returns the underlying connection (to set deadlines or to cut it).

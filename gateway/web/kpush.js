@@ -13,9 +13,10 @@
  *
  * Options (all optional):
  *   token          sent as the `token` query parameter of the WebSocket URL.
- *                  Browsers cannot set headers on a WebSocket; the alternative
- *                  is a subprotocol (Sec-WebSocket-Protocol), passed here as
- *                  `protocols`, if the server is set up to read it.
+ *                  Browsers cannot set headers on a WebSocket; to keep the
+ *                  token out of URLs (and access logs) pass it as a
+ *                  subprotocol instead: protocols: ['kpush.v1',
+ *                  'kpush.bearer.' + token] (the server selects kpush.v1).
  *   protocols      subprotocols handed to the WebSocket constructor.
  *   minBackoff     first reconnect delay cap in ms (250).
  *   maxBackoff     largest reconnect delay cap in ms (10000).
