@@ -38,6 +38,10 @@ type Config struct {
 	RetryBackoff    time.Duration `yaml:"retry_backoff"`
 	RetryBackoffMax time.Duration `yaml:"retry_backoff_max"`
 	DialTimeout     time.Duration `yaml:"dial_timeout"`
+	// ReplayMaxScanned bounds the records one resume may read back from one
+	// partition (its channel's and the other channels' sharing the
+	// partition). A resume that would need more answers recovered:false.
+	ReplayMaxScanned int `yaml:"replay_max_scanned"`
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -63,6 +67,9 @@ func (c *Config) SetDefaults() {
 	dur(&c.DialTimeout, 5*time.Second)
 	if c.FetchMaxBytes == 0 {
 		c.FetchMaxBytes = 4 << 20
+	}
+	if c.ReplayMaxScanned == 0 {
+		c.ReplayMaxScanned = 100000
 	}
 }
 
@@ -95,6 +102,9 @@ func (c *Config) Validate() error {
 	if c.DialTimeout <= 0 {
 		bad("dial_timeout", "must be positive")
 	}
+	if c.ReplayMaxScanned < 0 {
+		bad("replay_max_scanned", "must be positive, got %d", c.ReplayMaxScanned)
+	}
 	return errors.Join(errs...)
 }
 
@@ -108,6 +118,26 @@ const (
 	FormatBytes Format = "bytes"
 )
 
+// SlowPolicy says what happens to a connection too slow for a route's
+// records once its outbound queue is full.
+type SlowPolicy string
+
+const (
+	// SlowDisconnect closes the connection with 4008 "slow consumer".
+	SlowDisconnect SlowPolicy = "disconnect"
+	// SlowConflate keeps only the newest pending record per channel; the
+	// next one delivered says how many were skipped.
+	SlowConflate SlowPolicy = "conflate"
+)
+
+// History bounds the per-channel in-memory history a route keeps for
+// resuming clients. MaxRecords 0 keeps none.
+type History struct {
+	MaxRecords int           `yaml:"max_records"`
+	MaxBytes   int           `yaml:"max_bytes"`
+	MaxAge     time.Duration `yaml:"max_age"`
+}
+
 // Route maps one topic to channels.
 type Route struct {
 	Topic   string `yaml:"topic"`
@@ -116,12 +146,23 @@ type Route struct {
 	// Public opens the route's channels to every client, anonymous ones
 	// included, when auth.mode is jwt.
 	Public bool `yaml:"public"`
+	// Snapshot keeps every channel's last record, sent to clients that
+	// subscribe with "snapshot":true.
+	Snapshot bool `yaml:"snapshot"`
+	// Slow is the slow-consumer policy for this route's records.
+	Slow SlowPolicy `yaml:"slow"`
+	// History is the in-memory history per channel that resumes are
+	// served from before falling back to reading Kafka.
+	History History `yaml:"history"`
 
 	tmpl *Template
 }
 
 // Template returns the parsed channel template; valid after ValidateRoutes.
 func (r *Route) Template() *Template { return r.tmpl }
+
+// maxHistoryRecords caps history.max_records per channel.
+const maxHistoryRecords = 1000000
 
 // ValidateRoutes fills route defaults, parses templates and reports every
 // invalid route, named by its index as in the YAML file.
@@ -141,6 +182,30 @@ func ValidateRoutes(routes []Route) error {
 		}
 		if r.Format != FormatJSON && r.Format != FormatBytes {
 			errs = append(errs, fmt.Errorf("%s.format: %q must be json or bytes", key, r.Format))
+		}
+		if r.Slow == "" {
+			r.Slow = SlowDisconnect
+		}
+		if r.Slow != SlowDisconnect && r.Slow != SlowConflate {
+			errs = append(errs, fmt.Errorf("%s.slow: %q must be disconnect or conflate", key, r.Slow))
+		}
+		h := &r.History
+		switch {
+		case h.MaxRecords < 0 || h.MaxRecords > maxHistoryRecords:
+			errs = append(errs, fmt.Errorf("%s.history.max_records: %d must be between 0 (no history) and %d", key, h.MaxRecords, maxHistoryRecords))
+		case h.MaxRecords > 0:
+			if h.MaxBytes == 0 {
+				h.MaxBytes = 1 << 20
+			}
+			if h.MaxAge == 0 {
+				h.MaxAge = 5 * time.Minute
+			}
+		}
+		if h.MaxBytes < 0 {
+			errs = append(errs, fmt.Errorf("%s.history.max_bytes: must be positive, got %d", key, h.MaxBytes))
+		}
+		if h.MaxAge < 0 {
+			errs = append(errs, fmt.Errorf("%s.history.max_age: must be positive, got %s", key, h.MaxAge))
 		}
 		t, err := ParseTemplate(r.Channel)
 		if err != nil {

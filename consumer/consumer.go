@@ -46,8 +46,11 @@ type Consumer struct {
 	log    *slog.Logger
 	m      *metrics
 
-	// client is set once by Run before it starts any goroutine that uses it.
-	client *kafka.Client
+	client    *kafka.Client
+	transport *kafka.Transport
+	// stop ends the transport's background goroutines; Run calls it when
+	// it returns.
+	stop context.CancelFunc
 
 	mu         sync.Mutex // guards partitions, metadataOK
 	partitions map[topicPartition]*partState
@@ -102,12 +105,16 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		return nil, fmt.Errorf("consumer: register metrics: %w", err)
 	}
 	c.m = m
+	var ctx context.Context
+	ctx, c.stop = context.WithCancel(context.Background())
+	c.client, c.transport = c.newClient(ctx)
 	return c, nil
 }
 
-// newClient returns the kafka-go client Run uses. Its transport keeps one
-// connection per concurrent request to each broker and a cache of cluster
-// metadata; its background goroutines stop when ctx ends.
+// newClient returns the kafka-go client the partition readers and Replay
+// share. Its transport keeps one connection per concurrent request to each
+// broker and a cache of cluster metadata; its background goroutines stop
+// when ctx ends.
 func (c *Consumer) newClient(ctx context.Context) (*kafka.Client, *kafka.Transport) {
 	t := &kafka.Transport{
 		ClientID:    c.cfg.ClientID,
@@ -143,12 +150,12 @@ func (c *Consumer) Ready() bool {
 }
 
 // Run reads until ctx is cancelled and returns once every partition reader
-// has stopped. Call it once.
+// has stopped, and with them the Kafka client's own goroutines (a Replay
+// after that fails at once). Call it once.
 func (c *Consumer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	client, transport := c.newClient(ctx)
-	c.client = client
-	defer transport.CloseIdleConnections()
+	defer c.transport.CloseIdleConnections()
+	defer c.stop()
 	defer wg.Wait()
 	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.topics, "start", c.cfg.Start)
 	first := true

@@ -16,8 +16,14 @@
 // While a partition cannot be read, Ready is false and
 // kpush_consumer_errors_total rises.
 //
+// Replay reads one partition back from a given offset for clients that
+// resume from a position older than the gateway's in-memory history; it
+// uses the same routes to keep only the records of the asked channel, is
+// bounded by kafka.replay_max_scanned, and is independent of the live
+// readers.
+//
 // Concurrency: Run owns every goroutine it starts and returns after they
-// stop (kafka-go's transport goroutines end with Run's context). Sink.Deliver
+// stop (kafka-go's transport goroutines end when Run returns). Sink.Deliver
 // is called concurrently from partition goroutines (but in order within a
 // partition) and must not block; the Message it gets is reused for the
 // partition's next record, so routing a record allocates nothing.

@@ -12,6 +12,9 @@ type metrics struct {
 	errors  *prometheus.CounterVec
 	lag     *prometheus.GaugeVec
 
+	replays       *prometheus.CounterVec
+	replayScanned prometheus.Counter
+
 	// Children resolved once, for the per-record and retry paths.
 	skipTemplate, skipChannel, skipJSON prometheus.Counter
 	errMetadata, errDecode              prometheus.Counter
@@ -55,13 +58,21 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 			Name: "kpush_consumer_lag",
 			Help: "Records between the partition's high watermark and the next offset kpush reads.",
 		}, []string{"topic", "partition"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_consumer_replays_total",
+			Help: "Partition read-backs for resuming clients, by result (complete, gone, limit, stopped, no_route, ambiguous, error).",
+		}, []string{"result"}),
+		replayScanned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_consumer_replay_records_scanned_total",
+			Help: "Records read back from Kafka for resuming clients, of any channel.",
+		}),
 	}
 	m.skipTemplate = m.skipped.WithLabelValues("template")
 	m.skipChannel = m.skipped.WithLabelValues("invalid_channel")
 	m.skipJSON = m.skipped.WithLabelValues("invalid_json")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
 			Help: "1 when every routed partition is being read without error.",

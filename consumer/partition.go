@@ -2,55 +2,34 @@ package consumer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"slices"
 	"time"
 
-	"github.com/kpush/kpush/router"
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
 )
 
-// maxInterned bounds the channel names one partition reader keeps interned.
-const maxInterned = 4096
-
-// partReader reads one partition in offset order. It owns buffers that are
-// reused from record to record, so routing a record allocates nothing here:
-// key and value are copied out of kafka-go's pooled pages into key and value,
-// channel names are interned, and the same Message is handed to the Sink
-// each time.
+// partReader reads one partition in offset order and hands its records to
+// the Sink through a recordRouter, which allocates nothing per record.
 type partReader struct {
 	c      *Consumer
 	tp     topicPartition
 	state  *partState
-	routes []*Route
+	router *recordRouter
 	m      *partMetrics
 	log    *slog.Logger
-
-	key, value []byte
-	chbuf      []byte
-	channels   map[string]string // valid channel names rendered before
-	headers    []kafka.Header    // of the record being routed; read by header
-	fields     Fields
-	msg        Message
 }
 
 func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
-	r := &partReader{
-		c:        c,
-		tp:       tp,
-		state:    ps,
-		routes:   c.routes[tp.topic],
-		m:        c.m.forPartition(tp),
-		log:      c.log.With("topic", tp.topic, "partition", tp.partition),
-		channels: make(map[string]string),
+	return &partReader{
+		c:      c,
+		tp:     tp,
+		state:  ps,
+		router: newRecordRouter(c.m, tp, c.routes[tp.topic], c.sink.Deliver),
+		m:      c.m.forPartition(tp),
+		log:    c.log.With("topic", tp.topic, "partition", tp.partition),
 	}
-	r.fields = Fields{Topic: tp.topic, Partition: int32(tp.partition), Header: r.header}
-	return r
 }
 
 // run fetches from start (an offset, or kafka.FirstOffset /
@@ -168,138 +147,18 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 }
 
 // dispatch routes every data record of records at or after offset and
-// returns the next offset to fetch. Control records (transaction markers)
-// are stepped over, not delivered.
+// returns the next offset to fetch.
 func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
-	stream, ok := records.(*protocol.RecordStream)
-	if !ok {
-		return r.dispatchBatch(records, offset, false)
-	}
-	for _, batch := range stream.Records {
-		_, control := batch.(*protocol.ControlBatch)
-		offset = r.dispatchBatch(batch, offset, control)
-	}
-	return offset
-}
-
-func (r *partReader) dispatchBatch(batch kafka.RecordReader, offset int64, control bool) int64 {
 	n := 0
-	for {
-		rec, err := batch.ReadRecord()
-		if err != nil {
-			// io.EOF ends the batch; any other error is a truncated
-			// response: the next fetch starts at the next offset.
-			if !errors.Is(err, io.EOF) {
-				r.c.m.errDecode.Inc()
-			}
-			break
-		}
-		if rec.Offset < offset || control {
-			// Compressed batches start before the fetch offset.
-			closeBytes(rec.Key)
-			closeBytes(rec.Value)
-			offset = max(offset, rec.Offset+1)
-			continue
-		}
-		offset = rec.Offset + 1
+	next, _ := walk(r.c.m, records, offset, func(rec *kafka.Record) bool {
 		n++
-		r.route(rec)
-	}
+		r.router.route(rec)
+		return true
+	})
 	if n > 0 {
 		r.m.records.Add(float64(n))
 	}
-	return offset
-}
-
-// route hands rec to the Sink once per route whose channel it renders.
-func (r *partReader) route(rec *kafka.Record) {
-	r.key = readInto(r.key, rec.Key)
-	r.value = readInto(r.value, rec.Value)
-	r.headers = rec.Headers
-	r.fields.Key = r.key
-	jsonChecked, jsonOK := false, false
-	for _, rt := range r.routes {
-		var err error
-		r.chbuf, err = rt.tmpl.Append(r.chbuf[:0], &r.fields)
-		if err != nil {
-			r.c.m.skipTemplate.Inc()
-			continue
-		}
-		ch, ok := r.channel(r.chbuf)
-		if !ok {
-			r.c.m.skipChannel.Inc()
-			continue
-		}
-		if rt.Format == FormatJSON {
-			if !jsonChecked {
-				jsonChecked, jsonOK = true, json.Valid(r.value)
-			}
-			if !jsonOK {
-				r.c.m.skipJSON.Inc()
-				continue
-			}
-		}
-		r.msg = Message{
-			Channel:   ch,
-			Topic:     r.tp.topic,
-			Partition: int32(r.tp.partition),
-			Offset:    rec.Offset,
-			Timestamp: rec.Time.UnixMilli(),
-			Value:     r.value,
-			Route:     rt,
-		}
-		r.c.sink.Deliver(&r.msg)
-	}
-	r.headers = nil
-}
-
-// header is Fields.Header for the record being routed.
-func (r *partReader) header(name string) ([]byte, bool) {
-	for _, h := range r.headers {
-		if h.Key == name {
-			return h.Value, true
-		}
-	}
-	return nil, false
-}
-
-// channel returns the interned name for b, or false if b is not a valid
-// channel name. Most records map to a channel seen before, so this
-// usually neither allocates nor re-validates.
-func (r *partReader) channel(b []byte) (string, bool) {
-	if ch, ok := r.channels[string(b)]; ok {
-		return ch, true
-	}
-	ch := string(b)
-	if !router.ValidChannel(ch) {
-		return "", false
-	}
-	if len(r.channels) >= maxInterned {
-		clear(r.channels)
-	}
-	r.channels[ch] = ch
-	return ch, true
-}
-
-// readInto copies b into dst's storage and releases b's pages back to
-// kafka-go's pool. It returns nil for a null b.
-func readInto(dst []byte, b kafka.Bytes) []byte {
-	if b == nil {
-		return nil
-	}
-	defer b.Close()
-	n := b.Len()
-	dst = slices.Grow(dst[:0], n)[:n]
-	if _, err := io.ReadFull(b, dst); err != nil {
-		return nil
-	}
-	return dst
-}
-
-func closeBytes(b kafka.Bytes) {
-	if b != nil {
-		b.Close()
-	}
+	return next
 }
 
 // fetch reads from offset, waiting up to fetch_max_wait for a first record.

@@ -3,6 +3,7 @@ package consumer
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTemplate(t *testing.T) {
@@ -74,5 +75,41 @@ func TestValidateRoutes(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("error %v does not name %s", err, key)
 		}
+	}
+}
+
+func TestValidateRoutesResumeKeys(t *testing.T) {
+	cases := []struct {
+		name    string
+		route   Route
+		want    Route // the fields checked after defaults
+		wantErr string
+	}{
+		{"defaults", Route{Topic: "t", Channel: "c"}, Route{Slow: SlowDisconnect}, ""},
+		{"history bounds default once on", Route{Topic: "t", Channel: "c", Slow: SlowConflate, History: History{MaxRecords: 10}},
+			Route{Slow: SlowConflate, History: History{MaxRecords: 10, MaxBytes: 1 << 20, MaxAge: 5 * time.Minute}}, ""},
+		{"history bounds kept", Route{Topic: "t", Channel: "c", History: History{MaxRecords: 10, MaxBytes: 100, MaxAge: time.Second}},
+			Route{Slow: SlowDisconnect, History: History{MaxRecords: 10, MaxBytes: 100, MaxAge: time.Second}}, ""},
+		{"unknown policy", Route{Topic: "t", Channel: "c", Slow: "drop"}, Route{}, "routes[0].slow"},
+		{"too much history", Route{Topic: "t", Channel: "c", History: History{MaxRecords: 2000000}}, Route{}, "routes[0].history.max_records"},
+		{"negative bytes", Route{Topic: "t", Channel: "c", History: History{MaxRecords: 1, MaxBytes: -1}}, Route{}, "routes[0].history.max_bytes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			routes := []Route{tc.route}
+			err := ValidateRoutes(routes)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := routes[0]; r.Slow != tc.want.Slow || r.History != tc.want.History {
+				t.Fatalf("route after defaults: slow %q history %+v, want %q %+v", r.Slow, r.History, tc.want.Slow, tc.want.History)
+			}
+		})
 	}
 }

@@ -34,6 +34,14 @@ type Config struct {
 	Workers int `yaml:"workers"`
 	// MaxHandshakes bounds handshakes in progress at once.
 	MaxHandshakes int `yaml:"max_handshakes"`
+	// ResumeConcurrency bounds the Kafka read-backs for resuming clients
+	// running at once; ResumeQueue bounds those waiting for one (a resume
+	// that finds the queue full is answered recovered:false at once).
+	// ResumeTimeout bounds how long a client waits for its resume to be
+	// read back, queueing included.
+	ResumeConcurrency int           `yaml:"resume_concurrency"`
+	ResumeQueue       int           `yaml:"resume_queue"`
+	ResumeTimeout     time.Duration `yaml:"resume_timeout"`
 
 	// MaxConnectionsPerIP bounds the WebSocket connections one client
 	// address may hold (HTTP 429 past it); 0 means no per-address limit,
@@ -86,6 +94,9 @@ func (c *Config) SetDefaults() {
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 4096)
 	def(&c.MaxHandshakes, 1024)
+	def(&c.ResumeConcurrency, 4)
+	def(&c.ResumeQueue, 1024)
+	defDur(&c.ResumeTimeout, 5*time.Second)
 	def(&c.MaxHeaderBytes, 16<<10)
 	def(&c.MaxRequestsPerSecond, 20)
 	def(&c.RequestBurst, 40)
@@ -113,9 +124,11 @@ func (c *Config) Validate() error {
 		"max_header_bytes":        c.MaxHeaderBytes,
 		"max_requests_per_second": c.MaxRequestsPerSecond,
 		"request_burst":           c.RequestBurst,
+		"resume_concurrency":      c.ResumeConcurrency,
+		"resume_queue":            c.ResumeQueue,
 	}
 	for _, k := range []string{"max_connections", "max_message_bytes", "max_subscriptions", "max_queue_bytes", "max_queue_messages", "max_handshakes",
-		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst"} {
+		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst", "resume_concurrency", "resume_queue"} {
 		if positive[k] < 0 {
 			bad(k, "must be positive, got %d", positive[k])
 		}
@@ -126,7 +139,7 @@ func (c *Config) Validate() error {
 	if c.MaxMessageBytes > 1<<20 {
 		bad("max_message_bytes", "%d is above the 1 MiB ceiling for client requests", c.MaxMessageBytes)
 	}
-	for k, d := range map[string]time.Duration{"ping_interval": c.PingInterval, "idle_timeout": c.IdleTimeout, "drain_timeout": c.DrainTimeout, "handshake_timeout": c.HandshakeTimeout} {
+	for k, d := range map[string]time.Duration{"ping_interval": c.PingInterval, "idle_timeout": c.IdleTimeout, "drain_timeout": c.DrainTimeout, "handshake_timeout": c.HandshakeTimeout, "resume_timeout": c.ResumeTimeout} {
 		if d < 0 {
 			bad(k, "must be positive, got %s", d)
 		}

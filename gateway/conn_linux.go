@@ -29,14 +29,17 @@ type conn struct {
 	sec connSec   // token grant, expiry and request rate (security_linux.go)
 
 	mu          sync.Mutex
-	queue       []*router.Frame  // guarded by mu; frames waiting to be written
-	queuedBytes int              // guarded by mu; bytes in queue not yet written
-	head        int              // guarded by mu; bytes of queue[0] already written
-	inflight    int              // guarded by mu; frames at the queue front handed to a writev in progress
-	flags       connFlags        // guarded by mu
-	closeAt     int64            // guarded by mu; coarse ms after which a closing conn is cut
-	subs        []string         // guarded by mu; channels subscribed to
-	conflated   map[string]int64 // guarded by mu; channel → records dropped by conflation
+	queue       []*router.Frame        // guarded by mu; frames waiting to be written
+	queuedBytes int                    // guarded by mu; bytes in queue not yet written
+	head        int                    // guarded by mu; bytes of queue[0] already written
+	inflight    int                    // guarded by mu; frames at the queue front handed to a writev in progress
+	flags       connFlags              // guarded by mu
+	closeAt     int64                  // guarded by mu; coarse ms after which a closing conn is cut
+	subs        []string               // guarded by mu; channels subscribed to
+	conflated   map[string]int64       // guarded by mu; channel → records dropped by conflation
+	seen        map[string]struct{}    // guarded by mu; scratch for compactLocked
+	resume      map[string]*chanResume // guarded by mu; channels replaying or with floors
+	held        int                    // guarded by mu; live frames held for replays
 
 	// Read state, touched only by the worker running onReadable; epoll's
 	// one-shot arming guarantees there is at most one.
@@ -60,25 +63,30 @@ var _ router.Sink = (*conn)(nil)
 
 // Enqueue queues a shared frame for writing. It is called by the router
 // with a shard lock held, so it only appends and schedules; it never writes.
+// Frames of a channel being resumed go through its resume state first
+// (resume_linux.go); a full queue applies the route's slow-consumer policy
+// (slow_linux.go).
 func (c *conn) Enqueue(f *router.Frame) bool {
 	c.mu.Lock()
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.srv.cfg.MaxQueueMessages || c.queuedBytes+len(f.Data) > c.srv.cfg.MaxQueueBytes {
-		c.mu.Unlock()
-		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.queuedBytes)
-		c.closeWith(CloseSlowConsumer, "slow consumer", true)
-		return false
+	ok, handled := true, false
+	if c.resume != nil {
+		handled, ok = c.resumeFilterLocked(f)
 	}
-	c.queue = append(c.queue, f)
-	c.queuedBytes += len(f.Data)
-	c.flags |= flagRecent
-	c.scheduleLocked()
+	if !handled {
+		ok = c.queueLocked(f)
+	}
+	queued := c.queuedBytes
 	c.mu.Unlock()
-	return true
+	if !ok {
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
+		c.closeWith(CloseSlowConsumer, "slow consumer", true)
+	}
+	return ok
 }
 
 // send queues a frame private to this connection (a reply or a control
@@ -87,6 +95,11 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 func (c *conn) send(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sendLocked(b)
+}
+
+// sendLocked is send with c.mu held.
+func (c *conn) sendLocked(b []byte) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
@@ -137,6 +150,9 @@ func (c *conn) flush(w *worker) {
 		for i, f := range c.queue {
 			if len(iov) == maxIovecs {
 				break
+			}
+			if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
+				f = c.markSkippedLocked(i) // "skipped":N, before it is on the wire
 			}
 			b := f.Data
 			if i == 0 {
@@ -391,13 +407,13 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 		return
 	}
 	c.flags |= flagClosing
+	for ch := range c.resume {
+		c.dropResumeLocked(ch)
+	}
 	if dropPending && len(c.queue) > 0 {
 		// Keep what a writev in progress is writing and the rest of a
 		// frame already partly on the wire: the stream must stay whole.
-		keep := c.inflight
-		if keep == 0 && c.head > 0 {
-			keep = 1
-		}
+		keep := c.protectedLocked()
 		for _, f := range c.queue[keep:] {
 			c.queuedBytes -= len(f.Data)
 		}
@@ -478,6 +494,9 @@ func (c *conn) releaseIfIdleLocked() {
 	c.fd = -1
 	c.queue = nil
 	c.queuedBytes = 0
+	c.resume = nil
+	c.held = 0
+	c.conflated = nil
 	c.partial = nil
 	c.msg = nil
 }

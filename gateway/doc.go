@@ -15,8 +15,14 @@
 //     frames with one writev per round. A connection is read by at most one
 //     worker at a time (one-shot epoll arming) and flushed by at most one.
 //   - Publishers (the Kafka consumer, through Server.Publish) only append to
-//     per-connection queues, which are bounded in bytes and messages; a full
-//     queue makes the connection a slow consumer, closed with 4008.
+//     per-connection queues, which are bounded in bytes and messages; when a
+//     record does not fit, its route's policy applies (slow_linux.go): close
+//     with 4008, or conflate to the newest pending record per channel.
+//   - A subscribe with since resumes from Kafka positions (resume_linux.go,
+//     which explains the seam): from the router's per-channel history under
+//     its lock, or else read back from Kafka through the Replayer by a
+//     bounded pool of resume_concurrency goroutines, while the channel's
+//     live frames are held for the connection.
 //   - One ticker drives pings, idle timeouts and stuck closes for all
 //     connections.
 //

@@ -14,6 +14,10 @@ type metrics struct {
 	closes        *prometheus.CounterVec
 	slowConsumers *prometheus.CounterVec
 	latency       prometheus.Histogram
+	resumes       *prometheus.CounterVec
+	resumeRecords *prometheus.CounterVec
+	snapshots     prometheus.Counter
+	conflated     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -36,15 +40,44 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}, []string{"reason"}),
 		slowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_slow_consumers_total",
-			Help: "Connections whose outbound queue overflowed, by the policy applied.",
+			Help: "Outbound queue overflows, by the policy applied (disconnect: closed with 4008; conflate: queue compacted to the newest record per channel).",
 		}, []string{"policy"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kpush_delivery_latency_seconds",
 			Help:    "Time from a record's Kafka timestamp to its write to a client socket, sampled once per socket write.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_resumes_total",
+			Help: "Channels resumed from a client position, by source (memory: the in-memory history; kafka: read back) and result (recovered, not_recovered).",
+		}, []string{"source", "result"}),
+		resumeRecords: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_resume_records_total",
+			Help: "Records sent to resuming clients, by source (memory, kafka).",
+		}, []string{"source"}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_snapshots_total",
+			Help: "Last-value snapshots sent (on subscribe with snapshot, or after a resume that could not be complete).",
+		}),
+		conflated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_conflated_total",
+			Help: "Records dropped for slow connections on slow: conflate routes (clients see them as \"skipped\").",
+		}),
 	}
 	cs := []prometheus.Collector{m.handshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
+		m.resumes, m.resumeRecords, m.snapshots, m.conflated,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_resume_pending",
+			Help: "Resume read-backs from Kafka queued or running.",
+		}, func() float64 { return float64(s.resumePending.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_history_records",
+			Help: "Records held in the per-channel in-memory histories.",
+		}, func() float64 { return float64(s.router.Stats().HistoryFrames) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_history_bytes",
+			Help: "Bytes of records held in the per-channel in-memory histories.",
+		}, func() float64 { return float64(s.router.Stats().HistoryBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_connections",
 			Help: "Open WebSocket connections.",

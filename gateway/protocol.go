@@ -201,6 +201,9 @@ type Message struct {
 	// Skipped is how many older records of the channel conflation dropped
 	// before this one.
 	Skipped int64
+	// Conflate lets a connection that falls behind keep only the newest
+	// pending record of this channel (the route's slow: conflate).
+	Conflate bool
 }
 
 // EncodeMessage encodes m once as a complete WebSocket text frame and
@@ -256,5 +259,6 @@ func EncodeMessage(m *Message) *router.Frame {
 		Timestamp: m.Timestamp,
 		Data:      b[start:],
 		Payload:   b[hl:],
+		Conflate:  m.Conflate,
 	}
 }

@@ -114,7 +114,7 @@ func (g *secGateway) metric(name, label, value string) float64 {
 
 // publish sends one JSON record to channel ch.
 func (g *secGateway) publish(ch string, data string) int {
-	return g.srv.Publish(&Message{Channel: ch, Data: []byte(data), Timestamp: time.Now().UnixMilli()}, false)
+	return g.srv.Publish(&Message{Channel: ch, Data: []byte(data), Timestamp: time.Now().UnixMilli()}, nil)
 }
 
 // testClient reads frames into a channel.

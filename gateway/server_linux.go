@@ -61,6 +61,10 @@ type Server struct {
 	verifier  *auth.Verifier // nil: auth.mode none
 	public    PublicChannels
 	perIP     *ipLimiter
+
+	replayer      Replayer        // nil: resumes beyond the history fail
+	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
+	resumePending atomic.Int64    // read-backs queued or running
 }
 
 // New returns a Server. It does not listen until Run.
@@ -93,6 +97,7 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
 	s.clock.Store(time.Now().UnixMilli())
 	m, err := newMetrics(reg, s)
@@ -112,6 +117,10 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 	}
 	return s, nil
 }
+
+// SetReplayer sets where resumes older than the in-memory history are read
+// back from (Kafka). Without one they answer recovered:false. Call before Run.
+func (s *Server) SetReplayer(r Replayer) { s.replayer = r }
 
 // HandleHTTP sets the handler for plain HTTP requests on the WebSocket port
 // (any path other than gateway.path), such as the demo page. Call before Run.
@@ -180,6 +189,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	goTracked(func() { s.runTicker(ctx) })
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
+	}
+	for i := 0; i < s.cfg.ResumeConcurrency; i++ {
+		goTracked(func() { s.runResumes(ctx) })
 	}
 	httpSrv := &http.Server{
 		Handler:           s.fallbackHandler(),
@@ -346,6 +358,7 @@ func (s *Server) runTicker(ctx context.Context) {
 			n++
 			if n%sweepEvery == 0 {
 				s.sweep(now.UnixMilli(), ping)
+				s.router.Trim(now) // history of channels that went quiet
 			}
 		}
 	}
@@ -609,14 +622,12 @@ func (s *Server) forceCloseAll() {
 }
 
 // Publish encodes m once and queues it to every subscriber of its channel.
-// keepLast retains it as the channel's snapshot. It returns the number of
-// connections that accepted it. A record for a channel nobody subscribes to
-// (and that keeps no snapshot) is not encoded at all.
-func (s *Server) Publish(m *Message, keepLast bool) int {
-	if keepLast {
-		return s.router.Publish(EncodeMessage(m), true)
-	}
-	return s.router.PublishLazy(m.Channel, func() *router.Frame { return EncodeMessage(m) })
+// keep (nil for nothing) says what the router retains of the channel for
+// snapshots and resumes; it is the route's and shared. It returns the number
+// of connections that accepted it. A record nobody subscribes to and
+// nothing retains is not encoded at all.
+func (s *Server) Publish(m *Message, keep *router.Retention) int {
+	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame { return EncodeMessage(m) })
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

@@ -31,7 +31,8 @@ func (s *Server) Connections() int                          { return 0 }
 func (s *Server) Draining() bool                            { return false }
 func (s *Server) Run(context.Context) error                 { return errNotLinux }
 func (s *Server) Shutdown(context.Context) error            { return errNotLinux }
-func (s *Server) Publish(*Message, bool) int                { return 0 }
+func (s *Server) Publish(*Message, *router.Retention) int   { return 0 }
+func (s *Server) SetReplayer(Replayer)                      {}
 func (s *Server) Serve(context.Context, net.Listener) error { return errNotLinux }
 
 // PublicChannels tells which channels anonymous clients may subscribe to.

@@ -132,7 +132,7 @@ func TestSlowConsumerClosedOthersKeepReceiving(t *testing.T) {
 	var last int64 = -1
 	publishBatch := func(from int64) {
 		for i := from; i < from+batch; i++ {
-			s.Publish(&Message{Channel: "c", Offset: i, Data: data}, false)
+			s.Publish(&Message{Channel: "c", Offset: i, Data: data}, nil)
 		}
 		for last < from+batch-1 {
 			o, ok := <-progress

@@ -5,6 +5,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/router"
@@ -61,17 +62,40 @@ func (s *Server) subscribe(c *conn, req *Request) {
 	}
 	c.mu.Unlock()
 
-	var before func(*router.Frame)
-	if req.Snapshot {
-		// Runs under the channel's shard lock, before any later frame:
-		// the snapshot and the live stream meet with no gap or overlap.
-		before = func(last *router.Frame) {
-			if last != nil {
-				c.Enqueue(markFrame(last, `"snap":true`))
-			}
+	// recovered answers every channel the request gave a position for; a
+	// channel this connection already had is live without a gap.
+	var recovered map[string]bool
+	if len(req.Since) > 0 {
+		recovered = make(map[string]bool, len(req.Since))
+		for ch := range req.Since {
+			recovered[ch] = true
 		}
 	}
+	var job *resumeJob
 	for _, ch := range fresh {
+		var before func(router.View)
+		if pos, ok := req.Since[ch]; ok {
+			parts := parsePositions(pos)
+			// Runs under the channel's shard lock, before any later
+			// frame: see the seam in resume_linux.go.
+			before = func(v router.View) {
+				if rc := s.resumeChannel(c, ch, parts, v, recovered); rc != nil {
+					if job == nil {
+						job = &resumeJob{c: c, id: req.ID, deadline: time.Now().Add(s.cfg.ResumeTimeout), recovered: recovered}
+					}
+					job.chans = append(job.chans, rc)
+				}
+			}
+		} else if req.Snapshot {
+			// Runs under the channel's shard lock, before any later frame:
+			// the snapshot and the live stream meet with no gap or overlap.
+			before = func(v router.View) {
+				if last := v.Last(); last != nil {
+					s.metrics.snapshots.Inc()
+					c.Enqueue(unmeasured(markFrame(last, `"snap":true`)))
+				}
+			}
+		}
 		s.router.Subscribe(c, ch, before)
 		c.mu.Lock()
 		closing := c.flags&(flagClosing|flagClosed) != 0
@@ -80,13 +104,18 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		}
 		c.mu.Unlock()
 		if closing {
-			// closeWith already released the earlier subscriptions;
-			// this one arrived after it and is ours to drop.
+			// The close releases the subscriptions in c.subs; this
+			// one arrived after it began and is ours to drop.
 			s.router.Unsubscribe(c, ch)
 			return
 		}
 	}
-	c.send(okFrame(req.ID, nil))
+	if job != nil {
+		// The ok reply follows the replayed records; the job sends it.
+		s.submitResume(job)
+		return
+	}
+	c.send(okFrame(req.ID, recovered))
 }
 
 func (s *Server) unsubscribe(c *conn, req *Request) {
@@ -102,6 +131,9 @@ func (s *Server) unsubscribe(c *conn, req *Request) {
 	}
 	clear(c.subs[len(kept):])
 	c.subs = kept
+	for _, ch := range gone {
+		c.dropResumeLocked(ch)
+	}
 	c.mu.Unlock()
 	if len(gone) > 0 {
 		s.router.Unsubscribe(c, gone...)
@@ -129,5 +161,6 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 		Timestamp: f.Timestamp,
 		Data:      b,
 		Payload:   b[h:],
+		Conflate:  f.Conflate,
 	}
 }

@@ -213,6 +213,9 @@ func (c *conn) flushTLS(w *worker) {
 			// copied because TLS records span frames.
 			plain := w.rbuf[:0]
 			for i, f := range c.queue {
+				if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
+					f = c.markSkippedLocked(i) // "skipped":N, before it is copied
+				}
 				b := f.Data
 				if i == 0 {
 					b = b[c.head:]

@@ -12,6 +12,12 @@
 // while it captures the channel's last frame, a snapshot and the live stream
 // that follows it never overlap or leave a gap.
 //
+// Per route (a Retention), the router keeps each channel's last frame and a
+// bounded history of recent frames (by count, bytes and age), both in the
+// channel's entry under the same shard lock, so a resuming subscriber can be
+// handed exactly the frames after its position and then the live stream.
+// Publishing to a channel that retains anything takes the write lock.
+//
 // The router keeps no reverse index: the sink (a gateway connection) knows the
 // channels it subscribed to and passes them to Unsubscribe when it closes.
 //

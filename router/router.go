@@ -3,6 +3,7 @@ package router
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // numShards splits the channel index; a power of two so the shard is a mask.
@@ -22,6 +23,9 @@ type Frame struct {
 	// Payload is the message body inside Data, kept for sinks that must
 	// re-encode it (for example to mark it as a snapshot or as conflated).
 	Payload []byte
+	// Conflate allows a sink that falls behind to drop this frame in favour
+	// of a newer one of the same channel (and to say how many it dropped).
+	Conflate bool
 }
 
 // Sink receives frames for the channels it subscribed to.
@@ -41,6 +45,9 @@ type Stats struct {
 	Published     uint64
 	Deliveries    uint64
 	QueueFull     uint64
+	// HistoryFrames and HistoryBytes are what channel histories hold now.
+	HistoryFrames int64
+	HistoryBytes  int64
 }
 
 // Router is the channel → subscribers index. The zero value is not usable;
@@ -53,6 +60,8 @@ type Router struct {
 	published     atomic.Uint64
 	deliveries    atomic.Uint64
 	queueFull     atomic.Uint64
+	histFrames    atomic.Int64
+	histBytes     atomic.Int64
 }
 
 type shard struct {
@@ -67,7 +76,15 @@ type shard struct {
 type channel struct {
 	sinks []Sink
 	index map[Sink]int
-	last  *Frame // most recent frame, kept for snapshots when keepLast
+	last  *Frame     // most recent frame, kept when the route's Retention.Last
+	hist  *history   // recent frames, kept when the route has a history
+	keep  *Retention // retention of the route that last published here
+}
+
+// idle reports whether nothing is subscribed or retained; caller holds the
+// shard lock.
+func (c *channel) idle() bool {
+	return len(c.sinks) == 0 && c.last == nil && (c.hist == nil || c.hist.n == 0)
 }
 
 // New returns an empty Router.
@@ -90,16 +107,15 @@ func (r *Router) shardFor(ch string) *shard {
 }
 
 // Subscribe adds s to channel ch. It reports false if s was already
-// subscribed. If snapshot is true and the channel has a retained last frame,
-// that frame is returned so the caller can deliver it before any later frame;
-// it is captured atomically with the subscription, so the live stream starts
-// exactly after it.
+// subscribed (and then does not call before).
 //
 // If before is non-nil it is called with the shard lock held, after the sink
-// is registered but before any later frame can be published to the channel;
-// it must not block and must not call the Router. The gateway uses it to queue
-// a snapshot or replayed history ahead of live frames.
-func (r *Router) Subscribe(s Sink, ch string, before func(last *Frame)) bool {
+// is registered but before any later frame can be published to the channel,
+// with a View of what the channel retains (its last frame, its history); it
+// must not block and must not call the Router. The gateway uses it to queue
+// a snapshot or replayed history ahead of live frames: whatever it queues
+// meets the live stream with no gap and no overlap.
+func (r *Router) Subscribe(s Sink, ch string, before func(v View)) bool {
 	sh := r.shardFor(ch)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -116,7 +132,7 @@ func (r *Router) Subscribe(s Sink, ch string, before func(last *Frame)) bool {
 	c.sinks = append(c.sinks, s)
 	r.subscriptions.Add(1)
 	if before != nil {
-		before(c.last)
+		before(View{r: r, c: c})
 	}
 	return true
 }
@@ -156,7 +172,7 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 	c.sinks = c.sinks[:last]
 	delete(c.index, s)
 	r.subscriptions.Add(-1)
-	if len(c.sinks) == 0 && c.last == nil {
+	if c.idle() {
 		delete(sh.channels, ch)
 		r.channels.Add(-1)
 	}
@@ -164,13 +180,19 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 }
 
 // Publish hands f to every subscriber of f.Channel and returns how many
-// accepted it. If keepLast is set the frame is retained as the channel's
-// snapshot even when nobody is subscribed.
-func (r *Router) Publish(f *Frame, keepLast bool) int {
+// accepted it. keep (nil for nothing) says what to retain of the channel:
+// the frame as its last one, and in its history; both are kept even when
+// nobody is subscribed. Publishing a frame of one partition must follow
+// every earlier frame of that partition (offset order).
+func (r *Router) Publish(f *Frame, keep *Retention) int {
 	sh := r.shardFor(f.Channel)
-	if keepLast {
-		// The write lock orders this frame against concurrent snapshot
-		// subscribes; fan-out itself still runs once, below.
+	if keep.keepsAnything() {
+		var now int64
+		if keep.HistoryRecords > 0 {
+			now = time.Now().UnixMilli()
+		}
+		// The write lock orders this frame against concurrent subscribes
+		// reading what is retained; fan-out itself still runs once, below.
 		sh.mu.Lock()
 		c := sh.channels[f.Channel]
 		if c == nil {
@@ -178,7 +200,18 @@ func (r *Router) Publish(f *Frame, keepLast bool) int {
 			sh.channels[f.Channel] = c
 			r.channels.Add(1)
 		}
-		c.last = f
+		c.keep = keep
+		if keep.Last {
+			c.last = f
+		}
+		if keep.HistoryRecords > 0 {
+			if c.hist == nil {
+				c.hist = &history{}
+			}
+			dn, db := c.hist.push(f, now, keep)
+			r.histFrames.Add(int64(dn))
+			r.histBytes.Add(int64(db))
+		}
 		n := r.fanout(c, f)
 		sh.mu.Unlock()
 		return n
@@ -195,12 +228,15 @@ func (r *Router) Publish(f *Frame, keepLast bool) int {
 	return n
 }
 
-// PublishLazy is Publish(encode(), false) for a frame built only if ch has
-// subscribers: most records have none at a given instant, and encoding them
-// would be wasted work. encode runs at most once, under the shard's read
-// lock, and must not call back into the Router. Published counts the record
-// either way.
-func (r *Router) PublishLazy(ch string, encode func() *Frame) int {
+// PublishLazy is Publish(encode(), keep) for a frame built only if it is
+// needed: ch has subscribers, or keep retains something. Most records have
+// no subscriber at a given instant, and encoding them would be wasted work.
+// encode runs at most once, and must not call back into the Router.
+// Published counts the record either way.
+func (r *Router) PublishLazy(ch string, keep *Retention, encode func() *Frame) int {
+	if keep.keepsAnything() {
+		return r.Publish(encode(), keep)
+	}
 	sh := r.shardFor(ch)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
@@ -262,5 +298,7 @@ func (r *Router) Stats() Stats {
 		Published:     r.published.Load(),
 		Deliveries:    r.deliveries.Load(),
 		QueueFull:     r.queueFull.Load(),
+		HistoryFrames: r.histFrames.Load(),
+		HistoryBytes:  r.histBytes.Load(),
 	}
 }

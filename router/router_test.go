@@ -7,6 +7,8 @@ import (
 	"testing"
 )
 
+var last = &Retention{Last: true}
+
 // recSink records what it receives into a channel-like slice.
 type recSink struct {
 	mu     sync.Mutex
@@ -41,7 +43,7 @@ func TestPublishReachesExactlySubscribers(t *testing.T) {
 	}
 
 	f := &Frame{Channel: "ticks.AAPL", Offset: 7, Data: []byte("x")}
-	if n := r.Publish(f, false); n != 2 {
+	if n := r.Publish(f, nil); n != 2 {
 		t.Fatalf("Publish delivered to %d sinks, want 2", n)
 	}
 	if got := a.got(); len(got) != 1 || got[0] != f {
@@ -73,7 +75,7 @@ func TestUnsubscribeStopsDeliveryAndCleansUp(t *testing.T) {
 			t.Fatalf("Unsubscribe(%d) removed %d, want 2", i, n)
 		}
 	}
-	r.Publish(&Frame{Channel: "c"}, false)
+	r.Publish(&Frame{Channel: "c"}, nil)
 	for i, s := range sinks {
 		want := 0
 		if i == 1 || i == 3 {
@@ -95,7 +97,7 @@ func TestQueueFullCounted(t *testing.T) {
 	ok, full := &recSink{}, &recSink{full: true}
 	r.Subscribe(ok, "c", nil)
 	r.Subscribe(full, "c", nil)
-	if n := r.Publish(&Frame{Channel: "c"}, false); n != 1 {
+	if n := r.Publish(&Frame{Channel: "c"}, nil); n != 1 {
 		t.Fatalf("delivered %d, want 1", n)
 	}
 	if st := r.Stats(); st.QueueFull != 1 {
@@ -106,18 +108,18 @@ func TestQueueFullCounted(t *testing.T) {
 func TestSnapshotStitch(t *testing.T) {
 	r := New()
 	f1 := &Frame{Channel: "c", Offset: 1}
-	r.Publish(f1, true)
+	r.Publish(f1, last)
 	if r.Last("c") != f1 {
 		t.Fatal("last frame not retained without subscribers")
 	}
 	s := &recSink{}
 	var snap *Frame
-	r.Subscribe(s, "c", func(last *Frame) { snap = last })
+	r.Subscribe(s, "c", func(v View) { snap = v.Last() })
 	if snap != f1 {
 		t.Fatalf("snapshot = %v, want f1", snap)
 	}
 	f2 := &Frame{Channel: "c", Offset: 2}
-	r.Publish(f2, true)
+	r.Publish(f2, last)
 	if got := s.got(); len(got) != 1 || got[0] != f2 {
 		t.Fatalf("live after snapshot = %v, want only f2", got)
 	}
@@ -133,7 +135,7 @@ func TestConcurrentSnapshotNoGap(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := int64(1); i <= n; i++ {
-			r.Publish(&Frame{Channel: "c", Offset: i}, true)
+			r.Publish(&Frame{Channel: "c", Offset: i}, last)
 		}
 	}()
 	type sub struct {
@@ -145,8 +147,8 @@ func TestConcurrentSnapshotNoGap(t *testing.T) {
 		s := &recSink{}
 		subs[i].s = s
 		idx := i
-		r.Subscribe(s, "c", func(last *Frame) {
-			if last != nil {
+		r.Subscribe(s, "c", func(v View) {
+			if last := v.Last(); last != nil {
 				subs[idx].snap = last.Offset
 			}
 		})
@@ -196,7 +198,7 @@ func BenchmarkPublish(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				r.Publish(f, false)
+				r.Publish(f, nil)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*subs), "ns/delivery")
 		})
@@ -209,7 +211,7 @@ func TestPublishDoesNotAllocate(t *testing.T) {
 		r.Subscribe(&nopSink{}, "c", nil)
 	}
 	f := &Frame{Channel: "c"}
-	if a := testing.AllocsPerRun(100, func() { r.Publish(f, false) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { r.Publish(f, nil) }); a != 0 {
 		t.Fatalf("Publish allocates %.1f times per call, want 0", a)
 	}
 }
@@ -225,10 +227,10 @@ func TestPublishLazyEncodesOnlyForSubscribers(t *testing.T) {
 			return &Frame{Channel: ch, Data: []byte("x")}
 		}
 	}
-	if n := r.PublishLazy("ticks.MSFT", frame("ticks.MSFT")); n != 0 || encoded != 0 {
+	if n := r.PublishLazy("ticks.MSFT", nil, frame("ticks.MSFT")); n != 0 || encoded != 0 {
 		t.Fatalf("no subscriber: delivered to %d, encoded %d times; want 0 and 0", n, encoded)
 	}
-	if n := r.PublishLazy("ticks.AAPL", frame("ticks.AAPL")); n != 1 || encoded != 1 {
+	if n := r.PublishLazy("ticks.AAPL", nil, frame("ticks.AAPL")); n != 1 || encoded != 1 {
 		t.Fatalf("one subscriber: delivered to %d, encoded %d times; want 1 and 1", n, encoded)
 	}
 	if got := a.got(); len(got) != 1 || got[0].Channel != "ticks.AAPL" {

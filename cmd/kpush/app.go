@@ -64,9 +64,10 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
 	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
-	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, publisher{a.gw}, a.reg, log.With("component", "consumer")); err != nil {
+	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, newPublisher(a.gw, cfg.Routes), a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
+	a.gw.SetReplayer(replayer{a.consumer})
 	if a.gwLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
@@ -78,18 +79,54 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// publisher hands consumed records to the gateway.
-type publisher struct{ gw *gateway.Server }
+// publisher hands consumed records to the gateway, with what the router
+// retains of each route's channels.
+type publisher struct {
+	gw   *gateway.Server
+	keep map[*consumer.Route]*router.Retention // read-only after newPublisher
+}
 
-func (p publisher) Deliver(m *consumer.Message) {
-	p.gw.Publish(&gateway.Message{
+func newPublisher(gw *gateway.Server, routes []consumer.Route) *publisher {
+	p := &publisher{gw: gw, keep: make(map[*consumer.Route]*router.Retention)}
+	for i := range routes {
+		r := &routes[i]
+		k := &router.Retention{
+			Last:           r.Snapshot,
+			HistoryRecords: r.History.MaxRecords,
+			HistoryBytes:   r.History.MaxBytes,
+			HistoryAge:     r.History.MaxAge,
+		}
+		if k.Last || k.HistoryRecords > 0 {
+			p.keep[r] = k
+		}
+	}
+	return p
+}
+
+func (p *publisher) Deliver(m *consumer.Message) {
+	p.gw.Publish(toGateway(m), p.keep[m.Route])
+}
+
+func toGateway(m *consumer.Message) *gateway.Message {
+	return &gateway.Message{
 		Channel:   m.Channel,
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
-	}, false)
+		Conflate:  m.Route.Slow == consumer.SlowConflate,
+	}
+}
+
+// replayer reads records back from Kafka for the gateway's resumes.
+type replayer struct{ c *consumer.Consumer }
+
+func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*gateway.Message) bool) (bool, error) {
+	complete, _, err := r.c.Replay(ctx, ch, p, after, func(m *consumer.Message) bool {
+		return emit(toGateway(m))
+	})
+	return complete, err
 }
 
 func (a *app) adminHandler() http.Handler {

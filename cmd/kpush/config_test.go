@@ -29,7 +29,9 @@ func TestEmbeddedConfigsLoad(t *testing.T) {
 	}
 	if full.Gateway.PingInterval != min.Gateway.PingInterval || full.Gateway.MaxQueueBytes != min.Gateway.MaxQueueBytes ||
 		full.Kafka.FetchMaxWait != min.Kafka.FetchMaxWait || full.Kafka.MetadataInterval != min.Kafka.MetadataInterval ||
-		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log {
+		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log ||
+		full.Gateway.ResumeConcurrency != min.Gateway.ResumeConcurrency || full.Gateway.ResumeQueue != min.Gateway.ResumeQueue ||
+		full.Gateway.ResumeTimeout != min.Gateway.ResumeTimeout || full.Kafka.ReplayMaxScanned != min.Kafka.ReplayMaxScanned {
 		t.Fatalf("configs/kpush.yaml disagrees with the built-in defaults:\n%+v\n%+v", full, min)
 	}
 }
@@ -52,6 +54,11 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"same ports", "listen: \":1\"\nadmin_listen: \":1\"\nroutes: [{topic: t, channel: c}]\n", []string{"admin_listen"}},
 		{"unset env", "routes: [{topic: t, channel: c}]\nkafka: {brokers: [\"${KPUSH_TEST_SURELY_UNSET}\"]}\n", []string{"line 2", "KPUSH_TEST_SURELY_UNSET"}},
 		{"empty", "", []string{"empty"}},
+		{"bad slow policy", "routes: [{topic: t, channel: c, slow: drop}]\n", []string{"routes[0].slow", "drop"}},
+		{"negative history", "routes: [{topic: t, channel: c, history: {max_records: -1}}]\n", []string{"routes[0].history.max_records"}},
+		{"negative history age", "routes: [{topic: t, channel: c, history: {max_records: 5, max_age: -1s}}]\n", []string{"routes[0].history.max_age"}},
+		{"bad resume timeout", "routes: [{topic: t, channel: c}]\ngateway: {resume_timeout: -1s}\n", []string{"gateway.resume_timeout"}},
+		{"bad replay limit", "routes: [{topic: t, channel: c}]\nkafka: {replay_max_scanned: -5}\n", []string{"kafka.replay_max_scanned"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

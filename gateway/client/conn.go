@@ -1,5 +1,7 @@
 // Package client is a Go client for kpush's protocol v1, for services and
 // tests. Conn is one WebSocket connection: send requests, read frames.
+// Client stays connected: it reconnects with backoff and resumes every
+// channel from the last Kafka positions it saw, dropping duplicates.
 //
 // A Conn is not safe for concurrent reads; writes are serialised
 // internally, so one goroutine may read while others send.

@@ -34,7 +34,8 @@
  * server sends what was published meanwhile; channels never seen yet are
  * subscribed with `snapshot: true`. A message whose offset is not above the
  * last one seen for its channel and partition is a duplicate and is dropped.
- * The server's verdict comes as a 'recovered' event per channel: false means
+ * The server's verdict comes as a 'recovered' event per channel, after the
+ * replayed messages (the server answers once they are all sent): false means
  * records were lost (gone from Kafka or beyond the replay limit) and the
  * application should resynchronise that channel.
  *

@@ -1,0 +1,143 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Replay results, the label values of kpush_consumer_replays_total.
+const (
+	ReplayComplete  = "complete"
+	ReplayGone      = "gone"      // records deleted by retention, the position past the log's end, or no such partition
+	ReplayLimit     = "limit"     // kafka.replay_max_scanned reached
+	ReplayStopped   = "stopped"   // the caller's emit stopped it, or its context ended
+	ReplayNoRoute   = "no_route"  // no route produces the channel
+	ReplayAmbiguous = "ambiguous" // routes of several topics may produce the channel
+	ReplayError     = "error"     // a Kafka request failed
+)
+
+// Replay reads partition p of the topic that produces channel ch back from
+// offset after+1 up to the partition's high watermark as its first fetch
+// sees it, and calls emit, in offset order, with every record routed to ch.
+// It stops when emit returns false, after kafka.replay_max_scanned records,
+// or when ctx ends. It reports whether every such record was emitted, and
+// why not (one of the Replay* results). The Message handed to emit is
+// reused once emit returns: emit must copy what it keeps.
+//
+// The topic is found from the routes whose channel template can produce ch;
+// positions are per partition, so a channel must come from
+// a single topic to be replayed. Replay is safe for concurrent use and
+// independent of the live partition readers.
+func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (complete bool, result string, err error) {
+	defer func() { c.m.replays.WithLabelValues(result).Inc() }()
+	var topic string
+	var routes []*Route
+	for _, t := range c.topics {
+		for _, r := range c.routes[t] {
+			if !r.tmpl.Match(ch, t) {
+				continue
+			}
+			if topic != "" && topic != t {
+				return false, ReplayAmbiguous, nil
+			}
+			topic = t
+			routes = append(routes, r)
+		}
+	}
+	if topic == "" {
+		return false, ReplayNoRoute, nil
+	}
+	tp := topicPartition{topic, int(p)}
+	offset := after + 1
+	end := int64(-1) // the high watermark when the replay began
+	scanned := 0
+	stalls := 0
+	emitStopped := false
+	rr := newRecordRouter(c.m, tp, routes, func(m *Message) {
+		if !emitStopped && !emit(m) {
+			emitStopped = true
+		}
+	})
+	rr.only, rr.live = ch, false
+	for {
+		if ctx.Err() != nil {
+			return false, ReplayStopped, nil
+		}
+		fctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
+		resp, err := c.client.Fetch(fctx, &kafka.FetchRequest{
+			Topic:     topic,
+			Partition: int(p),
+			Offset:    offset,
+			MinBytes:  1,
+			MaxBytes:  int64(c.cfg.FetchMaxBytes),
+			MaxWait:   50 * time.Millisecond,
+		})
+		cancel()
+		if err == nil && resp.Error != nil {
+			err = resp.Error
+		}
+		if err != nil {
+			if errors.Is(err, kafka.OffsetOutOfRange) || errors.Is(err, kafka.UnknownTopicOrPartition) {
+				// Deleted by retention, or a partition that does not
+				// exist (a position from a client, not from kpush).
+				return false, ReplayGone, nil
+			}
+			if ctx.Err() != nil {
+				return false, ReplayStopped, nil
+			}
+			return false, ReplayError, fmt.Errorf("consumer: replay %s[%d] at %d: %w", topic, p, offset, err)
+		}
+		if end < 0 {
+			end = resp.HighWatermark
+			if offset > end {
+				return false, ReplayGone, nil
+			}
+		}
+		if offset >= end {
+			return true, ReplayComplete, nil
+		}
+		start := offset
+		result, routed := "", 0
+		next, _ := walk(c.m, resp.Records, offset, func(rec *kafka.Record) bool {
+			if rec.Offset >= end {
+				result = ReplayComplete
+				return false
+			}
+			if scanned++; scanned > c.cfg.ReplayMaxScanned {
+				result = ReplayLimit
+				return false
+			}
+			routed++
+			rr.route(rec)
+			if emitStopped {
+				result = ReplayStopped
+				return false
+			}
+			return true
+		})
+		c.m.replayScanned.Add(float64(routed))
+		switch result {
+		case ReplayComplete:
+			return true, ReplayComplete, nil
+		case ReplayLimit, ReplayStopped:
+			return false, result, nil
+		}
+		offset = next
+		if offset >= end {
+			return true, ReplayComplete, nil
+		}
+		if offset == start {
+			// Nothing readable at this offset (a gap the broker keeps
+			// answering empty): give up rather than spin.
+			if stalls++; stalls > 3 {
+				return false, ReplayError, fmt.Errorf("consumer: replay %s[%d] at %d: no progress below the high watermark %d", topic, p, offset, end)
+			}
+		} else {
+			stalls = 0
+		}
+	}
+}
