@@ -39,12 +39,12 @@ type Sink interface {
 
 // Consumer reads every partition of the routed topics.
 type Consumer struct {
-	cfg    Config
-	routes map[string][]*Route // topic → routes
-	topics []string
-	sink   Sink
-	log    *slog.Logger
-	m      *metrics
+	cfg   Config
+	table atomic.Pointer[routeTable] // replaced whole by SetRoutes
+	sink  Sink
+	log   *slog.Logger
+	m     *metrics
+	wake  chan struct{} // asks Run to read metadata now (routes changed)
 
 	client    *kafka.Client
 	transport *kafka.Transport
@@ -52,9 +52,36 @@ type Consumer struct {
 	// it returns.
 	stop context.CancelFunc
 
-	mu         sync.Mutex // guards partitions, metadataOK
+	mu         sync.Mutex // guards partitions, stopping, fresh, metadataOK
 	partitions map[topicPartition]*partState
+	// stopping holds readers of topics no longer routed until they have
+	// returned, so a topic routed again is not read twice at once.
+	stopping map[topicPartition]*partState
+	// fresh holds routed topics that no metadata read has seen since they
+	// were routed: their partitions start at cfg.Start. Partitions that
+	// appear later start at their first offset.
+	fresh      map[string]bool
 	metadataOK bool
+}
+
+// routeTable is the routes in force, indexed by topic. It is never modified
+// once stored.
+type routeTable struct {
+	byTopic map[string][]*Route
+	topics  []string // in first-route order
+}
+
+// newRouteTable indexes routes, which must have passed ValidateRoutes.
+func newRouteTable(routes []Route) *routeTable {
+	t := &routeTable{byTopic: make(map[string][]*Route)}
+	for i := range routes {
+		r := &routes[i]
+		if _, ok := t.byTopic[r.Topic]; !ok {
+			t.topics = append(t.topics, r.Topic)
+		}
+		t.byTopic[r.Topic] = append(t.byTopic[r.Topic], r)
+	}
+	return t
 }
 
 type topicPartition struct {
@@ -65,7 +92,8 @@ type topicPartition struct {
 // partState is what readiness and metrics know of one partition reader.
 type partState struct {
 	healthy atomic.Bool
-	next    atomic.Int64 // next offset to read
+	next    atomic.Int64       // next offset to read
+	cancel  context.CancelFunc // stops the reader; set before it starts
 }
 
 // New returns a Consumer for routes (already checked with ValidateRoutes).
@@ -88,17 +116,17 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 	}
 	c := &Consumer{
 		cfg:        cfg,
-		routes:     make(map[string][]*Route),
 		sink:       sink,
 		log:        log,
+		wake:       make(chan struct{}, 1),
 		partitions: make(map[topicPartition]*partState),
+		stopping:   make(map[topicPartition]*partState),
+		fresh:      make(map[string]bool),
 	}
-	for i := range routes {
-		r := &routes[i]
-		if _, ok := c.routes[r.Topic]; !ok {
-			c.topics = append(c.topics, r.Topic)
-		}
-		c.routes[r.Topic] = append(c.routes[r.Topic], r)
+	t := newRouteTable(routes)
+	c.table.Store(t)
+	for _, topic := range t.topics {
+		c.fresh[topic] = true
 	}
 	m, err := newMetrics(reg, c)
 	if err != nil {
@@ -121,14 +149,14 @@ func (c *Consumer) newClient(ctx context.Context) (*kafka.Client, *kafka.Transpo
 		DialTimeout: c.cfg.DialTimeout,
 		IdleTimeout: 30 * time.Second,
 		// The transport answers Metadata requests from its cache and
-		// refreshes that cache at random times less than MetadataTTL apart
-		// (and only for the routed topics). discover reads the cache every
-		// half interval, so a topic or partition that appears is read within
-		// metadata_interval (plus one round trip) of appearing, and Fetch
-		// routes to its leader through the same cache.
-		MetadataTTL:    c.cfg.MetadataInterval / 2,
-		MetadataTopics: c.topics,
-		Context:        ctx,
+		// refreshes that cache at random times less than MetadataTTL apart.
+		// discover reads the cache every half interval, so a topic or
+		// partition that appears is read within metadata_interval (plus one
+		// round trip) of appearing, and Fetch routes to its leader through
+		// the same cache. The cache holds every topic (no MetadataTopics):
+		// SetRoutes may route a topic at any time, and it must be there.
+		MetadataTTL: c.cfg.MetadataInterval / 2,
+		Context:     ctx,
 	}
 	return &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: t}, t
 }
@@ -157,8 +185,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.transport.CloseIdleConnections()
 	defer c.stop()
 	defer wg.Wait()
-	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.topics, "start", c.cfg.Start)
-	first := true
+	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start)
 	backoff := c.newBackoff()
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -167,6 +194,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-c.wake:
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		found, err := c.discover(ctx)
 		if err != nil {
@@ -181,27 +213,37 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.log.Info("consumer: metadata read", "after_failures", backoff.failures)
 		}
 		backoff.reset()
-		for _, tp := range found {
+		for _, f := range found {
+			tp := f.tp
 			start := int64(kafka.FirstOffset)
-			if first && c.cfg.Start == "latest" {
+			if f.fresh && c.cfg.Start == "latest" {
 				start = kafka.LastOffset
 			}
-			ps := &partState{}
+			pctx, cancel := context.WithCancel(ctx)
+			ps := &partState{cancel: cancel}
 			c.mu.Lock()
-			c.partitions[tp] = ps
+			_, routed := c.table.Load().byTopic[tp.topic]
+			if routed { // not unrouted by SetRoutes since discover
+				c.partitions[tp] = ps
+			}
 			c.mu.Unlock()
-			if !first {
+			if !routed {
+				cancel()
+				continue
+			}
+			if !f.fresh {
 				c.log.Info("consumer: new partition; reading from its first offset", "topic", tp.topic, "partition", tp.partition)
 			}
 			r := c.newPartReader(tp, ps)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r.run(ctx, start)
+				defer c.readerStopped(tp, ps)
+				defer cancel()
+				r.run(pctx, start)
 			}()
 		}
 		c.setMetadataOK(true)
-		first = false
 		t.Reset(c.cfg.MetadataInterval / 2)
 	}
 }
@@ -212,17 +254,29 @@ func (c *Consumer) setMetadataOK(ok bool) {
 	c.mu.Unlock()
 }
 
+// newPartition is a partition discover found without a reader. fresh says
+// its topic had not been seen since it was routed.
+type newPartition struct {
+	tp    topicPartition
+	fresh bool
+}
+
 // discover returns the partitions of routed topics that have no reader yet.
-func (c *Consumer) discover(ctx context.Context) ([]topicPartition, error) {
+func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: c.topics})
+	table := c.table.Load()
+	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: table.topics})
 	if err != nil {
-		return nil, fmt.Errorf("consumer: metadata for %v: %w", c.topics, err)
+		return nil, fmt.Errorf("consumer: metadata for %v: %w", table.topics, err)
 	}
-	var found []topicPartition
+	var found []newPartition
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Routes may have changed during the request: only what is routed now
+	// gets a reader, and only topics the request asked for stop being fresh.
+	routed := c.table.Load().byTopic
+	waiting := map[string]bool{} // topics with a partition whose old reader is still stopping
 	for _, t := range md.Topics {
 		if t.Error != nil {
 			if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
@@ -230,24 +284,34 @@ func (c *Consumer) discover(ctx context.Context) ([]topicPartition, error) {
 			}
 			continue
 		}
-		if _, routed := c.routes[t.Name]; !routed {
+		if _, ok := routed[t.Name]; !ok {
 			continue
 		}
 		for _, p := range t.Partitions {
 			tp := topicPartition{t.Name, p.ID}
-			if _, ok := c.partitions[tp]; !ok {
-				found = append(found, tp)
+			_, reading := c.partitions[tp]
+			_, stopping := c.stopping[tp]
+			if stopping {
+				waiting[t.Name] = true
+			}
+			if !reading && !stopping {
+				found = append(found, newPartition{tp: tp, fresh: c.fresh[t.Name]})
 			}
 		}
 	}
-	slices.SortFunc(found, func(a, b topicPartition) int {
-		if a.topic != b.topic {
-			if a.topic < b.topic {
+	for _, topic := range table.topics {
+		if !waiting[topic] {
+			delete(c.fresh, topic)
+		}
+	}
+	slices.SortFunc(found, func(a, b newPartition) int {
+		if a.tp.topic != b.tp.topic {
+			if a.tp.topic < b.tp.topic {
 				return -1
 			}
 			return 1
 		}
-		return a.partition - b.partition
+		return a.tp.partition - b.tp.partition
 	})
 	return found, nil
 }

@@ -22,9 +22,14 @@
 // bounded by kafka.replay_max_scanned, and is independent of the live
 // readers.
 //
+// SetRoutes replaces the routes while the consumer runs (a configuration
+// reload): readers of newly routed topics start, readers of topics no longer
+// routed stop, and the others use the new routes from their next fetch.
+//
 // Concurrency: Run owns every goroutine it starts and returns after they
-// stop (kafka-go's transport goroutines end when Run returns). Sink.Deliver
-// is called concurrently from partition goroutines (but in order within a
-// partition) and must not block; the Message it gets is reused for the
-// partition's next record, so routing a record allocates nothing.
+// stop (kafka-go's transport goroutines end when Run returns); SetRoutes and
+// Replay are safe to call while it runs. Sink.Deliver is called concurrently
+// from partition goroutines (but in order within a partition) and must not
+// block; the Message it gets is reused for the partition's next record, so
+// routing a record allocates nothing.
 package consumer

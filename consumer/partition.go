@@ -26,7 +26,7 @@ func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
 		c:      c,
 		tp:     tp,
 		state:  ps,
-		router: newRecordRouter(c.m, tp, c.routes[tp.topic], c.sink.Deliver),
+		router: newRecordRouter(c.m, tp, c.table.Load().byTopic[tp.topic], c.sink.Deliver),
 		m:      c.m.forPartition(tp),
 		log:    c.log.With("topic", tp.topic, "partition", tp.partition),
 	}
@@ -147,8 +147,10 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 }
 
 // dispatch routes every data record of records at or after offset and
-// returns the next offset to fetch.
+// returns the next offset to fetch. It takes the routes in force now, so a
+// SetRoutes applies from the next fetch.
 func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
+	r.router.routes = r.c.table.Load().byTopic[r.tp.topic]
 	n := 0
 	next, _ := walk(r.c.m, records, offset, func(rec *kafka.Record) bool {
 		n++

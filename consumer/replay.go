@@ -36,8 +36,9 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	defer func() { c.m.replays.WithLabelValues(result).Inc() }()
 	var topic string
 	var routes []*Route
-	for _, t := range c.topics {
-		for _, r := range c.routes[t] {
+	table := c.table.Load()
+	for _, t := range table.topics {
+		for _, r := range table.byTopic[t] {
 			if !r.tmpl.Match(ch, t) {
 				continue
 			}

@@ -280,10 +280,13 @@ func (c *conn) onReadable(w *worker) {
 // returns false when the connection must be dropped without a close
 // handshake (EOF, socket error).
 func (c *conn) readFrames(w *worker) bool {
+	maxPayload := c.srv.lim().MaxMessageBytes
+	if size := readBufferSize(maxPayload); len(w.rbuf) < size {
+		w.rbuf = make([]byte, size) // max_message_bytes was raised by a reload
+	}
 	buf := w.rbuf
 	n := copy(buf, c.partial)
 	c.partial = nil
-	maxPayload := c.srv.cfg.MaxMessageBytes
 	for budget := 4; budget > 0; budget-- {
 		m, err := c.read(buf[n:])
 		if err != nil {
@@ -370,7 +373,7 @@ func (c *conn) handleFrame(f inFrame) bool {
 			c.closeWith(ws.StatusProtocolError, errFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.payload) > c.srv.cfg.MaxMessageBytes {
+		if len(c.msg)+len(f.payload) > c.srv.lim().MaxMessageBytes {
 			c.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
 			c.closeWith(ws.StatusMessageTooBig, errFrameTooLarge.Error(), true)

@@ -37,4 +37,6 @@
 //
 // Server.Run serves until its context ends; Server.Shutdown drains: it stops
 // accepting and closes connections with 1001 spread over drain_timeout.
+// Server.SetLimits replaces the live-changeable limits (Limits) while it
+// serves; connection code reads them through one atomic pointer.
 package gateway

@@ -351,7 +351,8 @@ func (s *Server) runResumes(ctx context.Context) {
 func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 	ctx, cancel := context.WithDeadline(ctx, j.deadline)
 	defer cancel()
-	maxMsgs, maxBytes := s.cfg.MaxQueueMessages, s.cfg.MaxQueueBytes
+	lim := s.lim()
+	maxMsgs, maxBytes := lim.MaxQueueMessages, lim.MaxQueueBytes
 	for _, rc := range j.chans {
 		if j.c.closing() || ctx.Err() != nil {
 			break

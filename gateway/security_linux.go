@@ -23,8 +23,15 @@ type PublicChannels interface {
 	Public(channel string) bool
 }
 
-// SetPublicChannels sets the channels open to every client. Call before Run.
-func (s *Server) SetPublicChannels(p PublicChannels) { s.public = p }
+// SetPublicChannels sets the channels open to every client. Safe to call
+// while serving (routes are reloaded).
+func (s *Server) SetPublicChannels(p PublicChannels) { s.public.Store(&p) }
+
+// isPublic reports whether ch is open to every client.
+func (s *Server) isPublic(ch string) bool {
+	p := s.public.Load()
+	return p != nil && *p != nil && (*p).Public(ch)
+}
 
 // connSec is a connection's authentication and request-rate state.
 type connSec struct {
@@ -161,7 +168,8 @@ func (c *conn) setGrant(g *auth.Grant) {
 // if not, it has answered rate_limited, or closed the connection with 1008
 // (alive false).
 func (c *conn) allowRequest(p []byte) (ok, alive bool) {
-	ok, over := c.sec.rate.allow(c.srv.clock.Load(), c.srv.cfg.MaxRequestsPerSecond, c.srv.cfg.RequestBurst)
+	lim := c.srv.lim()
+	ok, over := c.sec.rate.allow(c.srv.clock.Load(), lim.MaxRequestsPerSecond, lim.RequestBurst)
 	if ok {
 		return true, true
 	}
@@ -174,13 +182,13 @@ func (c *conn) allowRequest(p []byte) (ok, alive bool) {
 	}
 	if p != nil {
 		var id int64
-		if req, err := ParseRequest(p, c.srv.cfg.MaxSubscriptions); err == nil {
+		if req, err := ParseRequest(p, lim.MaxSubscriptions); err == nil {
 			id = req.ID
 		} else if pe, ok := err.(*ProtocolError); ok {
 			id = pe.ID
 		}
 		c.srv.metrics.clientErrors.WithLabelValues(CodeRateLimited).Inc()
-		c.send(errorFrame(id, CodeRateLimited, fmt.Sprintf("more than %d requests per second", c.srv.cfg.MaxRequestsPerSecond)))
+		c.send(errorFrame(id, CodeRateLimited, fmt.Sprintf("more than %d requests per second", lim.MaxRequestsPerSecond)))
 	}
 	return false, true
 }
@@ -194,7 +202,7 @@ func (s *Server) authorize(c *conn, req *Request) bool {
 	}
 	g := c.sec.grant.Load()
 	for _, ch := range req.Channels {
-		if (s.public != nil && s.public.Public(ch)) || g.Allows(ch) {
+		if s.isPublic(ch) || g.Allows(ch) {
 			continue
 		}
 		msg := fmt.Sprintf("channel %q is not granted by this connection's token", ch)
@@ -245,7 +253,7 @@ func (s *Server) refresh(c *conn, req *Request) {
 	kept := c.subs[:0]
 	var revoked []string
 	for _, ch := range c.subs {
-		if (s.public != nil && s.public.Public(ch)) || g.Allows(ch) {
+		if s.isPublic(ch) || g.Allows(ch) {
 			kept = append(kept, ch)
 		} else {
 			revoked = append(revoked, ch)

@@ -27,7 +27,10 @@ import (
 // Server accepts WebSocket connections, serves protocol v1 on them and
 // writes routed frames to their subscribers.
 type Server struct {
+	// cfg is the configuration given to New. Its live-changeable keys are
+	// only the starting values: read those through lim().
 	cfg    Config
+	limits atomic.Pointer[Limits] // replaced whole by SetLimits
 	router *router.Router
 	log    *slog.Logger
 
@@ -54,12 +57,12 @@ type Server struct {
 
 	handshakes chan struct{} // semaphore bounding handshakes in progress
 
-	// Security (security_linux.go, tls_linux.go); set by New and
-	// SetPublicChannels, read-only while serving.
+	// Security (security_linux.go, tls_linux.go); set by New, read-only
+	// while serving, except public (replaced by SetPublicChannels).
 	tlsConfig *tls.Config // nil: plain ws
 	certs     *certStore
 	verifier  *auth.Verifier // nil: auth.mode none
-	public    PublicChannels
+	public    atomic.Pointer[PublicChannels]
 	perIP     *ipLimiter
 
 	replayer      Replayer        // nil: resumes beyond the history fail
@@ -100,6 +103,8 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
 	s.clock.Store(time.Now().UnixMilli())
+	lim := cfg.Limits()
+	s.limits.Store(&lim)
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
@@ -144,6 +149,23 @@ func (s *Server) Connections() int { return s.conns.count() }
 
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
+
+// SetLimits applies the live-changeable keys of cfg (see Limits) to the
+// running server and ignores the others. cfg is defaulted and validated
+// first; an invalid cfg changes nothing. Safe to call concurrently with
+// everything else.
+func (s *Server) SetLimits(cfg Config) error {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	lim := cfg.Limits()
+	s.limits.Store(&lim)
+	return nil
+}
+
+// lim returns the limits in force.
+func (s *Server) lim() *Limits { return s.limits.Load() }
 
 // Run listens on cfg.Listen and serves until ctx is cancelled or Shutdown
 // completes. Cancelling ctx closes every connection at once; Shutdown drains
@@ -300,10 +322,15 @@ func (w *worker) observeLatency(tsMillis int64) {
 	w.s.metrics.latency.Observe(float64(d) / 1000)
 }
 
+// readBufferSize is the size of a worker's read buffer: at least 64 KiB, and
+// room for one whole frame of the largest allowed payload (a client frame
+// header is at most 14 bytes).
+func readBufferSize(maxMessageBytes int) int { return max(64<<10, maxMessageBytes+14) }
+
 func (s *Server) runWorker() {
 	w := &worker{
 		s:    s,
-		rbuf: make([]byte, max(64<<10, s.cfg.MaxMessageBytes+14)),
+		rbuf: make([]byte, readBufferSize(s.lim().MaxMessageBytes)),
 		iov:  make([]syscall.Iovec, 0, maxIovecs),
 	}
 	for {
@@ -343,10 +370,6 @@ func (s *Server) runTicker(ctx context.Context) {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	sweepEvery := int64(max(time.Second, s.cfg.PingInterval/10) / tick)
-	if s.cfg.PingInterval < time.Second {
-		sweepEvery = 1
-	}
 	ping := &router.Frame{Data: serverFrame(ws.OpPing, nil)}
 	var n int64
 	for {
@@ -356,6 +379,9 @@ func (s *Server) runTicker(ctx context.Context) {
 		case now := <-t.C:
 			s.clock.Store(now.UnixMilli())
 			n++
+			// Every second, or every tenth of a longer ping interval;
+			// re-read each tick so a reloaded interval takes effect.
+			sweepEvery := int64(max(time.Second, s.lim().PingInterval/10) / tick)
 			if n%sweepEvery == 0 {
 				s.sweep(now.UnixMilli(), ping)
 				s.router.Trim(now) // history of channels that went quiet
@@ -365,8 +391,9 @@ func (s *Server) runTicker(ctx context.Context) {
 }
 
 func (s *Server) sweep(now int64, ping *router.Frame) {
-	idle := s.cfg.IdleTimeout.Milliseconds()
-	interval := s.cfg.PingInterval.Milliseconds()
+	lim := s.lim()
+	idle := lim.IdleTimeout.Milliseconds()
+	interval := lim.PingInterval.Milliseconds()
 	var toPing, toIdle, toCut, toExpire []*conn
 	s.conns.each(func(c *conn) {
 		if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
@@ -450,7 +477,8 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
 		return
 	}
-	if s.conns.count() >= s.cfg.MaxConnections {
+	lim := s.lim()
+	if s.conns.count() >= lim.MaxConnections {
 		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
@@ -468,7 +496,7 @@ func (s *Server) handshake(nc net.Conn) {
 	}()
 	var ua upgradeAuth
 	up := s.upgrader(&ua)
-	_, err = up.Upgrade(&headerLimiter{rw: pc, left: s.cfg.MaxHeaderBytes})
+	_, err = up.Upgrade(&headerLimiter{rw: pc, left: lim.MaxHeaderBytes})
 	pc.release()
 	if err != nil {
 		if errors.Is(err, errHeaderTooLarge) {
@@ -502,7 +530,7 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
-	c.pingDue.Store(now + rand.Int64N(s.cfg.PingInterval.Milliseconds()+1))
+	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
 	ipHeld = false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
@@ -535,7 +563,7 @@ func (s *Server) reject(c net.Conn, status int, reason, msg string) {
 }
 
 func (s *Server) originAllowed(origin string) bool {
-	for _, o := range s.cfg.AllowedOrigins {
+	for _, o := range s.lim().AllowedOrigins {
 		if o == "*" || asciiEqualFoldString(o, origin) {
 			return true
 		}

@@ -29,6 +29,7 @@ func (s *Server) Ready() <-chan struct{}                    { return nil }
 func (s *Server) Addr() net.Addr                            { return nil }
 func (s *Server) Connections() int                          { return 0 }
 func (s *Server) Draining() bool                            { return false }
+func (s *Server) SetLimits(Config) error                    { return errNotLinux }
 func (s *Server) Run(context.Context) error                 { return errNotLinux }
 func (s *Server) Shutdown(context.Context) error            { return errNotLinux }
 func (s *Server) Publish(*Message, *router.Retention) int   { return 0 }

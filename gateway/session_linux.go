@@ -17,7 +17,7 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 	if ok, _ := c.allowRequest(p); !ok {
 		return
 	}
-	req, err := ParseRequest(p, s.cfg.MaxSubscriptions)
+	req, err := ParseRequest(p, s.lim().MaxSubscriptions)
 	if err != nil {
 		var pe *ProtocolError
 		if !errors.As(err, &pe) {
@@ -52,12 +52,12 @@ func (s *Server) subscribe(c *conn, req *Request) {
 			fresh = append(fresh, ch)
 		}
 	}
-	if n := len(c.subs) + len(fresh); n > s.cfg.MaxSubscriptions {
+	if n, most := len(c.subs)+len(fresh), s.lim().MaxSubscriptions; n > most {
 		c.mu.Unlock()
 		s.metrics.clientErrors.WithLabelValues(CodeTooManySubscriptions).Inc()
 		s.metrics.rejected.WithLabelValues(CodeTooManySubscriptions).Inc()
 		c.send(errorFrame(req.ID, CodeTooManySubscriptions,
-			fmt.Sprintf("subscribing would hold %d channels, at most %d per connection", n, s.cfg.MaxSubscriptions)))
+			fmt.Sprintf("subscribing would hold %d channels, at most %d per connection", n, most)))
 		return
 	}
 	c.mu.Unlock()

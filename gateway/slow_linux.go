@@ -29,7 +29,8 @@ import (
 // fitsLocked reports whether n more frames of size bytes fit the bounds.
 // Caller holds c.mu.
 func (c *conn) fitsLocked(n, size int) bool {
-	return len(c.queue)+c.held+n <= c.srv.cfg.MaxQueueMessages && c.queuedBytes+size <= c.srv.cfg.MaxQueueBytes
+	lim := c.srv.lim()
+	return len(c.queue)+c.held+n <= lim.MaxQueueMessages && c.queuedBytes+size <= lim.MaxQueueBytes
 }
 
 // protectedLocked is how many frames at the head of the queue are on their

@@ -11,7 +11,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +34,8 @@ type app struct {
 	router   *router.Router
 	gw       *gateway.Server
 	consumer *consumer.Consumer
+	pub      *publisher
+	reloader *reloader
 
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -41,12 +45,21 @@ type app struct {
 }
 
 func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
-	level, _ := parseLevel(cfg.Level) // validated with the config
+	log, _ := newLeveledLogger(cfg, w)
+	return log
+}
+
+// newLeveledLogger is newLogger with its level in a variable that a reload
+// can change.
+func newLeveledLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	l, _ := parseLevel(cfg.Level) // validated with the config
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(slog.NewTextHandler(w, opts)), level
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(slog.NewJSONHandler(w, opts)), level
 }
 
 // newApp builds kpush and binds its listeners, so their addresses are known
@@ -64,10 +77,14 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
 	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
-	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, newPublisher(a.gw, cfg.Routes), a.reg, log.With("component", "consumer")); err != nil {
+	a.pub = newPublisher(a.gw, cfg.Routes)
+	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, a.pub, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
 	a.gw.SetReplayer(replayer{a.consumer})
+	if a.reloader, err = newReloader(cfg, a.gw, a, a.reg, log.With("component", "config")); err != nil {
+		return nil, err
+	}
 	if a.gwLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
@@ -79,15 +96,48 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
+// SetRoutes applies reloaded routes (already validated) to everything that
+// depends on them. routes is owned from here on: a Message's Route points
+// into it.
+func (a *app) SetRoutes(routes []consumer.Route) error {
+	routes = slices.Clone(routes)
+	if err := consumer.ValidateRoutes(routes); err != nil {
+		return err
+	}
+	// Retention first, so no record of a new route is published without it.
+	a.pub.setRoutes(routes)
+	a.gw.SetPublicChannels(publicRoutes(routes))
+	return a.consumer.SetRoutes(routes)
+}
+
 // publisher hands consumed records to the gateway, with what the router
 // retains of each route's channels.
 type publisher struct {
 	gw   *gateway.Server
-	keep map[*consumer.Route]*router.Retention // read-only after newPublisher
+	keep atomic.Pointer[retentions] // replaced whole by setRoutes
+}
+
+// retentions maps routes to what the router keeps of their channels.
+type retentions struct {
+	// byRoute holds the routes in force and those they replaced: a fetch
+	// the consumer dispatched with the old routes may still be delivering.
+	byRoute map[*consumer.Route]*router.Retention
+	current map[*consumer.Route]*router.Retention // the routes in force
 }
 
 func newPublisher(gw *gateway.Server, routes []consumer.Route) *publisher {
-	p := &publisher{gw: gw, keep: make(map[*consumer.Route]*router.Retention)}
+	p := &publisher{gw: gw}
+	p.setRoutes(routes)
+	return p
+}
+
+// setRoutes adds the retention of routes, keeping that of the routes they
+// replace until the next call.
+func (p *publisher) setRoutes(routes []consumer.Route) {
+	next := &retentions{
+		byRoute: make(map[*consumer.Route]*router.Retention),
+		current: make(map[*consumer.Route]*router.Retention),
+	}
 	for i := range routes {
 		r := &routes[i]
 		k := &router.Retention{
@@ -97,14 +147,19 @@ func newPublisher(gw *gateway.Server, routes []consumer.Route) *publisher {
 			HistoryAge:     r.History.MaxAge,
 		}
 		if k.Last || k.HistoryRecords > 0 {
-			p.keep[r] = k
+			next.byRoute[r], next.current[r] = k, k
 		}
 	}
-	return p
+	if prev := p.keep.Load(); prev != nil {
+		for r, k := range prev.current {
+			next.byRoute[r] = k
+		}
+	}
+	p.keep.Store(next)
 }
 
 func (p *publisher) Deliver(m *consumer.Message) {
-	p.gw.Publish(toGateway(m), p.keep[m.Route])
+	p.gw.Publish(toGateway(m), p.keep.Load().byRoute[m.Route])
 }
 
 func toGateway(m *consumer.Message) *gateway.Message {
@@ -175,6 +230,7 @@ func (a *app) Run(ctx context.Context) error {
 	}
 	start("admin", func() error { return a.admin.Serve(a.adminLn) })
 	start("consumer", func() error { return a.consumer.Run(ctx) })
+	start("config", func() error { a.reloader.run(ctx); return nil })
 	start("gateway", func() error {
 		err := a.gw.Serve(ctx, a.gwLn)
 		cancel() // the gateway ending (drained) ends the rest
@@ -204,9 +260,20 @@ func (a *app) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// serve runs kpush until SIGTERM or SIGINT, then drains and returns.
-func serve(cfg *Config, dev *devOptions, out io.Writer) error {
-	log := newLogger(cfg.Log, os.Stderr)
+// configSource is where the configuration came from: a file (path and its
+// content at start-up), or the embedded one (path "").
+type configSource struct {
+	path string
+	data []byte
+}
+
+// serve runs kpush until SIGTERM or SIGINT, then drains and returns. SIGHUP
+// reloads the configuration file.
+func serve(cfg *Config, src configSource, dev *devOptions, out io.Writer) error {
+	log, level := newLeveledLogger(cfg.Log, os.Stderr)
+	// SIGHUP's default action ends the process: ignore it until the
+	// reloader takes it.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if dev != nil {
@@ -220,6 +287,9 @@ func serve(cfg *Config, dev *devOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	a.reloader.watch(src.path, src.data, level)
+	signal.Notify(a.reloader.hup, syscall.SIGHUP)
+	defer signal.Stop(a.reloader.hup)
 	if dev != nil {
 		printDevBanner(out, a)
 	}

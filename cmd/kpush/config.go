@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/kpush/kpush/consumer"
 	"github.com/kpush/kpush/gateway"
@@ -26,6 +27,9 @@ type Config struct {
 	Kafka       consumer.Config   `yaml:"kafka"`
 	Routes      []consumer.Route  `yaml:"routes"`
 	Log         LogConfig         `yaml:"log"`
+	// ConfigCheckInterval is how often the configuration file is checked
+	// for a change of content, which reloads it (see reload.go).
+	ConfigCheckInterval time.Duration `yaml:"config_check_interval"`
 }
 
 // LogConfig is the `log` section.
@@ -87,6 +91,9 @@ func (c *Config) SetDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	if c.ConfigCheckInterval == 0 {
+		c.ConfigCheckInterval = 5 * time.Second
+	}
 }
 
 // Validate reports every problem, each naming its key.
@@ -101,6 +108,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		errs = append(errs, fmt.Errorf("log.format: %q must be json or text", c.Log.Format))
+	}
+	if c.ConfigCheckInterval < 100*time.Millisecond || c.ConfigCheckInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("config_check_interval: %s must be between 100ms and 1h", c.ConfigCheckInterval))
 	}
 	return errors.Join(errs...)
 }

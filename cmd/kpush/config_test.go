@@ -31,7 +31,8 @@ func TestEmbeddedConfigsLoad(t *testing.T) {
 		full.Kafka.FetchMaxWait != min.Kafka.FetchMaxWait || full.Kafka.MetadataInterval != min.Kafka.MetadataInterval ||
 		full.Listen != min.Listen || full.AdminListen != min.AdminListen || full.Log != min.Log ||
 		full.Gateway.ResumeConcurrency != min.Gateway.ResumeConcurrency || full.Gateway.ResumeQueue != min.Gateway.ResumeQueue ||
-		full.Gateway.ResumeTimeout != min.Gateway.ResumeTimeout || full.Kafka.ReplayMaxScanned != min.Kafka.ReplayMaxScanned {
+		full.Gateway.ResumeTimeout != min.Gateway.ResumeTimeout || full.Kafka.ReplayMaxScanned != min.Kafka.ReplayMaxScanned ||
+		full.ConfigCheckInterval != min.ConfigCheckInterval {
 		t.Fatalf("configs/kpush.yaml disagrees with the built-in defaults:\n%+v\n%+v", full, min)
 	}
 }
@@ -59,6 +60,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"negative history age", "routes: [{topic: t, channel: c, history: {max_records: 5, max_age: -1s}}]\n", []string{"routes[0].history.max_age"}},
 		{"bad resume timeout", "routes: [{topic: t, channel: c}]\ngateway: {resume_timeout: -1s}\n", []string{"gateway.resume_timeout"}},
 		{"bad replay limit", "routes: [{topic: t, channel: c}]\nkafka: {replay_max_scanned: -5}\n", []string{"kafka.replay_max_scanned"}},
+		{"config check too often", "routes: [{topic: t, channel: c}]\nconfig_check_interval: 10ms\n", []string{"config_check_interval", "10ms"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

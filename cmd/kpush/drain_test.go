@@ -31,10 +31,15 @@ var buildKpush = sync.OnceValues(func() (string, error) {
 // kpushProcess is kpush running as a child process.
 type kpushProcess struct {
 	cmd      *exec.Cmd
+	path     string // its configuration file
 	wsURL    string
 	adminURL string
 	exited   chan struct{} // closed when the process has exited
 	err      error         // its exit error, valid once exited is closed
+
+	logMu    sync.Mutex
+	logs     []map[string]any // guarded by logMu; its JSON log records, in order
+	logsDone chan struct{}    // closed once its log has been read to the end
 }
 
 // startKpushProcess runs the kpush binary with configYAML and waits until it
@@ -50,16 +55,24 @@ func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-config", path)
-	stderr, err := cmd.StderrPipe()
+	// A pipe of our own rather than StderrPipe: Wait closes that one as soon
+	// as the process exits, losing the last log lines.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stderr = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		t.Fatal(err)
 	}
-	p := &kpushProcess{cmd: cmd, exited: make(chan struct{})}
+	p := &kpushProcess{cmd: cmd, path: path, exited: make(chan struct{}), logsDone: make(chan struct{})}
 	addrs := make(chan [2]string, 1)
 	go func() {
+		defer close(p.logsDone)
+		defer stderr.Close()
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			var line struct {
@@ -69,6 +82,12 @@ func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "kpush running" {
 				addrs <- [2]string{line.Listen, line.Admin}
+			}
+			var record map[string]any
+			if json.Unmarshal(sc.Bytes(), &record) == nil {
+				p.logMu.Lock()
+				p.logs = append(p.logs, record)
+				p.logMu.Unlock()
 			}
 			if testing.Verbose() {
 				fmt.Fprintln(os.Stderr, "kpush:", sc.Text())
@@ -82,6 +101,7 @@ func startKpushProcess(t *testing.T, configYAML string) *kpushProcess {
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-p.exited
+		<-p.logsDone
 	})
 	select {
 	case a := <-addrs:

@@ -230,7 +230,13 @@ func httpStatus(url string) int {
 // filter (e.g. `reason="invalid_json"`).
 func (a *testApp) metric(t testing.TB, name string, filters ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(a.adminURL + "/metrics")
+	return metricAt(t, a.adminURL, name, filters...)
+}
+
+// metricAt is metric for the kpush whose admin server is at adminURL.
+func metricAt(t testing.TB, adminURL, name string, filters ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatalf("metrics: %v", err)
 	}

@@ -2,7 +2,7 @@
 // topics, maps each record to a channel and pushes it over WebSocket to every
 // connection subscribed to that channel.
 //
-//	kpush -config kpush.yaml     run with a configuration file
+//	kpush -config kpush.yaml     run with a configuration file (SIGHUP or a change of the file reloads it)
 //	kpush -dev                   run with an embedded Kafka broker and a market-feed simulator
 //	kpush validate -config FILE  check a configuration file and exit
 //	kpush healthcheck [-url URL] exit 0 if a running kpush answers /healthz (container health check)
@@ -69,7 +69,11 @@ func run(args []string) int {
 	if *dev {
 		devOpts = &devOptions{kafkaAddr: *devKafka, rate: *devRate, partitions: *devPartitions}
 	}
-	if err := serve(cfg, devOpts, os.Stdout); err != nil {
+	src := configSource{data: data}
+	if *configPath != "" {
+		src.path = *configPath
+	}
+	if err := serve(cfg, src, devOpts, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "kpush:", err)
 		return 1
 	}

@@ -21,24 +21,28 @@ const distrolessNonroot = 65532
 func TestOverlays(t *testing.T) {
 	for _, overlay := range overlays {
 		t.Run(overlay, func(t *testing.T) {
-			b := render(t, overlay)
-			t.Run("namespace", b.checkNamespace)
-			t.Run("ports and probes", b.checkPortsAndProbes)
-			t.Run("drain fits in grace period", b.checkGracePeriod)
-			t.Run("rollout", b.checkRollout)
-			t.Run("resources and runtime", b.checkResources)
-			t.Run("security", b.checkSecurity)
-			t.Run("topology spread", b.checkSpread)
-			t.Run("config mount", b.checkConfigMount)
-			t.Run("selectors", b.checkSelectors)
-			t.Run("services", b.checkServices)
-			t.Run("ingress", b.checkIngress)
-			t.Run("autoscaler", b.checkHPA)
-			t.Run("network policy", b.checkNetworkPolicy)
-			t.Run("service monitor", b.checkServiceMonitor)
-			t.Run("alert rules", b.checkAlertRules)
+			render(t, overlay).checkAll(t)
 		})
 	}
+}
+
+// checkAll runs every check on a rendered overlay.
+func (b *bundle) checkAll(t *testing.T) {
+	t.Run("namespace", b.checkNamespace)
+	t.Run("ports and probes", b.checkPortsAndProbes)
+	t.Run("drain fits in grace period", b.checkGracePeriod)
+	t.Run("rollout", b.checkRollout)
+	t.Run("resources and runtime", b.checkResources)
+	t.Run("security", b.checkSecurity)
+	t.Run("topology spread", b.checkSpread)
+	t.Run("config mount", b.checkConfigMount)
+	t.Run("selectors", b.checkSelectors)
+	t.Run("services", b.checkServices)
+	t.Run("ingress", b.checkIngress)
+	t.Run("autoscaler", b.checkHPA)
+	t.Run("network policy", b.checkNetworkPolicy)
+	t.Run("service monitor", b.checkServiceMonitor)
+	t.Run("alert rules", b.checkAlertRules)
 }
 
 func (b *bundle) container(t *testing.T) *corev1.Container {

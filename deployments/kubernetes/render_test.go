@@ -106,8 +106,15 @@ func decodeStrict(data []byte, into any) error {
 // restrictions, exactly what `kubectl apply -k` does.
 func render(t *testing.T, overlay string) *bundle {
 	t.Helper()
+	return renderFS(t, filesys.MakeFsOnDisk(), filepath.Join("overlays", overlay), overlay)
+}
+
+// renderFS is render on the kustomization in dir of fsys; overlay names it
+// in messages.
+func renderFS(t *testing.T, fsys filesys.FileSystem, dir, overlay string) *bundle {
+	t.Helper()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	m, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("overlays", overlay))
+	m, err := k.Run(fsys, dir)
 	if err != nil {
 		t.Fatalf("kustomize build overlays/%s: %v", overlay, err)
 	}

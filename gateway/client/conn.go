@@ -108,7 +108,22 @@ func Dial(ctx context.Context, url string, o *DialOptions) (*Conn, error) {
 
 // control answers pings and reports close frames.
 func (c *Conn) control(h ws.Header, r io.Reader) error {
-	return wsutil.ControlFrameHandler(lockedWriter{c}, ws.StateClientSide)(h, r)
+	var w io.Writer = lockedWriter{c}
+	if h.OpCode == ws.OpClose {
+		// The close frame is reported even if echoing it fails: a server
+		// may close the socket right after sending it, and the echo then
+		// meets a reset.
+		w = echoWriter{c}
+	}
+	return wsutil.ControlFrameHandler(w, ws.StateClientSide)(h, r)
+}
+
+// echoWriter writes like lockedWriter but never fails.
+type echoWriter struct{ c *Conn }
+
+func (w echoWriter) Write(p []byte) (int, error) {
+	_, _ = lockedWriter(w).Write(p)
+	return len(p), nil
 }
 
 // lockedWriter writes control replies (pongs, the close echo). They are best
