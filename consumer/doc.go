@@ -11,7 +11,10 @@
 // A partition reader delivers records strictly in offset order and advances
 // its position only past records it has handed to the Sink, so after a broker
 // failure it retries with backoff from exactly the next undelivered offset:
-// nothing is skipped or repeated.
+// nothing is skipped or repeated. Control records (the commit and abort
+// markers of transactional producers) are stepped over, never delivered.
+// While a partition cannot be read, Ready is false and
+// kpush_consumer_errors_total rises.
 //
 // Replay reads one partition back from a given offset for clients that
 // resume from a position older than the gateway's in-memory history; it
@@ -24,6 +27,9 @@
 // routed stop, and the others use the new routes from their next fetch.
 //
 // Concurrency: Run owns every goroutine it starts and returns after they
-// stop; SetRoutes and Replay are safe to call while it runs. Sink.Deliver is called concurrently from partition goroutines (but in
-// order within a partition) and must not block.
+// stop (kafka-go's transport goroutines end when Run returns); SetRoutes and
+// Replay are safe to call while it runs. Sink.Deliver is called concurrently
+// from partition goroutines (but in order within a partition) and must not
+// block; the Message it gets is reused for the partition's next record, so
+// routing a record allocates nothing.
 package consumer

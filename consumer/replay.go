@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -26,7 +25,8 @@ const (
 // sees it, and calls emit, in offset order, with every record routed to ch.
 // It stops when emit returns false, after kafka.replay_max_scanned records,
 // or when ctx ends. It reports whether every such record was emitted, and
-// why not (one of the Replay* results).
+// why not (one of the Replay* results). The Message handed to emit is
+// reused once emit returns: emit must copy what it keeps.
 //
 // The topic is found from the routes whose channel template can produce ch;
 // positions are per partition, so a channel must come from
@@ -57,7 +57,13 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	end := int64(-1) // the high watermark when the replay began
 	scanned := 0
 	stalls := 0
-	var chbuf []byte
+	emitStopped := false
+	rr := newRecordRouter(c.m, tp, routes, func(m *Message) {
+		if !emitStopped && !emit(m) {
+			emitStopped = true
+		}
+	})
+	rr.only, rr.live = ch, false
 	for {
 		if ctx.Err() != nil {
 			return false, ReplayStopped, nil
@@ -96,35 +102,32 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			return true, ReplayComplete, nil
 		}
 		start := offset
-		stopped := false
-		for !stopped {
-			rec, err := resp.Records.ReadRecord()
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					c.m.errors.WithLabelValues("decode").Inc()
-				}
-				break
-			}
-			if rec.Offset < offset {
-				continue
-			}
+		result, routed := "", 0
+		next, _ := walk(c.m, resp.Records, offset, func(rec *kafka.Record) bool {
 			if rec.Offset >= end {
-				return true, ReplayComplete, nil
+				result = ReplayComplete
+				return false
 			}
-			offset = rec.Offset + 1
 			if scanned++; scanned > c.cfg.ReplayMaxScanned {
-				return false, ReplayLimit, nil
+				result = ReplayLimit
+				return false
 			}
-			chbuf = c.route(routes, tp, rec, chbuf, ch, func(m *Message) {
-				if !stopped && !emit(m) {
-					stopped = true
-				}
-			}, false)
+			routed++
+			rr.route(rec)
+			if emitStopped {
+				result = ReplayStopped
+				return false
+			}
+			return true
+		})
+		c.m.replayScanned.Add(float64(routed))
+		switch result {
+		case ReplayComplete:
+			return true, ReplayComplete, nil
+		case ReplayLimit, ReplayStopped:
+			return false, result, nil
 		}
-		c.m.replayScanned.Add(float64(offset - start))
-		if stopped {
-			return false, ReplayStopped, nil
-		}
+		offset = next
 		if offset >= end {
 			return true, ReplayComplete, nil
 		}

@@ -341,12 +341,19 @@ func (c *conn) handleFrame(f inFrame) bool {
 	case ws.OpPong:
 		return true
 	case ws.OpClose:
-		code, reason := ws.StatusNormalClosure, ""
+		c.mu.Lock()
+		weClosed := c.flags&flagClosing != 0
+		c.mu.Unlock()
+		if weClosed {
+			// The client answered our close frame: the closing handshake
+			// is complete and nothing more will come, so release now.
+			c.abort()
+			return false
+		}
+		code := ws.StatusNormalClosure
 		if len(f.payload) >= 2 {
 			code = ws.StatusCode(uint16(f.payload[0])<<8 | uint16(f.payload[1]))
-			reason = string(f.payload[2:])
 		}
-		_ = reason
 		// Echo the status as RFC 6455 asks, then release.
 		if code == 0 || code.IsNotUsed() || code.IsProtocolReserved() {
 			code = ws.StatusNormalClosure
@@ -474,9 +481,20 @@ func (c *conn) abort() {
 }
 
 // finish releases a connection whose close frame has been written.
+//
+// It half-closes: the write side is shut (the client sees FIN after the close
+// frame) while reading goes on until the client's close frame or EOF, or
+// until the close grace period ends (the ticker cuts it). Closing the socket
+// at once instead would make the kernel answer any client bytes still in
+// flight with a reset, which can destroy the close frame before the client
+// reads it.
 func (c *conn) finish() {
 	c.mu.Lock()
-	c.flags |= flagClosed
+	if c.flags&flagClosed == 0 && c.fd >= 0 {
+		if err := syscall.Shutdown(c.fd, syscall.SHUT_WR); err != nil {
+			c.flags |= flagClosed // the peer is gone already
+		}
+	}
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
 }

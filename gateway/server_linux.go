@@ -654,9 +654,10 @@ func (s *Server) forceCloseAll() {
 // Publish encodes m once and queues it to every subscriber of its channel.
 // keep (nil for nothing) says what the router retains of the channel for
 // snapshots and resumes; it is the route's and shared. It returns the number
-// of connections that accepted it.
+// of connections that accepted it. A record nobody subscribes to and
+// nothing retains is not encoded at all.
 func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.Publish(EncodeMessage(m), keep)
+	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame { return EncodeMessage(m) })
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

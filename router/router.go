@@ -228,6 +228,26 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 	return n
 }
 
+// PublishLazy is Publish(encode(), keep) for a frame built only if it is
+// needed: ch has subscribers, or keep retains something. Most records have
+// no subscriber at a given instant, and encoding them would be wasted work.
+// encode runs at most once, and must not call back into the Router.
+// Published counts the record either way.
+func (r *Router) PublishLazy(ch string, keep *Retention, encode func() *Frame) int {
+	if keep.keepsAnything() {
+		return r.Publish(encode(), keep)
+	}
+	sh := r.shardFor(ch)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	c := sh.channels[ch]
+	if c == nil {
+		r.published.Add(1)
+		return 0
+	}
+	return r.fanout(c, encode())
+}
+
 // fanout enqueues f to every sink of c; caller holds the shard lock.
 func (r *Router) fanout(c *channel, f *Frame) int {
 	r.published.Add(1)

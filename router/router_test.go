@@ -215,3 +215,28 @@ func TestPublishDoesNotAllocate(t *testing.T) {
 		t.Fatalf("Publish allocates %.1f times per call, want 0", a)
 	}
 }
+
+func TestPublishLazyEncodesOnlyForSubscribers(t *testing.T) {
+	r := New()
+	a := &recSink{}
+	r.Subscribe(a, "ticks.AAPL", nil)
+	encoded := 0
+	frame := func(ch string) func() *Frame {
+		return func() *Frame {
+			encoded++
+			return &Frame{Channel: ch, Data: []byte("x")}
+		}
+	}
+	if n := r.PublishLazy("ticks.MSFT", nil, frame("ticks.MSFT")); n != 0 || encoded != 0 {
+		t.Fatalf("no subscriber: delivered to %d, encoded %d times; want 0 and 0", n, encoded)
+	}
+	if n := r.PublishLazy("ticks.AAPL", nil, frame("ticks.AAPL")); n != 1 || encoded != 1 {
+		t.Fatalf("one subscriber: delivered to %d, encoded %d times; want 1 and 1", n, encoded)
+	}
+	if got := a.got(); len(got) != 1 || got[0].Channel != "ticks.AAPL" {
+		t.Fatalf("subscriber got %v, want the one frame", got)
+	}
+	if st := r.Stats(); st.Published != 2 || st.Deliveries != 1 {
+		t.Fatalf("stats = %+v, want 2 published (both records) and 1 delivery", st)
+	}
+}

@@ -1,0 +1,213 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// partReader reads one partition in offset order and hands its records to
+// the Sink through a recordRouter, which allocates nothing per record.
+type partReader struct {
+	c      *Consumer
+	tp     topicPartition
+	state  *partState
+	router *recordRouter
+	m      *partMetrics
+	log    *slog.Logger
+}
+
+func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
+	return &partReader{
+		c:      c,
+		tp:     tp,
+		state:  ps,
+		router: newRecordRouter(c.m, tp, c.table.Load().byTopic[tp.topic], c.sink.Deliver),
+		m:      c.m.forPartition(tp),
+		log:    c.log.With("topic", tp.topic, "partition", tp.partition),
+	}
+}
+
+// run fetches from start (an offset, or kafka.FirstOffset /
+// kafka.LastOffset) until ctx ends. After a failed request it retries with
+// backoff from the next offset it has not delivered, so a broker restart
+// neither skips nor repeats a record.
+func (r *partReader) run(ctx context.Context, start int64) {
+	defer r.m.drop()
+	backoff := r.c.newBackoff()
+	offset := start
+	// retry marks the partition unhealthy, counts and logs err, and waits
+	// out the backoff; it returns false if ctx ended meanwhile.
+	retry := func(op string, err error) bool {
+		r.state.healthy.Store(false)
+		r.c.m.errors.WithLabelValues(op).Inc()
+		d := backoff.next()
+		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d.String())
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for ctx.Err() == nil {
+		if offset < 0 {
+			first, last, err := r.c.offsetRange(ctx, r.tp)
+			if err != nil {
+				if ctx.Err() != nil || !retry("list_offsets", err) {
+					return
+				}
+				continue
+			}
+			if offset == kafka.FirstOffset {
+				offset = first
+			} else {
+				offset = last
+			}
+			r.state.next.Store(offset)
+		}
+		resp, err := r.c.fetch(ctx, r.tp, offset)
+		if err == nil && resp.Error != nil {
+			err = fmt.Errorf("consumer: fetch %s[%d] at %d: %w", r.tp.topic, r.tp.partition, offset, resp.Error)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			op := "fetch"
+			if errors.Is(err, kafka.OffsetOutOfRange) {
+				next, rerr := r.outOfRange(ctx, offset)
+				if rerr == nil {
+					offset = next
+					r.state.next.Store(offset)
+					continue
+				}
+				op, err = "list_offsets", rerr
+			}
+			if !retry(op, err) {
+				return
+			}
+			continue
+		}
+		next := r.dispatch(resp.Records, offset)
+		if next == offset && resp.HighWatermark > offset {
+			// The broker answered at once with bytes that hold no record at
+			// or after offset (nothing kafka-go can decode). Fetching again
+			// would spin; back off and say so.
+			if !retry("fetch", fmt.Errorf("consumer: fetch %s[%d] at %d: no record below the high watermark %d", r.tp.topic, r.tp.partition, offset, resp.HighWatermark)) {
+				return
+			}
+			continue
+		}
+		if !r.state.healthy.Load() {
+			if backoff.failures > 0 {
+				r.log.Info("consumer: partition readable again", "offset", offset, "after_failures", backoff.failures)
+			}
+			r.state.healthy.Store(true)
+		}
+		backoff.reset()
+		offset = next
+		r.state.next.Store(offset)
+		if resp.HighWatermark >= offset {
+			r.m.lag.Set(float64(resp.HighWatermark - offset))
+		}
+	}
+}
+
+// outOfRange decides where to continue after the broker said offset is not
+// in the partition's log. An error means "retry at the same offset".
+func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error) {
+	first, last, err := r.c.offsetRange(ctx, r.tp)
+	if err != nil {
+		return offset, err
+	}
+	switch {
+	case offset < first:
+		// Retention deleted records before they were read: continue
+		// from the oldest one still there, and count the loss.
+		r.c.m.skipped.WithLabelValues("offset_out_of_range").Add(float64(first - offset))
+		r.log.Warn("consumer: records deleted before they were read; continuing from the first retained offset", "offset", offset, "first", first)
+		return first, nil
+	case offset > last:
+		// The log now ends before records already delivered (it was
+		// truncated, e.g. by an unclean leader election). Continue from
+		// its end: going back would deliver offsets a second time.
+		r.log.Warn("consumer: the log ends before the next offset; continuing from its end", "offset", offset, "end", last)
+		return last, nil
+	default:
+		// Back in range (a leader change raced the fetch).
+		return offset, fmt.Errorf("consumer: fetch %s[%d] at %d: %w", r.tp.topic, r.tp.partition, offset, kafka.OffsetOutOfRange)
+	}
+}
+
+// dispatch routes every data record of records at or after offset and
+// returns the next offset to fetch. It takes the routes in force now, so a
+// SetRoutes applies from the next fetch.
+func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
+	r.router.routes = r.c.table.Load().byTopic[r.tp.topic]
+	n := 0
+	next, _ := walk(r.c.m, records, offset, func(rec *kafka.Record) bool {
+		n++
+		r.router.route(rec)
+		return true
+	})
+	if n > 0 {
+		r.m.records.Add(float64(n))
+	}
+	return next
+}
+
+// fetch reads from offset, waiting up to fetch_max_wait for a first record.
+func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*kafka.FetchResponse, error) {
+	// The deadline covers a dial, the broker's wait and the transfer; a
+	// broker that dies mid-request fails it at once (the connection resets).
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second)
+	defer cancel()
+	resp, err := c.client.Fetch(ctx, &kafka.FetchRequest{
+		Topic:     tp.topic,
+		Partition: tp.partition,
+		Offset:    offset,
+		// MinBytes 1: the broker answers as soon as one record is there,
+		// so latency is not traded for batching; under load each answer
+		// still carries everything up to MaxBytes.
+		MinBytes: 1,
+		MaxBytes: int64(c.cfg.FetchMaxBytes),
+		MaxWait:  c.cfg.FetchMaxWait,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: fetch %s[%d] at %d: %w", tp.topic, tp.partition, offset, err)
+	}
+	return resp, nil
+}
+
+// offsetRange returns the partition's first retained offset and its end
+// (the offset the next record will get).
+func (c *Consumer) offsetRange(ctx context.Context, tp topicPartition) (first, last int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
+	defer cancel()
+	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+		Topics: map[string][]kafka.OffsetRequest{tp.topic: {
+			kafka.FirstOffsetOf(tp.partition),
+			kafka.LastOffsetOf(tp.partition),
+		}},
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("consumer: list offsets of %s[%d]: %w", tp.topic, tp.partition, err)
+	}
+	for _, p := range res.Topics[tp.topic] {
+		if p.Partition != tp.partition {
+			continue
+		}
+		if p.Error != nil {
+			return 0, 0, fmt.Errorf("consumer: list offsets of %s[%d]: %w", tp.topic, tp.partition, p.Error)
+		}
+		return p.FirstOffset, p.LastOffset, nil
+	}
+	return 0, 0, fmt.Errorf("consumer: list offsets of %s[%d]: partition missing from the response", tp.topic, tp.partition)
+}

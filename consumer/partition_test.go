@@ -1,0 +1,210 @@
+package consumer
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+)
+
+// recordingSink keeps a copy of every message (the consumer reuses the
+// Message and its Value after Deliver returns).
+type recordingSink struct{ msgs []Message }
+
+func (s *recordingSink) Deliver(m *Message) {
+	c := *m
+	c.Value = bytes.Clone(m.Value)
+	s.msgs = append(s.msgs, c)
+}
+
+func newTestReader(t testing.TB, routes []Route, sink Sink) *partReader {
+	t.Helper()
+	c, err := New(Config{}, routes, sink, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.newPartReader(topicPartition{"t", 3}, &partState{})
+}
+
+func kr(offset int64, key, value string, headers ...string) kafka.Record {
+	r := kafka.Record{Offset: offset, Time: time.UnixMilli(1_700_000_000_000 + offset)}
+	if key != "" {
+		r.Key = kafka.NewBytes([]byte(key))
+	}
+	if value != "" {
+		r.Value = kafka.NewBytes([]byte(value))
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Headers = append(r.Headers, kafka.Header{Key: headers[i], Value: []byte(headers[i+1])})
+	}
+	return r
+}
+
+// stream is a fetch response's records: batches, some of them control
+// batches (transaction markers), as kafka-go decodes them.
+func stream(batches ...kafka.RecordReader) kafka.RecordReader {
+	return &protocol.RecordStream{Records: batches}
+}
+
+func data(recs ...kafka.Record) kafka.RecordReader {
+	return &protocol.RecordBatch{Records: kafka.NewRecordReader(recs...)}
+}
+
+func control(offset int64) kafka.RecordReader {
+	return &protocol.ControlBatch{Records: kafka.NewRecordReader(kr(offset, "\x00\x00\x00\x01", "\x00\x00\x00\x00\x00\x00"))}
+}
+
+func TestDispatch(t *testing.T) {
+	ticks := []Route{{Topic: "t", Channel: "ticks.{key}", Format: FormatJSON}}
+	cases := []struct {
+		name    string
+		routes  []Route
+		from    int64
+		records kafka.RecordReader
+		next    int64
+		want    []string // "channel offset value"
+		skipped map[string]float64
+	}{
+		{
+			name:    "records in order",
+			routes:  ticks,
+			from:    5,
+			records: stream(data(kr(5, "A", `{"p":1}`), kr(6, "B", `{"p":2}`))),
+			next:    7,
+			want:    []string{`ticks.A 5 {"p":1}`, `ticks.B 6 {"p":2}`},
+		},
+		{
+			name:    "batch starting before the fetch offset",
+			routes:  ticks,
+			from:    6,
+			records: stream(data(kr(4, "A", `1`), kr(5, "A", `2`), kr(6, "A", `3`))),
+			next:    7,
+			want:    []string{`ticks.A 6 3`},
+		},
+		{
+			name:    "commit marker between batches is stepped over",
+			routes:  ticks,
+			from:    0,
+			records: stream(data(kr(0, "A", `1`)), control(1), data(kr(2, "A", `2`))),
+			next:    3,
+			want:    []string{`ticks.A 0 1`, `ticks.A 2 2`},
+		},
+		{
+			name:    "response ending in a commit marker moves past it",
+			routes:  []Route{{Topic: "t", Channel: "static", Format: FormatBytes}},
+			from:    3,
+			records: stream(control(3)),
+			next:    4,
+		},
+		{
+			name:    "skipped records still advance the offset",
+			routes:  ticks,
+			from:    0,
+			records: stream(data(kr(0, "", `{}`), kr(1, "A", `{not json`), kr(2, "bad key", `{}`), kr(3, "A", `true`))),
+			next:    4,
+			want:    []string{`ticks.A 3 true`},
+			skipped: map[string]float64{"template": 1, "invalid_json": 1, "invalid_channel": 1},
+		},
+		{
+			name: "two routes, header and bytes",
+			routes: []Route{
+				{Topic: "t", Channel: "user.{header:uid}", Format: FormatBytes},
+				{Topic: "t", Channel: "all.{topic}.{partition}", Format: FormatBytes},
+			},
+			from:    0,
+			records: stream(data(kr(0, "k", "\x00\xff", "uid", "42"), kr(1, "k", "x"))),
+			next:    2,
+			want:    []string{"user.42 0 \x00\xff", "all.t.3 0 \x00\xff", "all.t.3 1 x"},
+			skipped: map[string]float64{"template": 1},
+		},
+		{
+			name:    "empty response",
+			routes:  ticks,
+			from:    9,
+			records: kafka.NewRecordReader(),
+			next:    9,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &recordingSink{}
+			r := newTestReader(t, tc.routes, sink)
+			if next := r.dispatch(tc.records, tc.from); next != tc.next {
+				t.Errorf("next offset %d, want %d", next, tc.next)
+			}
+			var got []string
+			for _, m := range sink.msgs {
+				got = append(got, fmt.Sprintf("%s %d %s", m.Channel, m.Offset, m.Value))
+				if m.Topic != "t" || m.Partition != 3 || m.Timestamp != 1_700_000_000_000+m.Offset || m.Route == nil {
+					t.Errorf("message %+v: wrong topic, partition, timestamp or route", m)
+				}
+			}
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Errorf("delivered %q, want %q", got, tc.want)
+			}
+			for reason, n := range tc.skipped {
+				if v := counterValue(r.c.m.skipped.WithLabelValues(reason)); v != n {
+					t.Errorf("skipped{reason=%s} = %v, want %v", reason, v, n)
+				}
+			}
+		})
+	}
+}
+
+// The Message handed to the Sink is reused: its Value holds the current
+// record only during Deliver.
+func TestDispatchReusesMessage(t *testing.T) {
+	var seen []*Message
+	var values []string
+	sink := sinkFunc(func(m *Message) {
+		seen = append(seen, m)
+		values = append(values, string(m.Value))
+	})
+	r := newTestReader(t, []Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink)
+	r.dispatch(stream(data(kr(0, "", "first"), kr(1, "", "second"))), 0)
+	if len(seen) != 2 || seen[0] != seen[1] {
+		t.Fatalf("got %d messages, want the same *Message twice", len(seen))
+	}
+	if values[0] != "first" || values[1] != "second" {
+		t.Fatalf("values during Deliver %q, want first, second", values)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
+
+type sinkFunc func(m *Message)
+
+func (f sinkFunc) Deliver(m *Message) { f(m) }
+
+// BenchmarkDispatch routes a fetch of 1,000 100-byte JSON records over 100
+// channels: the consumer's own per-record cost, without the network.
+func BenchmarkDispatch(b *testing.B) {
+	const n = 1000
+	value := `{"sym":"S000","px":123.45,"pad":"` + strings.Repeat("x", 100-37) + `"}`
+	r := newTestReader(b, []Route{{Topic: "t", Channel: "ticks.{key}", Format: FormatJSON}}, sinkFunc(func(*Message) {}))
+	recs := make([]kafka.Record, n)
+	b.ReportAllocs()
+	b.SetBytes(n * int64(len(value)))
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		for j := range recs {
+			recs[j] = kr(int64(i*n+j), fmt.Sprintf("S%03d", j%100), value)
+		}
+		batch := stream(data(recs...))
+		b.StartTimer()
+		r.dispatch(batch, int64(i*n))
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+}

@@ -1,0 +1,190 @@
+package consumer
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"slices"
+
+	"github.com/kpush/kpush/router"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+)
+
+// maxInterned bounds the channel names one recordRouter keeps interned.
+const maxInterned = 4096
+
+// recordRouter maps the records of one partition through its topic's routes
+// and hands deliver a Message per route that gives a record a valid
+// channel. It reuses its buffers from record to record, so routing a record
+// allocates nothing: key and value are copied out of kafka-go's pooled pages
+// into buffers it owns, channel names are interned, and the same Message is
+// handed over each time (deliver must copy what it keeps). Not safe for
+// concurrent use: each partition reader and each replay has its own.
+type recordRouter struct {
+	m       *metrics
+	tp      topicPartition
+	routes  []*Route
+	deliver func(*Message)
+	// only, when set, restricts delivery to that one channel; live says
+	// whether skipped records are counted (a replay reads them again).
+	only string
+	live bool
+
+	key, value []byte
+	chbuf      []byte
+	channels   map[string]string // valid channel names rendered before
+	headers    []kafka.Header    // of the record being routed; read by header
+	fields     Fields
+	msg        Message
+}
+
+func newRecordRouter(m *metrics, tp topicPartition, routes []*Route, deliver func(*Message)) *recordRouter {
+	r := &recordRouter{
+		m:        m,
+		tp:       tp,
+		routes:   routes,
+		deliver:  deliver,
+		live:     true,
+		channels: make(map[string]string),
+	}
+	r.fields = Fields{Topic: tp.topic, Partition: int32(tp.partition), Header: r.header}
+	return r
+}
+
+// route hands rec to deliver once per route whose channel it renders.
+func (r *recordRouter) route(rec *kafka.Record) {
+	r.key = readInto(r.key, rec.Key)
+	r.value = readInto(r.value, rec.Value)
+	r.headers = rec.Headers
+	r.fields.Key = r.key
+	jsonChecked, jsonOK := false, false
+	for _, rt := range r.routes {
+		var err error
+		r.chbuf, err = rt.tmpl.Append(r.chbuf[:0], &r.fields)
+		if err != nil {
+			r.skip(r.m.skipTemplate)
+			continue
+		}
+		if r.only != "" && string(r.chbuf) != r.only {
+			continue
+		}
+		ch, ok := r.channel(r.chbuf)
+		if !ok {
+			r.skip(r.m.skipChannel)
+			continue
+		}
+		if rt.Format == FormatJSON {
+			if !jsonChecked {
+				jsonChecked, jsonOK = true, json.Valid(r.value)
+			}
+			if !jsonOK {
+				r.skip(r.m.skipJSON)
+				continue
+			}
+		}
+		r.msg = Message{
+			Channel:   ch,
+			Topic:     r.tp.topic,
+			Partition: int32(r.tp.partition),
+			Offset:    rec.Offset,
+			Timestamp: rec.Time.UnixMilli(),
+			Value:     r.value,
+			Route:     rt,
+		}
+		r.deliver(&r.msg)
+	}
+	r.headers = nil
+}
+
+func (r *recordRouter) skip(c interface{ Inc() }) {
+	if r.live {
+		c.Inc()
+	}
+}
+
+// header is Fields.Header for the record being routed.
+func (r *recordRouter) header(name string) ([]byte, bool) {
+	for _, h := range r.headers {
+		if h.Key == name {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}
+
+// channel returns the interned name for b, or false if b is not a valid
+// channel name. Most records map to a channel seen before, so this
+// usually neither allocates nor re-validates.
+func (r *recordRouter) channel(b []byte) (string, bool) {
+	if ch, ok := r.channels[string(b)]; ok {
+		return ch, true
+	}
+	ch := string(b)
+	if !router.ValidChannel(ch) {
+		return "", false
+	}
+	if len(r.channels) >= maxInterned {
+		clear(r.channels)
+	}
+	r.channels[ch] = ch
+	return ch, true
+}
+
+// readInto copies b into dst's storage; nil for a null b.
+func readInto(dst []byte, b kafka.Bytes) []byte {
+	if b == nil {
+		return nil
+	}
+	n := b.Len()
+	dst = slices.Grow(dst[:0], n)[:n]
+	if _, err := io.ReadFull(b, dst); err != nil {
+		return nil
+	}
+	return dst
+}
+
+// walk calls fn, in offset order, with every data record of a fetch
+// response at or after offset, and returns the offset after the last record
+// it went past. Records of control batches (the commit and abort markers of
+// transactional producers) are stepped over without calling fn: were they
+// not, a log ending in a marker would be fetched again and again. When fn
+// returns false walk stops there and returns that record's offset, with
+// stopped set. Each record's pages go back to kafka-go's pool after fn.
+// A record that fails to decode ends the walk (counted in m); the next
+// fetch starts again after the last good one.
+func walk(m *metrics, records kafka.RecordReader, offset int64, fn func(*kafka.Record) bool) (next int64, stopped bool) {
+	batches := []kafka.RecordReader{records}
+	if s, ok := records.(*protocol.RecordStream); ok {
+		batches = s.Records
+	}
+	for _, batch := range batches {
+		_, control := batch.(*protocol.ControlBatch)
+		for {
+			rec, err := batch.ReadRecord()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					m.errDecode.Inc()
+					return offset, false
+				}
+				break
+			}
+			// Compressed batches may start before the fetch offset.
+			if rec.Offset >= offset && !control && !fn(rec) {
+				closeBytes(rec.Key)
+				closeBytes(rec.Value)
+				return rec.Offset, true
+			}
+			closeBytes(rec.Key)
+			closeBytes(rec.Value)
+			offset = max(offset, rec.Offset+1)
+		}
+	}
+	return offset, false
+}
+
+func closeBytes(b kafka.Bytes) {
+	if b != nil {
+		b.Close()
+	}
+}
