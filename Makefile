@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick bench-kafka fuzz kafka-up kafka-down test-kafka docker clean
+.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka fuzz kafka-up kafka-down test-kafka docker clean
 
 # Port of the local broker that kafka-up, test-kafka and bench-kafka use.
 KAFKA_PORT ?= 9092
@@ -27,9 +27,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-## bench: Go micro-benchmarks of the hot paths, then bench-kafka
-bench:
+## bench: Go micro-benchmarks of the hot paths, every load scenario at full
+## size against a kpush process (cmd/kpush-bench/README.md), then bench-kafka
+bench: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./router/ ./gateway/
+	bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results.json
 	$(MAKE) bench-kafka
 
 ## bench-kafka: consumer throughput and produce-to-receive latency against a
@@ -41,14 +43,20 @@ bench-kafka:
 	fi; \
 	bash deployments/local-kafka/kafka-down.sh; exit $$status
 
-## bench-quick: one short pass of the micro-benchmarks
-bench-quick:
+## bench-quick: one short pass of the micro-benchmarks and every scenario, small; <= 2 min
+bench-quick: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./router/ ./gateway/
+	bin/kpush-bench -quick -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results-quick.json
+
+bench-tools:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/kpush ./cmd/kpush
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/kpush-bench ./cmd/kpush-bench
 
 ## fuzz: each fuzz target for FUZZTIME (seed corpora in each package's testdata/fuzz/)
 FUZZTIME ?= 10s
 FUZZ_TARGETS := gateway:FuzzParseRequest gateway:FuzzParseFrame gateway:FuzzHandshakeToken \
-	gateway/auth:FuzzPattern router:FuzzValidChannel consumer:FuzzTemplate cmd/kpush:FuzzLoadConfig
+	gateway/auth:FuzzPattern router:FuzzValidChannel consumer:FuzzTemplate cmd/kpush:FuzzLoadConfig \
+	cmd/kpush-bench/internal/wsload:FuzzServerFrames cmd/kpush-bench/internal/target:FuzzParseMetrics
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

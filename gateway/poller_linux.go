@@ -5,6 +5,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 )
 
@@ -17,8 +18,16 @@ import (
 // armed while idle) and one for writability (armed only while a connection's
 // socket buffer is full). Two epoll instances keep the two interests apart,
 // so re-arming one never disturbs the other.
+//
+// wait parks its goroutine in Go's own netpoller (an epoll descriptor is
+// itself pollable) instead of blocking a thread in epoll_wait: a thread
+// blocked in a system call keeps its P until the runtime's monitor takes it
+// back, which can take up to 10ms when the process is quiet, and with two
+// pollers and GOMAXPROCS=2 that stalls every worker and the consumer.
 type poller struct {
 	epfd   int
+	file   *os.File        // epfd, registered with Go's netpoller; owns the descriptor
+	raw    syscall.RawConn // file's raw access for epoll_wait
 	events uint32
 	wakeR  int // eventfd-like pipe used to interrupt wait on close
 	wakeW  int
@@ -29,19 +38,29 @@ func newPoller(events uint32) (*poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: epoll_create1: %w", err)
 	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
+		return nil, fmt.Errorf("gateway: set epoll non-blocking: %w", err)
+	}
+	file := os.NewFile(uintptr(epfd), "kpush-epoll")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("gateway: epoll raw conn: %w", err)
+	}
 	var p [2]int
 	if err := syscall.Pipe2(p[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
-		syscall.Close(epfd)
+		file.Close()
 		return nil, fmt.Errorf("gateway: pipe2 for poller wake-up: %w", err)
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}
 	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
-		syscall.Close(epfd)
+		file.Close()
 		syscall.Close(p[0])
 		syscall.Close(p[1])
 		return nil, fmt.Errorf("gateway: epoll_ctl add wake pipe: %w", err)
 	}
-	return &poller{epfd: epfd, events: events, wakeR: p[0], wakeW: p[1]}, nil
+	return &poller{epfd: epfd, file: file, raw: raw, events: events, wakeR: p[0], wakeW: p[1]}, nil
 }
 
 const epollOneShot = 1 << 30 // EPOLLONESHOT; syscall defines it as a negative int
@@ -74,12 +93,16 @@ func (p *poller) remove(fd int) {
 func (p *poller) wait(fn func(fd int, gen uint32)) error {
 	events := make([]syscall.EpollEvent, 256)
 	for {
-		n, err := syscall.EpollWait(p.epfd, events, -1)
-		if err != nil {
-			if err == syscall.EINTR {
-				continue
-			}
-			return fmt.Errorf("gateway: epoll_wait: %w", err)
+		var n int
+		var werr error
+		if err := p.raw.Read(func(fd uintptr) bool {
+			n, werr = syscall.EpollWait(int(fd), events, 0)
+			return n > 0 || werr != nil && werr != syscall.EINTR
+		}); err != nil {
+			return fmt.Errorf("gateway: wait for epoll: %w", err)
+		}
+		if werr != nil {
+			return fmt.Errorf("gateway: epoll_wait: %w", werr)
 		}
 		for i := 0; i < n; i++ {
 			fd := int(events[i].Fd)
@@ -98,7 +121,7 @@ func (p *poller) close() {
 }
 
 func (p *poller) release() {
-	syscall.Close(p.epfd)
+	p.file.Close()
 	syscall.Close(p.wakeR)
 	syscall.Close(p.wakeW)
 }

@@ -315,7 +315,9 @@ type worker struct {
 }
 
 func (w *worker) observeLatency(tsMillis int64) {
-	d := w.s.clock.Load() - tsMillis
+	// The wall clock, not the 100ms coarse clock: this is once per write,
+	// and the coarse clock would round every latency down by up to 100ms.
+	d := time.Now().UnixMilli() - tsMillis
 	if d < 0 {
 		d = 0
 	}

@@ -1,0 +1,111 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestQuickRunEndToEnd runs every scenario at a tiny size against a real
+// kpush process and an embedded broker, and checks what a user of the
+// results would rely on: every owed delivery counted once and in order,
+// kpush's own figures read, and the JSON written. It asserts no speed.
+func TestQuickRunEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kpush")
+	build := exec.Command("go", "build", "-o", bin, "github.com/kpush/kpush/cmd/kpush")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kpush: %v\n%s", err, out)
+	}
+	jsonPath := filepath.Join(dir, "results.json")
+	o, err := parseFlags([]string{
+		"-kpush-bin", bin, "-out", filepath.Join(dir, "out"), "-json", jsonPath,
+		"-idle-steps", "40", "-idle-channels", "10", "-settle", "0s",
+		"-fanout-subs", "30", "-fanout-rates", "20", "-fanout-step", "1s",
+		"-market-conns", "40", "-market-symbols", "20", "-market-subs", "3", "-market-rate", "100",
+		"-market-duration", "1s", "-warmup", "500ms", "-market-partitions", "3",
+		"-hs-conns", "60", "-hs-inflight", "8", "-storm-conns", "50", "-storm-inflight", "16",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	rep, err := runAll(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	printReport(&out, rep)
+	if err := writeJSON(jsonPath, rep); err != nil {
+		t.Fatal(err)
+	}
+
+	if rep.Idle == nil || len(rep.Idle.Steps) != 1 || rep.Idle.Steps[0].Conns != 40 || rep.Idle.Steps[0].RSSBytes <= 0 {
+		t.Fatalf("idle result %+v", rep.Idle)
+	}
+	if g := rep.Idle.Steps[0].GoroutinesPerConn; g > 0.1 {
+		t.Errorf("kpush holds %.2f goroutines per idle connection, want none", g)
+	}
+	f := rep.Fanout
+	if f == nil || len(f.Steps) == 0 {
+		t.Fatalf("fanout result %+v", f)
+	}
+	for _, st := range f.Steps {
+		if st.Produced == 0 || st.Received != st.Expected || st.Expected != st.Produced*30 || st.Duplicates != 0 || st.Gaps != 0 {
+			t.Errorf("fanout step %+v: want every owed delivery exactly once", st)
+		}
+		if st.KpushCPUSeconds <= 0 || st.Latency.Count != uint64(st.Received) {
+			t.Errorf("fanout step: kpush CPU %.3f, %d latencies for %d deliveries", st.KpushCPUSeconds, st.Latency.Count, st.Received)
+		}
+	}
+	m := rep.Market
+	if m == nil || m.Step.Produced == 0 || m.Step.Received != m.Step.Expected || m.Step.Duplicates != 0 || m.Step.Gaps != 0 {
+		t.Fatalf("market result %+v: want every owed delivery exactly once", m)
+	}
+	h := rep.Handshake
+	if h == nil || len(h.Rounds) != 1 || h.Rounds[0].Failed != 0 || h.Rounds[0].PerSec <= 0 {
+		t.Fatalf("handshake result %+v", h)
+	}
+	if h.Storm == nil || h.Storm.Failed != 0 || h.Storm.Seconds <= 0 {
+		t.Fatalf("storm result %+v", h.Storm)
+	}
+	for _, heading := range []string{"### Idle connections", "### Fan-out", "### Market mix", "### Handshakes", "Reconnect storm"} {
+		if !strings.Contains(out.String(), heading) {
+			t.Errorf("report lacks %q:\n%s", heading, out.String())
+		}
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || back.Market == nil || back.Market.Step.Received != m.Step.Received {
+		t.Fatalf("JSON results do not round-trip: %v", err)
+	}
+}
+
+func TestParseFlagsQuickKeepsExplicitSizes(t *testing.T) {
+	o, err := parseFlags([]string{"-quick", "-fanout-subs", "123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.fanoutSubs != 123 || o.marketConns != 2000 || len(o.idleSteps) != 2 {
+		t.Fatalf("quick with -fanout-subs 123: subs %d, market conns %d, idle steps %v", o.fanoutSubs, o.marketConns, o.idleSteps)
+	}
+	for _, bad := range [][]string{
+		{"-scenarios", "nope"},
+		{"-idle-steps", "0"},
+		{"-kpush-ws", "ws://127.0.0.1:1/ws"},
+		{"-market-subs", "20", "-market-symbols", "10"},
+	} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("parseFlags(%q) accepted bad flags", bad)
+		}
+	}
+}

@@ -1,0 +1,26 @@
+// Package wsload holds many kpush WebSocket client connections in one
+// process cheaply enough that the generator is not what a benchmark
+// measures.
+//
+// A Pool runs a few event loops (one per CPU by default). Each loop owns an
+// epoll instance and the connections it dialed: it connects non-blocking
+// sockets, writes the HTTP upgrade, subscribes, then reads server frames,
+// answers pings and measures every msg frame, all on raw descriptors with
+// no goroutine and no buffer per connection (a connection carries bytes
+// only while a frame is split across reads). Source addresses are spread
+// over 127.0.0.1, 127.0.0.2, ... so ephemeral ports never run short; the
+// whole 127.0.0.0/8 is local.
+//
+// For every msg frame a loop records the latency from the send time the
+// producer embedded in the record value ({"seq":N,"t":UNIX_NANOS,...}), or,
+// for other feeds, from the record's Kafka timestamp (the frame's "ts", in
+// milliseconds), to the moment the read returned. It tracks, per
+// connection and channel, the last partition, offset and "seq" seen, and
+// counts duplicates (an offset not above the last one of the same
+// partition) and gaps (a "seq" that skips).
+//
+// Concurrency: Pool methods are called from one controlling goroutine;
+// Stats, Latency and HandshakeLatency are safe from any goroutine. Loops
+// take commands through a locked queue and an eventfd wake-up, and share
+// nothing else but atomic counters.
+package wsload

@@ -1,0 +1,248 @@
+package wsload
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math"
+	"strconv"
+)
+
+// Server frame parsing over byte slices. kpush sends unfragmented,
+// unmasked frames; anything else is a protocol error for the benchmark.
+
+var (
+	errMasked     = errors.New("server frame is masked")
+	errFragmented = errors.New("fragmented server frame")
+	errTooLong    = errors.New("frame length does not fit in memory")
+)
+
+const (
+	opText  = 0x1
+	opClose = 0x8
+	opPing  = 0x9
+	opPong  = 0xa
+)
+
+// frameHeader parses one server frame header from b. It returns the opcode,
+// the header length and the payload length, or hdr == 0 when b holds only
+// part of the header.
+func frameHeader(b []byte) (op byte, hdr, n int, err error) {
+	if len(b) < 2 {
+		return 0, 0, 0, nil
+	}
+	if b[0]&0x80 == 0 || b[0]&0x0f == 0 {
+		return 0, 0, 0, errFragmented
+	}
+	if b[1]&0x80 != 0 {
+		return 0, 0, 0, errMasked
+	}
+	op = b[0] & 0x0f
+	switch l := b[1] & 0x7f; l {
+	case 126:
+		if len(b) < 4 {
+			return 0, 0, 0, nil
+		}
+		return op, 4, int(binary.BigEndian.Uint16(b[2:4])), nil
+	case 127:
+		if len(b) < 10 {
+			return 0, 0, 0, nil
+		}
+		u := binary.BigEndian.Uint64(b[2:10])
+		if u > 1<<30 {
+			return 0, 0, 0, errTooLong
+		}
+		return op, 10, int(u), nil
+	default:
+		return op, 2, int(l), nil
+	}
+}
+
+// appendClientFrame appends a masked, final client frame.
+func appendClientFrame(dst []byte, op byte, payload []byte, mask uint32) []byte {
+	dst = append(dst, 0x80|op)
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	var m [4]byte
+	binary.BigEndian.PutUint32(m[:], mask)
+	dst = append(dst, m[:]...)
+	start := len(dst)
+	dst = append(dst, payload...)
+	for i := range payload {
+		dst[start+i] ^= m[i&3]
+	}
+	return dst
+}
+
+// msgFrame is what the benchmark reads from one {"op":"msg"} payload.
+type msgFrame struct {
+	ch        []byte // aliases the payload
+	partition int32
+	offset    int64
+	tsMillis  int64 // the record's Kafka timestamp
+	sentNanos int64 // the producer's embedded send time; 0 if absent
+	seq       int64 // the record's "seq"; -1 if absent
+	snapshot  bool
+	skipped   int64
+}
+
+var (
+	msgPrefix  = []byte(`{"op":"msg","ch":"`)
+	dataKey    = []byte(`,"data":`)
+	keyP       = []byte(`"p":`)
+	keyO       = []byte(`"o":`)
+	keyTS      = []byte(`"ts":`)
+	keySnap    = []byte(`"snap":true`)
+	keySkipped = []byte(`"skipped":`)
+	keySeq     = []byte(`"seq":`)
+	benchValue = []byte(`{"seq":`)
+	keyT       = []byte(`,"t":`)
+)
+
+// parseMsg reads a msg payload as kpush encodes it: channel first, then
+// p, o, ts and optional markers, then data last. ok is false for anything
+// else.
+func parseMsg(p []byte) (m msgFrame, ok bool) {
+	if !bytes.HasPrefix(p, msgPrefix) {
+		return m, false
+	}
+	rest := p[len(msgPrefix):]
+	q := bytes.IndexByte(rest, '"')
+	if q < 0 {
+		return m, false
+	}
+	m.ch = rest[:q]
+	rest = rest[q+1:]
+	d := bytes.Index(rest, dataKey)
+	if d < 0 || len(rest) < d+len(dataKey)+1 || rest[len(rest)-1] != '}' {
+		return m, false
+	}
+	head, data := rest[:d], rest[d+len(dataKey):len(rest)-1]
+	var part int64
+	if part, ok = intAfter(head, keyP); !ok || part < 0 || part > 1<<31-1 {
+		return m, false
+	}
+	m.partition = int32(part)
+	if m.offset, ok = intAfter(head, keyO); !ok {
+		return m, false
+	}
+	if m.tsMillis, ok = intAfter(head, keyTS); !ok {
+		return m, false
+	}
+	m.snapshot = bytes.Contains(head, keySnap)
+	m.skipped, _ = intAfter(head, keySkipped)
+	m.seq = -1
+	if bytes.HasPrefix(data, benchValue) {
+		// The generator's own value: {"seq":N,"t":NANOS,...}.
+		v, n := leadingInt(data[len(benchValue):])
+		if n > 0 {
+			m.seq = v
+			if after := data[len(benchValue)+n:]; bytes.HasPrefix(after, keyT) {
+				if t, k := leadingInt(after[len(keyT):]); k > 0 {
+					m.sentNanos = t
+				}
+			}
+		}
+	} else if s, found := intAfter(data, keySeq); found {
+		m.seq = s // a feed with per-channel sequence numbers (kpush-feed)
+	}
+	return m, true
+}
+
+// intAfter returns the integer that follows the first occurrence of key.
+func intAfter(b, key []byte) (int64, bool) {
+	i := bytes.Index(b, key)
+	if i < 0 {
+		return 0, false
+	}
+	v, n := leadingInt(b[i+len(key):])
+	return v, n > 0
+}
+
+// leadingInt parses an optionally negative decimal integer at the start of
+// b and returns it with the number of bytes used (0 if none).
+func leadingInt(b []byte) (int64, int) {
+	i, neg := 0, false
+	if len(b) > 0 && b[0] == '-' {
+		neg, i = true, 1
+	}
+	start := i
+	var v int64
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		d := int64(b[i] - '0')
+		if v > (math.MaxInt64-d)/10 {
+			break // stop before overflowing
+		}
+		v = v*10 + d
+		i++
+	}
+	if i == start {
+		return 0, 0
+	}
+	if neg {
+		v = -v
+	}
+	return v, i
+}
+
+// replyID returns the "id" of an ok, error or pong reply, and its op.
+func replyID(p []byte) (op string, id int64, ok bool) {
+	switch {
+	case bytes.HasPrefix(p, []byte(`{"op":"ok","id":`)):
+		op = "ok"
+	case bytes.HasPrefix(p, []byte(`{"op":"error","id":`)):
+		op = "error"
+	case bytes.HasPrefix(p, []byte(`{"op":"pong","id":`)):
+		op = "pong"
+	default:
+		return "", 0, false
+	}
+	id, ok = intAfter(p, []byte(`"id":`))
+	return op, id, ok
+}
+
+// AppendValue appends a record value the generator measures: the channel's
+// sequence number, the send time in Unix nanoseconds, and padding up to
+// size bytes (the value is longer only if size is too small for the rest).
+func AppendValue(dst []byte, seq, sentNanos int64, size int) []byte {
+	start := len(dst)
+	dst = append(dst, benchValue...)
+	dst = strconv.AppendInt(dst, seq, 10)
+	dst = append(dst, keyT...)
+	dst = strconv.AppendInt(dst, sentNanos, 10)
+	dst = append(dst, `,"pad":"`...)
+	for len(dst)-start < size-2 {
+		dst = append(dst, 'x')
+	}
+	return append(dst, `"}`...)
+}
+
+// upgradeOK checks an HTTP upgrade response head (up to the blank line).
+func upgradeOK(head []byte) (status int, ok bool) {
+	// "HTTP/1.1 101 Switching Protocols"
+	if len(head) < 12 || !bytes.HasPrefix(head, []byte("HTTP/1.")) {
+		return 0, false
+	}
+	code, n := leadingInt(head[9:12])
+	if n != 3 {
+		return 0, false
+	}
+	if code != 101 {
+		return int(code), false
+	}
+	return 101, bytes.Contains(head, []byte(wsAccept))
+}
+
+// The upgrade uses RFC 6455's sample key; kpush does not require a unique
+// one, and the accept value it must answer with is then a constant.
+const (
+	wsKey    = "dGhlIHNhbXBsZSBub25jZQ=="
+	wsAccept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+)

@@ -1,0 +1,201 @@
+//go:build linux
+
+package wsload
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/kpush/kpush/gateway"
+	"github.com/kpush/kpush/router"
+)
+
+// startGateway runs kpush's gateway in-process on a random loopback port.
+func startGateway(t *testing.T, mutate func(*gateway.Config)) (*gateway.Server, string) {
+	t.Helper()
+	cfg := gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: time.Second}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := gateway.New(cfg, router.New(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("gateway did not stop")
+		}
+	})
+	return srv, "ws://" + ln.Addr().String() + "/ws"
+}
+
+func newPool(t *testing.T, cfg Config) *Pool {
+	t.Helper()
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func channels(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("bench.S%03d", i)
+	}
+	return out
+}
+
+// TestDeliveriesCountedWithoutGaps subscribes connections over several
+// source addresses, publishes a sequence on every channel and checks every
+// delivery is counted once, in order, with a latency.
+func TestDeliveriesCountedWithoutGaps(t *testing.T) {
+	const conns, nch, perChannel = 300, 10, 20
+	srv, url := startGateway(t, nil)
+	chs := channels(nch)
+	p := newPool(t, Config{URL: url, Channels: chs, Loops: 2, SourceAddrs: 3, MaxInFlight: 64})
+	p.Open(conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, conns); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "gateway to count the connections", func() bool { return srv.Connections() == conns })
+
+	for seq := int64(1); seq <= perChannel; seq++ {
+		for c, ch := range chs {
+			srv.Publish(&gateway.Message{Channel: ch, Partition: int32(c % 3), Offset: seq, Timestamp: time.Now().UnixMilli(),
+				Data: AppendValue(nil, seq, time.Now().UnixNano(), 100)}, nil)
+		}
+	}
+	want := int64(conns * 2 * perChannel)
+	waitFor(t, 20*time.Second, "every delivery", func() bool { return p.Stats().Deliveries >= want })
+	s := p.Stats()
+	if s.Deliveries != want || s.Gaps != 0 || s.Dups != 0 || s.Unknown != 0 || s.Failed != 0 {
+		t.Fatalf("stats %+v, want %d deliveries and no gaps, duplicates, unknown or failures", s, want)
+	}
+	if s.Subscribed != conns || s.Open != conns {
+		t.Fatalf("subscribed %d open %d, want %d", s.Subscribed, s.Open, conns)
+	}
+	lat := p.Latency().Summary()
+	if lat.Count != uint64(want) || lat.Max <= 0 || lat.Max > time.Minute {
+		t.Fatalf("latency summary %+v for %d deliveries", lat, want)
+	}
+	if hs := p.HandshakeLatency(); hs.Count() != conns {
+		t.Fatalf("%d handshake latencies, want %d", hs.Count(), conns)
+	}
+}
+
+func TestGapsAndDuplicatesDetected(t *testing.T) {
+	srv, url := startGateway(t, nil)
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1})
+	p.Open(1, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	send := func(offset, seq int64) {
+		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, time.Now().UnixNano(), 0)}, nil)
+	}
+	send(10, 1)
+	send(11, 2)
+	send(12, 6) // seq 3, 4, 5 missing
+	send(12, 6) // the same record again
+	send(13, 7)
+	waitFor(t, 10*time.Second, "five deliveries", func() bool { return p.Stats().Deliveries == 5 })
+	if s := p.Stats(); s.Gaps != 3 || s.Dups != 1 {
+		t.Fatalf("gaps %d dups %d, want 3 and 1", s.Gaps, s.Dups)
+	}
+}
+
+// TestAnswersPingsAndSurvivesIdleTimeout holds connections past kpush's
+// idle timeout: only answered pings keep them open.
+func TestAnswersPingsAndSurvivesIdleTimeout(t *testing.T) {
+	const conns = 50
+	// kpush sweeps for pings and idle connections once a second.
+	srv, url := startGateway(t, func(c *gateway.Config) {
+		c.PingInterval = 500 * time.Millisecond
+		c.IdleTimeout = 2500 * time.Millisecond
+	})
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}})
+	p.Open(conns, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, conns); err != nil {
+		t.Fatal(err)
+	}
+	// Four pings each, a second or more apart, span more than the idle
+	// timeout.
+	waitFor(t, 20*time.Second, "four pings per connection", func() bool { return p.Stats().Pings >= 4*conns })
+	if s := p.Stats(); s.Open != conns || s.Closed != 0 || s.Lost != 0 || srv.Connections() != conns {
+		t.Fatalf("after the idle timeout: pool %+v, gateway %d connections; want all %d open", s, srv.Connections(), conns)
+	}
+}
+
+// TestDropAndReconnect cuts every connection and brings them back
+// subscribed, as the reconnect-storm scenario does.
+func TestDropAndReconnect(t *testing.T) {
+	const conns = 200
+	srv, url := startGateway(t, nil)
+	p := newPool(t, Config{URL: url, Channels: channels(5), MaxInFlight: 32})
+	p.Open(conns, func(i int) []int32 { return []int32{int32(i % 5)} })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, conns); err != nil {
+		t.Fatal(err)
+	}
+	p.Drop(true)
+	waitFor(t, 20*time.Second, "resubscribed after the drop", func() bool { return p.Stats().Subscribed == 2*conns })
+	if s := p.Stats(); s.Ready != conns || s.Failed != 0 {
+		t.Fatalf("after reconnect %+v, want %d ready and no failures", s, conns)
+	}
+	waitFor(t, 10*time.Second, "gateway to drop the dead connections", func() bool { return srv.Connections() == conns })
+	srv.Publish(&gateway.Message{Channel: "bench.S000001", Data: []byte(`1`)}, nil)
+	srv.Publish(&gateway.Message{Channel: "bench.S000", Offset: 1, Data: AppendValue(nil, 1, time.Now().UnixNano(), 0)}, nil)
+	waitFor(t, 10*time.Second, "a delivery to every subscriber of bench.S000", func() bool { return p.Stats().Deliveries == conns/5 })
+}
+
+// TestRefusedUpgradeIsAFailure points the pool at a full server.
+func TestRefusedUpgradeIsAFailure(t *testing.T) {
+	srv, url := startGateway(t, func(c *gateway.Config) { c.MaxConnections = 5 })
+	p := newPool(t, Config{URL: url})
+	p.Open(5, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	// The server counts a connection just after answering its upgrade.
+	waitFor(t, 10*time.Second, "the gateway to count five connections", func() bool { return srv.Connections() == 5 })
+	p.Open(3, nil)
+	waitFor(t, 10*time.Second, "three failures", func() bool { return p.Stats().Failed == 3 })
+	if s := p.Stats(); s.Ready != 5 || s.Failures["upgrade: HTTP status 503"] != 3 {
+		t.Fatalf("stats %+v, want five ready and three HTTP 503 failures", s)
+	}
+}

@@ -1,0 +1,147 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Report is everything one run measured.
+type Report struct {
+	Machine   Machine          `json:"machine"`
+	Command   string           `json:"command"`
+	Started   time.Time        `json:"started"`
+	Took      string           `json:"took"`
+	Idle      *IdleResult      `json:"idle,omitempty"`
+	Fanout    *FanoutResult    `json:"fanout,omitempty"`
+	Market    *MarketResult    `json:"market,omitempty"`
+	Handshake *HandshakeResult `json:"handshake,omitempty"`
+}
+
+// Machine says where the numbers come from.
+type Machine struct {
+	CPU        string `json:"cpu"`
+	CPUs       int    `json:"cpus"`
+	MemoryMiB  int64  `json:"memory_mib"`
+	Kernel     string `json:"kernel"`
+	Go         string `json:"go"`
+	OpenFiles  uint64 `json:"open_files_limit"`
+	LoadBefore string `json:"load_before"`
+}
+
+func describeMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				m.CPU = strings.TrimSpace(line[strings.IndexByte(line, ':')+1:])
+				break
+			}
+		}
+	}
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) == nil {
+		m.MemoryMiB = int64(si.Totalram) * int64(si.Unit) >> 20
+	}
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		var b strings.Builder
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b.WriteByte(byte(c))
+		}
+		m.Kernel = b.String()
+	}
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil {
+		m.OpenFiles = rl.Cur
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadBefore = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return m
+}
+
+// printReport writes the results as Markdown tables.
+func printReport(w io.Writer, r *Report) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	p("\n## kpush-bench results\n\n")
+	p("Machine: %s, %d CPUs, %d MiB, Linux %s, %s, open files %d, load before %s.  \n",
+		r.Machine.CPU, r.Machine.CPUs, r.Machine.MemoryMiB, r.Machine.Kernel, r.Machine.Go, r.Machine.OpenFiles, r.Machine.LoadBefore)
+	p("Command: `%s` (took %s)\n", r.Command, r.Took)
+	if r.Idle != nil {
+		p("\n### Idle connections (%d channels, settle %s)\n\n", r.Idle.Channels, r.Idle.Settle)
+		p("| connections | kpush RSS | RSS/conn | live heap | heap/conn | goroutines | goroutines/conn | open+subscribe | generator RSS |\n")
+		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		b := r.Idle.Baseline
+		p("| 0 | %s | | %s | | %.0f | | | |\n", mib(b.RSSBytes), mib(b.HeapAllocBytes), b.Goroutines)
+		for _, s := range r.Idle.Steps {
+			p("| %d | %s | %.0f B | %s | %.0f B | %.0f | %.4f | %.2fs | %s |\n", s.Conns, mib(s.RSSBytes), s.RSSPerConn,
+				mib(s.HeapAllocBytes), s.HeapPerConn, s.Goroutines, s.GoroutinesPerConn, s.OpenSeconds, mib(float64(s.Generator.RSSBytes)))
+		}
+	}
+	if f := r.Fanout; f != nil {
+		p("\n### Fan-out: one channel, %d subscribers, %d-byte records\n\n", f.Subscribers, f.RecordBytes)
+		stepHeader(p)
+		for _, s := range f.Steps {
+			stepRow(p, s)
+		}
+		if f.Half != nil {
+			stepRow(p, *f.Half)
+		}
+		p("\nMax rate kept up: %g records/s = %s deliveries/s; best %s deliveries per kpush CPU-second (any step).",
+			f.MaxRate, si(f.MaxDeliveriesPerSec), si(f.BestDeliveriesPerCPU))
+		if f.Half != nil {
+			p(" At 50%% of the max (%g/s): p50 %s, p90 %s, p99 %s, p99.9 %s, max %s.", f.Half.Rate,
+				ms(f.Half.Latency.P50), ms(f.Half.Latency.P90), ms(f.Half.Latency.P99), ms(f.Half.Latency.P999), ms(f.Half.Latency.Max))
+		}
+		p("\n")
+	}
+	if m := r.Market; m != nil {
+		p("\n### Market mix: %d connections × %d of %d symbols (Zipf %.2f), %g records/s (%s over symbols), %d partitions\n\n",
+			m.Conns, m.SubsPerConn, m.Symbols, m.Zipf, m.Step.Rate, m.RecordDist, m.Partitions)
+		p("Hottest symbol: %d subscribers; %.0f deliveries per record on average.\n\n", m.HottestSymbolSubs, m.MeanDeliveriesPerRecord)
+		stepHeader(p)
+		stepRow(p, m.Step)
+	}
+	if h := r.Handshake; h != nil {
+		p("\n### Handshakes\n\n")
+		p("| in flight | upgrades | took | upgrades/s | kpush CPU-s | per kpush CPU-second | p50 | p99 | failed | generator cores |\n")
+		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, x := range h.Rounds {
+			p("| %d | %d | %.2fs | %s | %.2f | %s | %s | %s | %d | %.2f |\n", x.InFlight, x.Conns, x.Seconds, si(x.PerSec),
+				x.KpushCPUSeconds, si(x.PerKpushCPUSecond), ms(x.Latency.P50), ms(x.Latency.P99), x.Failed, x.Generator.Cores)
+		}
+		if s := h.Storm; s != nil {
+			p("\nReconnect storm: %d connections × %d channels dropped at once (TCP reset) and reconnected with %d in flight: all subscribed again after %.2fs; kpush held exactly the new connections after %.2fs; kpush %.2f CPU-s; %d failed.\n",
+				s.Conns, s.SubsPerConn, s.InFlight, s.Seconds, s.KpushSeconds, s.KpushCPUSeconds, s.Failed)
+		}
+	}
+}
+
+func stepHeader(p func(string, ...any)) {
+	p("| records/s | deliveries/s | kpush cores (user+sys) | frames/write | deliveries per kpush CPU-s | p50 | p90 | p99 | p99.9 | max | kpush's histogram | missing | dup | gaps | kept up | generator cores |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|---:|---:|:--|---:|\n")
+}
+
+func stepRow(p func(string, ...any), s Step) {
+	l := s.Latency
+	kept := "yes"
+	if !s.KeptUp {
+		kept = "no: " + s.Note
+	}
+	cores := fmt.Sprintf("%.2f", s.KpushCores)
+	if s.KpushUserSeconds+s.KpushSystemSeconds > 0 && s.Seconds > 0 {
+		cores += fmt.Sprintf(" (%.2f+%.2f)", s.KpushUserSeconds/s.Seconds, s.KpushSystemSeconds/s.Seconds)
+	}
+	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
+		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
+}
