@@ -306,6 +306,7 @@ func closeRejectReason(code ws.StatusCode) string {
 // releaseSecurityLocked gives back what a closed connection holds beyond
 // its descriptor. Caller holds c.mu; called once, from releaseIfIdleLocked.
 func (c *conn) releaseSecurityLocked() {
+	c.srv.slots.Add(-1)
 	c.srv.perIP.release(c.ip)
 	if c.tls != nil {
 		c.tls.link.release()

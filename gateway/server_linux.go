@@ -64,6 +64,7 @@ type Server struct {
 	verifier  *auth.Verifier // nil: auth.mode none
 	public    atomic.Pointer[PublicChannels]
 	perIP     *ipLimiter
+	slots     atomic.Int64 // connections open or past the max_connections check
 
 	replayer      Replayer        // nil: resumes beyond the history fail
 	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
@@ -480,11 +481,20 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	lim := s.lim()
-	if s.conns.count() >= lim.MaxConnections {
+	// Reserve a connection slot before upgrading, so handshakes running at
+	// once cannot together pass max_connections.
+	if n := s.slots.Add(1); n > int64(lim.MaxConnections) {
+		s.slots.Add(-1)
 		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
+	slotHeld := true // until the conn owns the slot
+	defer func() {
+		if slotHeld {
+			s.slots.Add(-1)
+		}
+	}()
 	if !s.perIP.acquire(ip) {
 		pc.release()
 		s.reject(nc, http.StatusTooManyRequests, "max_connections_per_ip", "too many connections from this address")
@@ -533,7 +543,7 @@ func (s *Server) handshake(nc net.Conn) {
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
-	ipHeld = false // released with the descriptor (releaseIfIdleLocked)
+	ipHeld, slotHeld = false, false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
 		c.mu.Lock()
