@@ -177,20 +177,7 @@ func (c *conn) flush(w *worker) {
 		c.mu.Lock()
 		c.inflight = 0
 		if err != nil {
-			if isWouldBlock(err) {
-				c.flags = c.flags&^flagFlushing | flagWaitOut
-				if c.flags&flagClosed == 0 {
-					if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
-						c.flags = c.flags&^flagWaitOut | flagClosed
-						c.releaseIfIdleLocked()
-					}
-				}
-				c.mu.Unlock()
-				return
-			}
-			c.flags &^= flagFlushing
-			c.mu.Unlock()
-			c.abort()
+			c.writeFailedLocked(err)
 			return
 		}
 		c.consumeLocked(n)
@@ -209,6 +196,26 @@ func (c *conn) flush(w *worker) {
 		c.releaseIfIdleLocked()
 	}
 	c.mu.Unlock()
+}
+
+// writeFailedLocked handles a failed socket write: a full socket buffer
+// waits for EPOLLOUT, any other error drops the connection. Caller holds
+// c.mu, which is released.
+func (c *conn) writeFailedLocked(err error) {
+	if isWouldBlock(err) {
+		c.flags = c.flags&^flagFlushing | flagWaitOut
+		if c.flags&flagClosed == 0 {
+			if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
+				c.flags = c.flags&^flagWaitOut | flagClosed
+				c.releaseIfIdleLocked()
+			}
+		}
+		c.mu.Unlock()
+		return
+	}
+	c.flags &^= flagFlushing
+	c.mu.Unlock()
+	c.abort()
 }
 
 // consumeLocked drops n written bytes from the front of the queue. Caller

@@ -248,20 +248,7 @@ func (c *conn) flushTLS(w *worker) {
 		}
 		if err := link.writeOut(); err != nil {
 			c.mu.Lock()
-			if isWouldBlock(err) {
-				c.flags = c.flags&^flagFlushing | flagWaitOut
-				if c.flags&flagClosed == 0 {
-					if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
-						c.flags = c.flags&^flagWaitOut | flagClosed
-						c.releaseIfIdleLocked()
-					}
-				}
-				c.mu.Unlock()
-				return
-			}
-			c.flags &^= flagFlushing
-			c.mu.Unlock()
-			c.abort()
+			c.writeFailedLocked(err)
 			return
 		}
 		if oldest > 0 {
