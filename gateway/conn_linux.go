@@ -186,8 +186,12 @@ func (c *conn) flush(w *worker) {
 			w.observeLatency(oldest)
 		}
 	}
-	// Still more to write after several rounds: go to the back of the queue
-	// so one busy connection does not hold a worker.
+	c.requeueFlush()
+}
+
+// requeueFlush sends a connection that still has frames after its rounds to
+// the back of the work queue, so one busy connection does not hold a worker.
+func (c *conn) requeueFlush() {
 	c.mu.Lock()
 	if c.flags&flagClosed == 0 {
 		c.srv.work.push(task{c: c, kind: taskFlush})

@@ -255,14 +255,7 @@ func (c *conn) flushTLS(w *worker) {
 			w.observeLatency(oldest)
 		}
 	}
-	c.mu.Lock()
-	if c.flags&flagClosed == 0 {
-		c.srv.work.push(task{c: c, kind: taskFlush})
-	} else {
-		c.flags &^= flagFlushing
-		c.releaseIfIdleLocked()
-	}
-	c.mu.Unlock()
+	c.requeueFlush()
 }
 
 // startTLS runs the TLS handshake on an accepted connection, under the
