@@ -129,18 +129,11 @@ func (c *conn) flush(w *worker) {
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
-			c.flags &^= flagFlushing
-			c.releaseIfIdleLocked()
-			c.mu.Unlock()
+			c.abandonFlushLocked()
 			return
 		}
 		if len(c.queue) == 0 {
-			c.flags &^= flagFlushing
-			closing := c.flags&flagClosing != 0
-			c.mu.Unlock()
-			if closing {
-				c.finish()
-			}
+			c.endFlushLocked()
 			return
 		}
 		// Gather iovecs under the lock; frames are immutable, so they
@@ -187,6 +180,27 @@ func (c *conn) flush(w *worker) {
 		}
 	}
 	c.requeueFlush()
+}
+
+// endFlushLocked ends a flush that has nothing left to write; a closing
+// connection is then half-closed (finish). Caller holds c.mu, which is
+// released.
+func (c *conn) endFlushLocked() {
+	c.flags &^= flagFlushing
+	closing := c.flags&flagClosing != 0
+	c.mu.Unlock()
+	if closing {
+		c.finish()
+	}
+}
+
+// abandonFlushLocked ends a flush on a closed connection and releases its
+// descriptor if no worker still uses it. Caller holds c.mu, which is
+// released.
+func (c *conn) abandonFlushLocked() {
+	c.flags &^= flagFlushing
+	c.releaseIfIdleLocked()
+	c.mu.Unlock()
 }
 
 // requeueFlush sends a connection that still has frames after its rounds to

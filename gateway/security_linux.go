@@ -87,6 +87,8 @@ func (s *Server) initSecurity(reg prometheus.Registerer) error {
 type upgradeAuth struct {
 	tok   handshakeToken
 	grant *auth.Grant
+	// slot is set once the handshake holds a max_connections slot.
+	slot bool
 }
 
 // upgrader returns the gobwas/ws upgrader for one handshake: it checks the
@@ -122,7 +124,7 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
 			tok := ua.tok.token()
 			if s.verifier == nil || tok == "" {
-				return nil, nil // no auth, or an anonymous client
+				return nil, s.reserveSlot(ua) // no auth, or an anonymous client
 			}
 			g, err := s.verifier.Verify(tok)
 			if err != nil {
@@ -139,9 +141,23 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 				)
 			}
 			ua.grant = g
-			return nil, nil
+			return nil, s.reserveSlot(ua)
 		},
 	}
+}
+
+// reserveSlot takes a max_connections slot for a handshake about to answer
+// 101. It runs after every other check, so a handshake refused for another
+// reason never holds a slot, and before the answer, so handshakes running at
+// once cannot together pass the limit.
+func (s *Server) reserveSlot(ua *upgradeAuth) error {
+	if n := s.slots.Add(1); n > int64(s.lim().MaxConnections) {
+		s.slots.Add(-1)
+		s.metrics.rejected.WithLabelValues("max_connections").Inc()
+		return ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("connection limit reached"))
+	}
+	ua.slot = true
+	return nil
 }
 
 // handshakeFailed counts a handshake that ended in an error before upgrade.

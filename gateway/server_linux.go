@@ -481,17 +481,16 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	lim := s.lim()
-	// Reserve a connection slot before upgrading, so handshakes running at
-	// once cannot together pass max_connections.
-	if n := s.slots.Add(1); n > int64(lim.MaxConnections) {
-		s.slots.Add(-1)
+	// Refuse early when full; the slot itself is taken just before the 101
+	// answer (reserveSlot), once every other check has passed.
+	if s.slots.Load() >= int64(lim.MaxConnections) {
 		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	slotHeld := true // until the conn owns the slot
+	var ua upgradeAuth
 	defer func() {
-		if slotHeld {
+		if ua.slot { // still ours: the conn never took it over
 			s.slots.Add(-1)
 		}
 	}()
@@ -506,7 +505,6 @@ func (s *Server) handshake(nc net.Conn) {
 			s.perIP.release(ip)
 		}
 	}()
-	var ua upgradeAuth
 	up := s.upgrader(&ua)
 	_, err = up.Upgrade(&headerLimiter{rw: pc, left: lim.MaxHeaderBytes})
 	pc.release()
@@ -543,7 +541,7 @@ func (s *Server) handshake(nc net.Conn) {
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
-	ipHeld, slotHeld = false, false // released with the descriptor (releaseIfIdleLocked)
+	ipHeld, ua.slot = false, false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
 		c.mu.Lock()

@@ -193,20 +193,13 @@ func (c *conn) flushTLS(w *worker) {
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
-			c.flags &^= flagFlushing
-			c.releaseIfIdleLocked()
-			c.mu.Unlock()
+			c.abandonFlushLocked()
 			return
 		}
 		var oldest int64
 		if !link.pending() {
 			if len(c.queue) == 0 {
-				c.flags &^= flagFlushing
-				closing := c.flags&flagClosing != 0
-				c.mu.Unlock()
-				if closing {
-					c.finish()
-				}
+				c.endFlushLocked()
 				return
 			}
 			// Gather plaintext; frames are immutable, but the bytes are

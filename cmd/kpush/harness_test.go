@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -277,14 +276,16 @@ type wsClient struct {
 	*client.Conn
 	frames chan *client.Frame
 	closed chan error // receives the read error (a CloseError when closed by the server)
-	once   sync.Once
 }
 
-func dial(t testing.TB, url string) *wsClient {
+func dial(t testing.TB, url string) *wsClient { return dialWith(t, url, nil) }
+
+// dialWith is dial with dial options (TLS, headers, subprotocols).
+func dialWith(t testing.TB, url string, o *client.DialOptions) *wsClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, url, nil)
+	c, err := client.Dial(ctx, url, o)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -54,30 +53,6 @@ func writeTestCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool)
 	pool = x509.NewCertPool()
 	pool.AddCert(ca)
 	return certFile, keyFile, pool
-}
-
-func dialWith(t *testing.T, url string, o *client.DialOptions) *wsClient {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, url, o)
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	w := &wsClient{Conn: c, frames: make(chan *client.Frame, 4096), closed: make(chan error, 1)}
-	go func() {
-		for {
-			f, err := c.Read()
-			if err != nil {
-				w.closed <- err
-				close(w.frames)
-				return
-			}
-			w.frames <- f
-		}
-	}()
-	t.Cleanup(func() { c.NetConn().Close() })
-	return w
 }
 
 // kpush configured with wss, JWT auth and one public and one private route:
