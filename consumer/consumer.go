@@ -25,7 +25,20 @@ type Message struct {
 	Timestamp int64 // Unix milliseconds
 	Value     []byte
 	Route     *Route
+	// Epoch names the unbroken read this record belongs to. Two records of
+	// one partition with the same Epoch were read with every offset between
+	// them read too; a new Epoch means a hole may lie before this record (a
+	// reader that started at the log's end, an offset-out-of-range jump, a
+	// truncated or recreated log). Epochs are unique within the process and
+	// never reused.
+	Epoch uint64
 }
+
+// epochs hands out continuity epochs; 0 is never used.
+var epochs atomic.Uint64
+
+// nextEpoch returns a continuity epoch never returned before.
+func nextEpoch() uint64 { return epochs.Add(1) }
 
 // Sink receives routed records. Deliver is called from one goroutine per
 // partition, in offset order within a partition, and must not block.

@@ -40,6 +40,9 @@ func (r *partReader) run(ctx context.Context, start int64) {
 	defer r.m.drop()
 	backoff := r.c.newBackoff()
 	offset := start
+	// A reader's first record may follow a hole (it started at the log's
+	// end, or its topic was routed before): a new continuity epoch.
+	r.router.epoch = nextEpoch()
 	// retry marks the partition unhealthy, counts and logs err, and waits
 	// out the backoff; it returns false if ctx ended meanwhile.
 	retry := func(op string, err error) bool {
@@ -84,6 +87,11 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			if errors.Is(err, kafka.OffsetOutOfRange) {
 				next, rerr := r.outOfRange(ctx, offset)
 				if rerr == nil {
+					if next != offset {
+						// Records were skipped or the log went back: what
+						// follows is not continuous with what came before.
+						r.router.epoch = nextEpoch()
+					}
 					offset = next
 					r.state.next.Store(offset)
 					continue

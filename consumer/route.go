@@ -30,6 +30,9 @@ type recordRouter struct {
 	// whether skipped records are counted (a replay reads them again).
 	only string
 	live bool
+	// epoch is stamped on every Message (Message.Epoch); the partition
+	// reader replaces it whenever its read has a hole.
+	epoch uint64
 
 	key, value []byte
 	chbuf      []byte
@@ -91,6 +94,7 @@ func (r *recordRouter) route(rec *kafka.Record) {
 			Timestamp: rec.Time.UnixMilli(),
 			Value:     r.value,
 			Route:     rt,
+			Epoch:     r.epoch,
 		}
 		r.deliver(&r.msg)
 	}

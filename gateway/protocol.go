@@ -192,7 +192,10 @@ type Message struct {
 	Partition int32
 	Offset    int64
 	Timestamp int64 // Unix milliseconds
-	Data      []byte
+	// Epoch is the consumer's continuity epoch of the partition stream the
+	// record came from (see router.Frame.Epoch); 0 for none.
+	Epoch uint64
+	Data  []byte
 	// Binary marks Data as opaque bytes: it is sent base64-encoded with
 	// "enc":"base64". Otherwise Data must be one valid JSON value.
 	Binary bool
@@ -257,6 +260,7 @@ func EncodeMessage(m *Message) *router.Frame {
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
+		Epoch:     m.Epoch,
 		Data:      b[start:],
 		Payload:   b[hl:],
 		Conflate:  m.Conflate,

@@ -16,6 +16,11 @@ type Frame struct {
 	Partition int32
 	Offset    int64
 	Timestamp int64 // Kafka record timestamp, Unix milliseconds
+	// Epoch is the continuity epoch of the partition stream: frames of one
+	// partition with equal Epochs were published with every record of the
+	// partition between them read; a changed Epoch marks a possible hole.
+	// 0 means unknown (treated as its own epoch).
+	Epoch uint64
 
 	// Data is the complete wire form (a WebSocket frame, header included),
 	// written to every subscriber as it is.

@@ -168,6 +168,7 @@ func toGateway(m *consumer.Message) *gateway.Message {
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
+		Epoch:     m.Epoch,
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
 		Conflate:  m.Route.Slow == consumer.SlowConflate,
