@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"regexp"
@@ -38,20 +37,32 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
-// LoadConfig reads, expands, decodes strictly, defaults and validates a
+// LoadConfig reads, decodes strictly, expands, defaults and validates a
 // configuration file. name labels errors (usually the path).
+//
+// ${VAR} and ${VAR:-default} are expanded in scalar values after the YAML
+// is parsed, never in the raw text: a value may hold '#', ': ', quotes or a
+// newline and arrives intact, and a value that looks like YAML ("[a]",
+// "{x: 1}") stays a string. Keys and comments are not expanded.
 func LoadConfig(name string, data []byte) (*Config, error) {
-	expanded, err := expandEnv(data)
-	if err != nil {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %s", name, cleanYAMLError(err))
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, fmt.Errorf("%s: empty configuration", name)
+	}
+	if err := expandEnv(&doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// yaml.v3's Node.Decode has no KnownFields, so unknown keys are found
+	// by a strict decode of the text as written; the values come from the
+	// expanded tree, whose nodes keep their lines for type errors.
+	if err := unknownKeys(data); err != nil {
+		return nil, fmt.Errorf("%s: %s", name, cleanYAMLError(err))
+	}
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s: empty configuration", name)
-		}
+	if err := doc.Decode(&cfg); err != nil {
 		return nil, fmt.Errorf("%s: %s", name, cleanYAMLError(err))
 	}
 	cfg.SetDefaults()
@@ -125,29 +136,93 @@ func parseLevel(s string) (slog.Level, error) {
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 
-// expandEnv replaces ${VAR} and ${VAR:-default}. A ${VAR} that is unset is an
-// error naming its line, rather than a silent empty value.
-func expandEnv(data []byte) ([]byte, error) {
+// expandEnv replaces ${VAR} and ${VAR:-default} in every scalar value of the
+// tree (mapping keys are left alone). A ${VAR} that is unset is an error
+// naming its line, rather than a silent empty value.
+//
+// An expanded plain (unquoted) scalar is typed again from its new text, so
+// `max_connections: ${MAX}` is still a number and `${X:-}` is still empty;
+// only a text that would become null ("null", "~") stays the string it is.
+// A quoted scalar stays a string.
+func expandEnv(doc *yaml.Node) error {
 	var errs []error
-	lines := bytes.Split(data, []byte("\n"))
-	for i, line := range lines {
-		if bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
-			continue
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		switch n.Kind {
+		case yaml.ScalarNode:
+			expandScalar(n, &errs)
+		case yaml.MappingNode:
+			for i := 1; i < len(n.Content); i += 2 {
+				walk(n.Content[i])
+			}
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c)
+			}
 		}
-		lines[i] = envRef.ReplaceAllFunc(line, func(m []byte) []byte {
-			sub := envRef.FindSubmatch(m)
-			name := string(sub[1])
-			if v, ok := os.LookupEnv(name); ok && (v != "" || sub[2] == nil) {
-				return []byte(v)
-			}
-			if sub[2] != nil {
-				return sub[3]
-			}
-			errs = append(errs, fmt.Errorf("line %d: environment variable %s is not set (write ${%s:-default} for a fallback)", i+1, name, name))
-			return m
-		})
 	}
-	return bytes.Join(lines, []byte("\n")), errors.Join(errs...)
+	walk(doc)
+	return errors.Join(errs...)
+}
+
+func expandScalar(n *yaml.Node, errs *[]error) {
+	if !strings.Contains(n.Value, "${") {
+		return
+	}
+	v := envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+		sub := envRef.FindStringSubmatch(m)
+		name := sub[1]
+		hasDefault := strings.HasPrefix(m[2+len(name):], ":-")
+		if v, ok := os.LookupEnv(name); ok && (v != "" || !hasDefault) {
+			return v
+		}
+		if hasDefault {
+			return sub[3]
+		}
+		*errs = append(*errs, fmt.Errorf("line %d: environment variable %s is not set (write ${%s:-default} for a fallback)", n.Line, name, name))
+		return m
+	})
+	if v == n.Value {
+		return
+	}
+	n.Value = v
+	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) != 0 || n.Tag != "!!str" {
+		// Quoted, block or explicitly tagged: it stays what it was written as.
+		n.Style = yaml.DoubleQuotedStyle
+		return
+	}
+	n.Tag = "" // re-resolve from the new text
+	if n.ShortTag() == "!!null" && v != "" {
+		n.Tag = "!!str"
+	}
+	if n.ShortTag() == "!!str" {
+		n.Style = yaml.DoubleQuotedStyle // encode it so that it reads back as this exact string
+	} else {
+		n.Style = 0
+	}
+}
+
+// unknownKeys decodes data strictly and returns only its unknown-key errors
+// (type errors of values not yet expanded are the expanded tree's to report).
+func unknownKeys(data []byte) error {
+	var probe Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err := dec.Decode(&probe)
+	var te *yaml.TypeError
+	if err == nil || !errors.As(err, &te) {
+		return nil // syntax errors were reported by the first parse
+	}
+	var unknown []string
+	for _, e := range te.Errors {
+		if unknownField.MatchString(e) {
+			unknown = append(unknown, e)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	return &yaml.TypeError{Errors: unknown}
 }
 
 var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)

@@ -111,3 +111,69 @@ func TestValidateCommand(t *testing.T) {
 		t.Fatalf("validate without -config: exit %d, want 2", code)
 	}
 }
+
+// Secrets are expanded after parsing: YAML syntax inside a value is data.
+func TestConfigEnvExpansionKeepsValuesIntact(t *testing.T) {
+	secrets := map[string]string{
+		"hash":      "abc#def # not a comment",
+		"colon":     "user: admin",
+		"quotes":    `he said "hi" and 'bye'`,
+		"newline":   "line one\nline two",
+		"flow":      "[a, b]",
+		"mapping":   "{x: 1}",
+		"null-word": "null",
+		"anchor":    "*ref &x !tag",
+	}
+	for name, secret := range secrets {
+		secret = "0123456789abcdef0123456789abcdef " + secret // HS256 wants 32 bytes
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("KPUSH_TEST_SECRET", secret)
+			t.Setenv("KPUSH_TEST_MAXCONN", "1234")
+			for _, form := range []string{`${KPUSH_TEST_SECRET}`, `"${KPUSH_TEST_SECRET}"`, `'${KPUSH_TEST_SECRET}'`} {
+				cfg, err := LoadConfig("env.yaml", []byte(`
+auth:
+  mode: jwt
+  hs256_secret: `+form+`
+gateway:
+  max_connections: ${KPUSH_TEST_MAXCONN}
+  drain_timeout: ${KPUSH_TEST_UNSET_DRAIN:-}
+routes: [{topic: t, channel: "c.{key}"}]
+`))
+				if err != nil {
+					t.Fatalf("%s: %v", form, err)
+				}
+				if cfg.Auth.HS256Secret != secret {
+					t.Fatalf("%s: hs256_secret = %q, want %q", form, cfg.Auth.HS256Secret, secret)
+				}
+				if cfg.Gateway.MaxConnections != 1234 {
+					t.Fatalf("max_connections = %d, want 1234 (a plain ${VAR} keeps its type)", cfg.Gateway.MaxConnections)
+				}
+				var def Config
+				def.SetDefaults()
+				if cfg.Gateway.DrainTimeout != def.Gateway.DrainTimeout {
+					t.Fatalf("drain_timeout = %s, want the default %s (an empty expansion is unset)", cfg.Gateway.DrainTimeout, def.Gateway.DrainTimeout)
+				}
+			}
+		})
+	}
+}
+
+// Errors name the line of the file as written, blank lines and comments
+// included, whether the value was expanded or not.
+func TestConfigErrorLinesAfterExpansion(t *testing.T) {
+	t.Setenv("KPUSH_TEST_BAD_INT", "lots")
+	doc := "# comment\n\nroutes: [{topic: t, channel: c}]\n\n\ngateway:\n  max_connections: ${KPUSH_TEST_BAD_INT}\n\n  pth: /ws\n"
+	_, err := LoadConfig("lines.yaml", []byte(doc))
+	if err == nil || !strings.Contains(err.Error(), `line 9: unknown key "pth"`) {
+		t.Fatalf("unknown key error = %v, want it on line 9", err)
+	}
+	doc = "# comment\n\nroutes: [{topic: t, channel: c}]\n\n\ngateway:\n  max_connections: ${KPUSH_TEST_BAD_INT}\n"
+	_, err = LoadConfig("lines.yaml", []byte(doc))
+	if err == nil || !strings.Contains(err.Error(), "line 7") || !strings.Contains(err.Error(), "lots") {
+		t.Fatalf("type error = %v, want line 7 and the value", err)
+	}
+	// A reference in a comment is not expanded, so an unset one is no error.
+	if _, err := LoadConfig("c.yaml", []byte("# ${KPUSH_TEST_SURELY_UNSET}\nroutes: [{topic: t, channel: c}] # ${KPUSH_TEST_SURELY_UNSET}\n")); err != nil {
+		t.Fatalf("reference in a comment: %v", err)
+	}
+}
