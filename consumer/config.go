@@ -166,6 +166,11 @@ const maxHistoryRecords = 1000000
 
 // ValidateRoutes fills route defaults, parses templates and reports every
 // invalid route, named by its index as in the YAML file.
+//
+// It writes only what is not set yet: on routes it has already validated
+// (and nobody changed since) it writes nothing, so validating a slice that
+// other goroutines read is safe (a reload validates the routes it hands to
+// the gateway, then the consumer validates the same slice again).
 func ValidateRoutes(routes []Route) error {
 	var errs []error
 	if len(routes) == 0 {
@@ -206,6 +211,9 @@ func ValidateRoutes(routes []Route) error {
 		}
 		if h.MaxAge < 0 {
 			errs = append(errs, fmt.Errorf("%s.history.max_age: must be positive, got %s", key, h.MaxAge))
+		}
+		if r.tmpl != nil && r.tmpl.src == r.Channel {
+			continue // parsed before: leave it, others may be reading it
 		}
 		t, err := ParseTemplate(r.Channel)
 		if err != nil {
