@@ -40,7 +40,10 @@ func (k *Retention) keepsAnything() bool {
 // A frame whose epoch differs from the range's, or whose offset is not above
 // the last one seen (the log went backwards), starts a new range at its own
 // offset: the partition's older frames are dropped from the ring, so no
-// position ever names two different frames and no answer spans a hole.
+// position ever names two different frames and no answer spans a hole. When
+// the log went backwards, positions up to the newest offset of the old log
+// are ambiguous (a client may hold them from either log) and are never
+// served from memory.
 type history struct {
 	buf   []histEntry // ring; grows up to the route's HistoryRecords
 	head  int         // index of the oldest entry
@@ -60,6 +63,10 @@ type partRange struct {
 	from      int64  // every frame of the channel at or above from is held
 	last      int64  // offset of the newest frame seen
 	epoch     uint64 // continuity epoch of the frames since from
+	// shadow is the newest offset seen before the log went backwards (a
+	// reset or truncation), -1 if it never did: a position at or below it
+	// may name a record of the old log, so it is never served.
+	shadow int64
 }
 
 func (h *history) rangeFor(p int32) *partRange {
@@ -106,13 +113,17 @@ func (h *history) dropPartition(p int32) (n, b int) {
 func (h *history) push(f *Frame, now int64, k *Retention) (dn, db int) {
 	switch pr := h.rangeFor(f.Partition); {
 	case pr == nil:
-		h.parts = append(h.parts, partRange{f.Partition, f.Offset, f.Offset, f.Epoch})
+		h.parts = append(h.parts, partRange{f.Partition, f.Offset, f.Offset, f.Epoch, -1})
 	case pr.epoch != f.Epoch || f.Offset <= pr.last:
 		// A possible hole, or the log went backwards: the range restarts
 		// here and the partition's older frames can serve nobody.
 		n, b := h.dropPartition(f.Partition)
 		dn, db = -n, -b
-		*pr = partRange{f.Partition, f.Offset, f.Offset, f.Epoch}
+		shadow := pr.shadow
+		if f.Offset <= pr.last {
+			shadow = max(shadow, pr.last)
+		}
+		*pr = partRange{f.Partition, f.Offset, f.Offset, f.Epoch, shadow}
 	default:
 		pr.last = f.Offset
 	}
@@ -202,7 +213,7 @@ func (v View) History(dst []*Frame, p int32, after int64) ([]*Frame, bool) {
 		v.r.histBytes.Add(int64(-b))
 	}
 	pr := h.rangeFor(p)
-	if pr == nil || pr.from > after+1 {
+	if pr == nil || pr.from > after+1 || after <= pr.shadow {
 		return dst, false
 	}
 	if e, ok := v.r.streamEpoch(v.c.keep, p); ok && e != pr.epoch {
