@@ -30,7 +30,8 @@ import (
 //  2. Otherwise the channel is marked replaying on the connection and a
 //     read-back job is queued for the resume pool. From this moment every
 //     live frame of the channel is held aside for this connection (bounded
-//     by the connection's queue limits) instead of being written. The job
+//     by the connection's queue limits: past them the channel's resume is
+//     given up, see abandonReplayLocked) instead of being written. The job
 //     reads each missing partition back from Kafka from the position up to
 //     the partition's end at the time of reading, which is at or past the
 //     offset of the first held live frame: the consumer can only have
