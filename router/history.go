@@ -216,9 +216,10 @@ func (v View) History(dst []*Frame, p int32, after int64) ([]*Frame, bool) {
 	if pr == nil || pr.from > after+1 || after <= pr.shadow {
 		return dst, false
 	}
-	if e, ok := v.r.streamEpoch(v.c.keep, p); ok && e != pr.epoch {
-		// The partition's stream broke after this channel's last frame:
-		// records of the channel may have been skipped since.
+	if st, ok := v.r.streamOf(v.c.keep, p); ok && (st.epoch != pr.epoch || after <= st.shadow) {
+		// The partition's stream broke after this channel's last frame
+		// (records of the channel may have been skipped since), or the
+		// position may name a record of the log before it went back.
 		return dst, false
 	}
 	for i := 0; i < h.n; i++ {

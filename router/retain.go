@@ -230,27 +230,43 @@ type streamKey struct {
 	p    int32
 }
 
-// noteStream records f's epoch as the current one of its partition stream
-// on keep's route, whatever channel f belongs to: a channel whose history
-// ended on an older epoch has missed the break.
+// stream is what the router knows of one partition stream of a route, from
+// the frames of all its channels: the epoch of the latest frame, the newest
+// offset, and shadow, the newest offset seen before the log last went
+// backwards (-1 if it never did). Unlike a channel's history, it survives
+// the channel's eviction.
+type stream struct {
+	epoch  uint64
+	last   int64
+	shadow int64
+}
+
+// noteStream records f in its partition stream on keep's route, whatever
+// channel f belongs to: a channel whose history ended on an older epoch has
+// missed the break, and positions up to shadow are ambiguous for all.
 func (r *Router) noteStream(keep *Retention, f *Frame) {
 	k := streamKey{keep, f.Partition}
 	r.streamMu.Lock()
-	if e, ok := r.streams[k]; !ok || e != f.Epoch {
-		r.streams[k] = f.Epoch
+	st, ok := r.streams[k]
+	if !ok {
+		st = stream{shadow: -1}
+	} else if f.Offset <= st.last {
+		st.shadow = max(st.shadow, st.last)
 	}
+	st.epoch, st.last = f.Epoch, f.Offset
+	r.streams[k] = st
 	r.streamMu.Unlock()
 }
 
-// streamEpoch returns the latest epoch published on keep's partition p.
-func (r *Router) streamEpoch(keep *Retention, p int32) (uint64, bool) {
+// streamOf returns keep's partition stream p.
+func (r *Router) streamOf(keep *Retention, p int32) (stream, bool) {
 	if keep == nil {
-		return 0, false
+		return stream{}, false
 	}
 	r.streamMu.Lock()
-	e, ok := r.streams[streamKey{keep, p}]
+	st, ok := r.streams[streamKey{keep, p}]
 	r.streamMu.Unlock()
-	return e, ok
+	return st, ok
 }
 
 func (r *Router) isGone(keep *Retention) bool {

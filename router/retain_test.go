@@ -375,3 +375,34 @@ func TestRetainedConcurrent(t *testing.T) {
 		t.Fatalf("RetainedBytes %d, channels hold %d (budget %d)", st.RetainedBytes, sum, 200<<10)
 	}
 }
+
+// TestResetRememberedAcrossEviction: after the log went backwards, a position
+// of the old log is never served from memory, even once the channel's
+// history was evicted and rebuilt from newer frames.
+func TestResetRememberedAcrossEviction(t *testing.T) {
+	r := New()
+	keep := &Retention{HistoryRecords: 100, HistoryBytes: 1 << 20, HistoryAge: time.Hour}
+	for _, o := range []int64{10, 100} {
+		r.Publish(&Frame{Channel: "c", Offset: o, Epoch: 1, Data: []byte("x")}, keep)
+	}
+	r.Publish(&Frame{Channel: "c", Offset: 3, Epoch: 2, Data: []byte("x")}, keep) // reset
+	if err := r.SetConfig(Config{MaxRetainedBytes: 1}); err != nil {
+		t.Fatal(err)
+	}
+	r.Trim(time.Now()) // evicts c
+	if err := r.SetConfig(Config{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []int64{50, 60, 120} {
+		r.Publish(&Frame{Channel: "c", Offset: o, Epoch: 2, Data: []byte("x")}, keep)
+	}
+	if got, ok := historySince(r, "c", 0, 60); ok {
+		t.Fatalf("History(after 60) = %v, complete; 60 may be a position of the log before the reset", got)
+	}
+	if got, ok := historySince(r, "c", 0, 100); ok {
+		t.Fatalf("History(after 100) = %v, complete; 100 may be a position of the log before the reset", got)
+	}
+	if got, ok := historySince(r, "c", 0, 101); !ok || fmt.Sprint(got) != "[120]" {
+		t.Fatalf("History(after 101) = %v, %v; want [120], complete", got, ok)
+	}
+}

@@ -79,7 +79,7 @@ type Router struct {
 	evicted  [NumEvictReasons]atomic.Uint64
 
 	streamMu sync.Mutex
-	streams  map[streamKey]uint64 // guarded by streamMu; see noteStream
+	streams  map[streamKey]stream // guarded by streamMu; see noteStream
 
 	goneMu sync.RWMutex
 	gone   map[*Retention]struct{} // guarded by goneMu; see DropRetention
@@ -122,7 +122,7 @@ func (c *channel) idle() bool {
 
 // New returns an empty Router with the default Config.
 func New() *Router {
-	r := &Router{streams: make(map[streamKey]uint64), gone: make(map[*Retention]struct{})}
+	r := &Router{streams: make(map[streamKey]stream), gone: make(map[*Retention]struct{})}
 	for i := range r.shards {
 		r.shards[i].channels = make(map[string]*channel)
 	}
