@@ -78,6 +78,9 @@ func (r *Router) SetConfig(cfg Config) error {
 	return nil
 }
 
+// Config returns the configuration in force.
+func (r *Router) Config() Config { return *r.cfg.Load() }
+
 // EvictReason says why a channel's retained state was dropped.
 type EvictReason int
 

@@ -113,6 +113,9 @@ func (a *app) SetRoutes(routes []consumer.Route) error {
 	return a.consumer.SetRoutes(routes)
 }
 
+// SetRouterConfig applies reloaded `router` keys (already validated).
+func (a *app) SetRouterConfig(cfg router.Config) error { return a.router.SetConfig(cfg) }
+
 // publisher hands consumed records to the gateway, with what the router
 // retains of each route's channels.
 type publisher struct {

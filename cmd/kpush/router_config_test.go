@@ -1,12 +1,15 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kpush/kpush/configs"
+	"github.com/kpush/kpush/consumer"
 	"github.com/kpush/kpush/router"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestRouterConfig(t *testing.T) {
@@ -40,5 +43,45 @@ func TestRouterConfig(t *testing.T) {
 		if _, err := LoadConfig("bad", []byte(routes+tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want one naming %s", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+// fakeRouterRoutes is a routesSetter that also takes the router keys, as
+// the app does.
+type fakeRouterRoutes struct {
+	fakeRoutes
+	router []router.Config
+}
+
+func (f *fakeRouterRoutes) SetRouterConfig(cfg router.Config) error {
+	f.router = append(f.router, cfg)
+	return nil
+}
+
+func TestReloadAppliesRouterKeys(t *testing.T) {
+	log, _ := newLeveledLogger(LogConfig{Level: "error", Format: "json"}, io.Discard)
+	rt := &fakeRouterRoutes{}
+	r, err := newReloader(mustLoad(t, reloadBase), &fakeLimits{}, rt, prometheus.NewRegistry(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.apply(mustLoad(t, reloadBase+"router: {max_retained_bytes: 1048576, max_age: 1m}\n"), "test"); got != reloadApplied {
+		t.Fatalf("result %q, want %q", got, reloadApplied)
+	}
+	if len(rt.router) != 1 || rt.router[0].MaxRetainedBytes != 1<<20 || rt.router[0].MaxAge != time.Minute || len(rt.got) != 0 {
+		t.Fatalf("SetRouterConfig calls %+v, SetRoutes calls %d; want one router call only", rt.router, len(rt.got))
+	}
+	if metricValue(r.pending) != 0 {
+		t.Fatal("router keys reported as needing a restart")
+	}
+
+	// The app applies them to its router.
+	k := startKafka(t)
+	a := startApp(t, k, []consumer.Route{{Topic: k.topic(t, "rk", 1), Channel: "c.{key}", Snapshot: true}}, nil)
+	if err := a.SetRouterConfig(router.Config{MaxRetainedBytes: 1 << 20, MaxAge: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.router.Config(); got.MaxRetainedBytes != 1<<20 || got.MaxAge != time.Minute {
+		t.Fatalf("router config %+v after SetRouterConfig", got)
 	}
 }
