@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -40,7 +41,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}, []string{"reason"}),
 		slowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_slow_consumers_total",
-			Help: "Outbound queue overflows, by the policy applied (disconnect: closed with 4008; conflate: queue compacted to the newest record per channel).",
+			Help: "Outbound queue overflows, by the policy applied (disconnect: closed with 4008; conflate: queue compacted to the newest record per channel; abandon_resume: live records held during a resume overflowed, the resume answers recovered:false).",
 		}, []string{"policy"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kpush_delivery_latency_seconds",
@@ -79,6 +80,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Bytes of records held in the per-channel in-memory histories.",
 		}, func() float64 { return float64(s.router.Stats().HistoryBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_retained_bytes",
+			Help: "Estimated memory of every channel's snapshot and history, bounded by router.max_retained_bytes.",
+		}, func() float64 { return float64(s.router.Stats().RetainedBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_connections",
 			Help: "Open WebSocket connections.",
 		}, func() float64 { return float64(s.conns.count()) }),
@@ -111,6 +116,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			}
 			return 0
 		}),
+	}
+	for why := router.EvictReason(0); why < router.NumEvictReasons; why++ {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "kpush_retained_evictions_total",
+			Help:        "Channels whose snapshot and history were dropped, by reason (max_age: no subscriber and no record for router.max_age; route_removed: reload; budget: router.max_retained_bytes).",
+			ConstLabels: prometheus.Labels{"reason": why.String()},
+		}, func() float64 { return float64(s.router.Stats().Evicted[why]) }))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

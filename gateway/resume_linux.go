@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/kpush/kpush/router"
@@ -29,7 +30,8 @@ import (
 //  2. Otherwise the channel is marked replaying on the connection and a
 //     read-back job is queued for the resume pool. From this moment every
 //     live frame of the channel is held aside for this connection (bounded
-//     by the connection's queue limits) instead of being written. The job
+//     by the connection's queue limits: past them the channel's resume is
+//     given up, see abandonReplayLocked) instead of being written. The job
 //     reads each missing partition back from Kafka from the position up to
 //     the partition's end at the time of reading, which is at or past the
 //     offset of the first held live frame: the consumer can only have
@@ -49,8 +51,10 @@ import (
 // served from memory, may come before the ok.
 //
 // A resume that cannot be complete (records deleted from Kafka, a replay
-// limit, more records than the connection's queue holds, no replayer, the
-// resume pool full) sends no replayed records for that channel and answers
+// limit, more records than the connection's queue holds for the whole
+// request, live frames held meanwhile overflowing the queue, resume_timeout
+// reached counting from the request, no replayer, the resume queue full or
+// this client address holding its share of it) sends no replayed records for that channel and answers
 // recovered:false; if the route keeps snapshots and the channel's last
 // record is newer than the client's position, it is sent first, marked
 // "snap":true, so a last-value client is current again at once.
@@ -70,6 +74,7 @@ type chanResume struct {
 	lossy     bool            // conflation dropped held frames
 	last      *router.Frame   // the channel's last frame when the subscription began
 	floors    []partPos       // drop live frames at or below these offsets
+	parts     []partPos       // the client's positions, while replaying
 }
 
 // below reports whether f is at or below its partition's floor, and forgets
@@ -119,15 +124,21 @@ func (c *conn) resumeFilterLocked(f *router.Frame) (handled, ok bool) {
 }
 
 // holdLocked keeps a live frame aside while its channel is read back. Held
-// frames count against the queue bounds. It returns false when the
-// connection must be closed as a slow consumer. Caller holds c.mu.
+// frames count against the queue bounds; when they overflow them, the
+// resume of the channel gives up (see abandonReplayLocked) rather than the
+// connection. It returns false when the connection must be closed as a slow
+// consumer. Caller holds c.mu.
 func (c *conn) holdLocked(st *chanResume, f *router.Frame) bool {
 	if !c.fitsLocked(1, len(f.Data)) {
 		c.compactLocked()
 	}
 	if !c.fitsLocked(1, len(f.Data)) {
 		if !f.Conflate {
-			return false
+			c.abandonReplayLocked(st)
+			if st.below(f) {
+				return true
+			}
+			return c.queueLocked(f)
 		}
 		// Keep only the newest held frame; the resume can no longer be
 		// complete.
@@ -139,6 +150,20 @@ func (c *conn) holdLocked(st *chanResume, f *router.Frame) bool {
 	c.held++
 	c.queuedBytes += len(f.Data)
 	return true
+}
+
+// abandonReplayLocked gives up a channel's resume whose held live frames no
+// longer fit the connection's bounds: they are dropped, the live stream goes
+// straight to the queue from now on (above the client's positions), and the
+// read-back, when it ends, answers recovered:false with nothing replayed
+// and no snapshot (it would be older than live frames already sent). Caller
+// holds c.mu.
+func (c *conn) abandonReplayLocked(st *chanResume) {
+	c.releaseHeldLocked(st)
+	st.lossy = true
+	st.replaying = false
+	st.floors = append(st.floors[:0], st.parts...)
+	c.srv.metrics.slowConsumers.WithLabelValues("abandon_resume").Inc()
 }
 
 // releaseHeldLocked drops st's held frames. Caller holds c.mu.
@@ -257,12 +282,18 @@ func parsePositions(m map[string]int64) []partPos {
 }
 
 // resumeJob is one subscribe request's read-back from Kafka.
+//
+// It ends exactly once, under the connection's lock (finished): when the
+// read-back is done, or when its timer fires at the deadline, wherever the
+// job is then (waiting in the queue or reading), whichever comes first.
 type resumeJob struct {
 	c         *conn
 	id        int64 // request id, for the ok reply
 	deadline  time.Time
 	recovered map[string]bool // verdicts so far (channels served from memory)
 	chans     []*resumeChan
+	timer     *time.Timer // fires expireResume at the deadline
+	finished  bool        // guarded by c.mu; the ok reply was sent
 }
 
 // resumeChan is one channel of a resumeJob.
@@ -300,7 +331,7 @@ func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.Vie
 		s.countResume("memory", ok, len(mem))
 		return nil
 	}
-	st := &chanResume{replaying: true, last: v.Last()}
+	st := &chanResume{replaying: true, last: v.Last(), parts: parts}
 	if c.resume == nil {
 		c.resume = make(map[string]*chanResume)
 	}
@@ -320,18 +351,30 @@ func (s *Server) countResume(source string, ok bool, records int) {
 }
 
 // submitResume hands a job to the resume pool without blocking; with no
-// replayer or a full queue the job fails at once.
+// replayer, a full queue, or a client address already holding its share of
+// the queue (see resumeShares), the job fails at once.
 func (s *Server) submitResume(j *resumeJob) {
-	if s.replayer != nil {
-		select {
-		case s.resumeQ <- j:
-			s.resumePending.Add(1)
-			return
-		default:
-			s.metrics.rejected.WithLabelValues("resume_queue_full").Inc()
-		}
+	if s.replayer == nil {
+		s.completeResume(j)
+		return
 	}
-	s.completeResume(j)
+	if reason := s.resumeShares.take(j.c.ip); reason != "" {
+		s.metrics.rejected.WithLabelValues(reason).Inc()
+		s.completeResume(j)
+		return
+	}
+	// The timer runs from the request: time spent waiting in the queue
+	// counts against resume_timeout.
+	j.timer = time.AfterFunc(time.Until(j.deadline), func() { s.expireResume(j) })
+	select {
+	case s.resumeQ <- j:
+		s.resumePending.Add(1)
+	default:
+		// Not reached: resumeShares admits no more jobs than the queue holds.
+		s.resumeShares.release(j.c.ip)
+		s.metrics.rejected.WithLabelValues("resume_queue_full").Inc()
+		s.completeResume(j)
+	}
 }
 
 // runResumes is one goroutine of the resume pool: it reads jobs back from
@@ -342,25 +385,81 @@ func (s *Server) runResumes(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-s.resumeQ:
+			s.resumeShares.release(j.c.ip)
 			s.runResume(ctx, j)
 			s.resumePending.Add(-1)
 		}
 	}
 }
 
+// resumeShares keeps any one client address from holding more than its
+// share of the resume queue: an address may add a read-back only while it
+// has fewer waiting than there are free places in the queue. So one address
+// never holds half of it or more, and a client from an address holding none
+// always finds a place. Behind a proxy (max_connections_per_ip: 0, the
+// addresses are the proxy's) only the queue's size applies.
+type resumeShares struct {
+	mu     sync.Mutex
+	size   int            // the queue's capacity (resume_queue)
+	perIP  bool           // tell addresses apart
+	queued int            // guarded by mu; jobs in the queue
+	byIP   map[string]int // guarded by mu; jobs in the queue per address
+}
+
+func newResumeShares(size int, perIP bool) *resumeShares {
+	return &resumeShares{size: size, perIP: perIP, byIP: make(map[string]int)}
+}
+
+// take reserves a place in the queue for ip, or returns the rejection's
+// metric label.
+func (q *resumeShares) take(ip string) string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	free := q.size - q.queued
+	if free <= 0 {
+		return "resume_queue_full"
+	}
+	if q.perIP && q.byIP[ip] >= free {
+		return "resume_address_share"
+	}
+	q.queued++
+	if q.perIP {
+		q.byIP[ip]++
+	}
+	return ""
+}
+
+// release gives back a place taken for ip.
+func (q *resumeShares) release(ip string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.queued--
+	if q.perIP {
+		if q.byIP[ip]--; q.byIP[ip] <= 0 {
+			delete(q.byIP, ip)
+		}
+	}
+}
+
 func (s *Server) runResume(ctx context.Context, j *resumeJob) {
+	if !s.resumeLive(j, nil) {
+		return // timed out in the queue, or the connection went
+	}
 	ctx, cancel := context.WithDeadline(ctx, j.deadline)
 	defer cancel()
+	// The read-back budget is the request's: all its channels together hold
+	// at most what the connection's queue may.
 	lim := s.lim()
 	maxMsgs, maxBytes := lim.MaxQueueMessages, lim.MaxQueueBytes
+	n, bytes := 0, 0
 	for _, rc := range j.chans {
-		if j.c.closing() || ctx.Err() != nil {
-			break
+		if ctx.Err() != nil || !s.resumeLive(j, rc) {
+			continue // rc.ok stays false
 		}
 		rc.ok = true
-		n, bytes := len(rc.mem), 0
+		cn, cb := len(rc.mem), 0
 		for _, f := range rc.mem {
-			bytes += len(f.Data)
+			cb += len(f.Data)
 		}
 		for _, pp := range rc.kafka {
 			next := pp.after
@@ -369,9 +468,9 @@ func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 					return true // not asked for; never sent out of order
 				}
 				f := EncodeMessage(m)
-				n++
-				bytes += len(f.Data)
-				if n > maxMsgs || bytes > maxBytes {
+				cn++
+				cb += len(f.Data)
+				if n+cn > maxMsgs || bytes+cb > maxBytes {
 					return false // more than the connection's queue may hold
 				}
 				next = m.Offset
@@ -389,28 +488,82 @@ func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 				break
 			}
 		}
+		if rc.ok {
+			n, bytes = n+cn, bytes+cb
+		} else {
+			rc.out = nil // what a failed channel read is never sent
+		}
 	}
 	s.completeResume(j)
 }
 
+// resumeLive reports whether j still waits for its answer and, for rc, whether
+// its channel still waits for its read-back (not unsubscribed or revoked).
+func (s *Server) resumeLive(j *resumeJob, rc *resumeChan) bool {
+	c := j.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if j.finished || c.flags&(flagClosing|flagClosed) != 0 {
+		return false
+	}
+	return rc == nil || c.resume[rc.ch] == rc.st
+}
+
 // completeResume delivers a finished job: per channel the replayed frames
 // (or the failure's snapshot), the held live frames, then the ok reply.
+// A job already answered (timed out) is left alone.
 func (s *Server) completeResume(j *resumeJob) {
 	c := j.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if j.finished {
+		return
+	}
+	j.finished = true
+	if j.timer != nil {
+		j.timer.Stop()
+	}
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
 	for _, rc := range j.chans {
 		if c.resume[rc.ch] != rc.st {
-			j.recovered[rc.ch] = false // unsubscribed meanwhile
+			j.recovered[rc.ch] = false // unsubscribed or revoked meanwhile
 			continue
 		}
 		frames := append(rc.mem, rc.out...)
 		ok := c.finishResumeLocked(rc.ch, rc.st, frames, rc.parts, rc.ok, rc.st.last)
 		j.recovered[rc.ch] = ok
 		s.countResume("kafka", ok, len(frames))
+	}
+	c.sendLocked(okFrame(j.id, j.recovered))
+}
+
+// expireResume answers a job at its deadline, wherever it is: every channel
+// still waiting fails (its snapshot, then the live frames held), and the ok
+// reply goes out. A read-back still running stops at the same deadline and
+// its result is dropped. It does not touch what the read-back writes (out,
+// ok).
+func (s *Server) expireResume(j *resumeJob) {
+	c := j.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if j.finished {
+		return
+	}
+	j.finished = true
+	s.metrics.rejected.WithLabelValues("resume_timeout").Inc()
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		return
+	}
+	for _, rc := range j.chans {
+		if c.resume[rc.ch] != rc.st {
+			j.recovered[rc.ch] = false
+			continue
+		}
+		c.finishResumeLocked(rc.ch, rc.st, nil, rc.parts, false, rc.st.last)
+		j.recovered[rc.ch] = false
+		s.countResume("kafka", false, 0)
 	}
 	c.sendLocked(okFrame(j.id, j.recovered))
 }

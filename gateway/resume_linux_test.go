@@ -137,21 +137,44 @@ func TestResumeSeam(t *testing.T) {
 	}
 }
 
-func TestResumeHeldOverflowDisconnects(t *testing.T) {
+// TestResumeHeldOverflowNotRecovered: live frames held during a read-back
+// that overflow the connection's bounds make that channel's resume answer
+// recovered:false; the connection stays, and the live stream goes on in
+// order without the frames it already has.
+func TestResumeHeldOverflowNotRecovered(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 5)...)
 	s := startPushServer(t, Config{MaxQueueMessages: 8}, rp)
 	c := dialPush(t, s.url, nil)
-	if _, err := c.Send(resumeReq("c", 0, 0)); err != nil {
+	id, err := c.Send(resumeReq("c", 0, 2))
+	if err != nil {
 		t.Fatal(err)
 	}
 	rp.waitStarted(t)
-	for o := int64(6); o <= 30; o++ {
-		s.publish("c", 0, o, nil, false)
-	}
-	if code := c.closeCode(t); code != int(CloseSlowConsumer) {
-		t.Fatalf("close code %d, want %d", code, CloseSlowConsumer)
+	// 8 held frames fill the queue's bound: the ninth gives the resume up,
+	// and it and the next ones go out live.
+	for o := int64(1); o <= 12; o++ {
+		s.publish("c", 0, o, nil, false) // 1 and 2 the client has
 	}
 	close(rp.release)
+	var msgs []*client.Frame
+	for {
+		f := c.next(t)
+		if f.Op == "msg" {
+			msgs = append(msgs, f)
+			continue
+		}
+		if f.Op != "ok" || f.ID != id || f.Recovered["c"] {
+			t.Fatalf("got %+v, want the subscribe's ok with recovered false", f)
+		}
+		break
+	}
+	if got := offsets(msgs); fmt.Sprint(got) != "[9 10 11 12]" {
+		t.Fatalf("before the ok got %v, want the live frames after the overflow, [9 10 11 12]", got)
+	}
+	s.publish("c", 0, 13, nil, false)
+	if later := offsets(c.sync(t)); fmt.Sprint(later) != "[13]" {
+		t.Fatalf("after the ok got %v, want [13]", later)
+	}
 }
 
 func TestResumeUnsubscribedDuringReadBack(t *testing.T) {

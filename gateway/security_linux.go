@@ -273,6 +273,7 @@ func (s *Server) refresh(c *conn, req *Request) {
 			kept = append(kept, ch)
 		} else {
 			revoked = append(revoked, ch)
+			c.dropResumeLocked(ch) // a read-back in flight delivers nothing
 		}
 	}
 	clear(c.subs[len(kept):])

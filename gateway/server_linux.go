@@ -68,6 +68,7 @@ type Server struct {
 
 	replayer      Replayer        // nil: resumes beyond the history fail
 	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
+	resumeShares  *resumeShares   // places in resumeQ per client address
 	resumePending atomic.Int64    // read-backs queued or running
 }
 
@@ -103,6 +104,7 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
+	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
 	s.clock.Store(time.Now().UnixMilli())
 	lim := cfg.Limits()
 	s.limits.Store(&lim)

@@ -45,6 +45,7 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 }
 
 func (s *Server) subscribe(c *conn, req *Request) {
+	start := time.Now() // resume_timeout runs from here
 	c.mu.Lock()
 	fresh := make([]string, 0, len(req.Channels))
 	for _, ch := range req.Channels {
@@ -81,7 +82,7 @@ func (s *Server) subscribe(c *conn, req *Request) {
 			before = func(v router.View) {
 				if rc := s.resumeChannel(c, ch, parts, v, recovered); rc != nil {
 					if job == nil {
-						job = &resumeJob{c: c, id: req.ID, deadline: time.Now().Add(s.cfg.ResumeTimeout), recovered: recovered}
+						job = &resumeJob{c: c, id: req.ID, deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered}
 					}
 					job.chans = append(job.chans, rc)
 				}

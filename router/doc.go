@@ -16,7 +16,12 @@
 // bounded history of recent frames (by count, bytes and age), both in the
 // channel's entry under the same shard lock, so a resuming subscriber can be
 // handed exactly the frames after its position and then the live stream.
-// Publishing to a channel that retains anything takes the write lock.
+// Publishing to a channel that retains anything takes the write lock. A
+// history answers "complete" only across frames of one continuity epoch
+// (Frame.Epoch) with offsets going up; what is retained is bounded by age,
+// by route (DropRetention) and by a byte budget with least-recently-used
+// eviction (Config, retain.go). Trim and DropRetention hold a shard's lock
+// for a batch of channels at a time, never across the whole shard.
 //
 // The router keeps no reverse index: the sink (a gateway connection) knows the
 // channels it subscribed to and passes them to Unsubscribe when it closes.

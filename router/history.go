@@ -33,13 +33,23 @@ func (k *Retention) keepsAnything() bool {
 // that partition is still in the ring. It is the offset of the first frame
 // seen on the partition, then moves past each frame evicted. A client that
 // has everything up to offset X can be served from memory exactly when
-// from <= X+1.
+// from <= X+1, and the partition's stream has not broken since.
+//
+// Continuity: from holds only while the consumer read every offset of the
+// partition after it, which the frames' continuity epoch tells (Frame.Epoch).
+// A frame whose epoch differs from the range's, or whose offset is not above
+// the last one seen (the log went backwards), starts a new range at its own
+// offset: the partition's older frames are dropped from the ring, so no
+// position ever names two different frames and no answer spans a hole. When
+// the log went backwards, positions up to the newest offset of the old log
+// are ambiguous (a client may hold them from either log) and are never
+// served from memory.
 type history struct {
 	buf   []histEntry // ring; grows up to the route's HistoryRecords
 	head  int         // index of the oldest entry
 	n     int         // entries in use
 	bytes int         // sum of len(Data) of the entries
-	from  []partFrom
+	parts []partRange
 }
 
 type histEntry struct {
@@ -47,35 +57,75 @@ type histEntry struct {
 	at int64 // Unix ms when published, for HistoryAge
 }
 
-type partFrom struct {
+// partRange is the continuous range the ring holds for one partition.
+type partRange struct {
 	partition int32
-	from      int64
+	from      int64  // every frame of the channel at or above from is held
+	last      int64  // offset of the newest frame seen
+	epoch     uint64 // continuity epoch of the frames since from
+	// shadow is the newest offset seen before the log went backwards (a
+	// reset or truncation), -1 if it never did: a position at or below it
+	// may name a record of the old log, so it is never served.
+	shadow int64
 }
 
-func (h *history) fromFor(p int32) (int64, bool) {
-	for _, pf := range h.from {
-		if pf.partition == p {
-			return pf.from, true
+func (h *history) rangeFor(p int32) *partRange {
+	for i := range h.parts {
+		if h.parts[i].partition == p {
+			return &h.parts[i]
 		}
+	}
+	return nil
+}
+
+// fromFor returns the partition's from, when the ring has a range for it.
+func (h *history) fromFor(p int32) (int64, bool) {
+	if pr := h.rangeFor(p); pr != nil {
+		return pr.from, true
 	}
 	return 0, false
 }
 
-func (h *history) setFrom(p int32, from int64) {
-	for i := range h.from {
-		if h.from[i].partition == p {
-			h.from[i].from = from
-			return
+// dropPartition removes every entry of partition p from the ring, keeping
+// the others in order, and returns how many frames and bytes went.
+func (h *history) dropPartition(p int32) (n, b int) {
+	kept := 0
+	for i := 0; i < h.n; i++ {
+		e := h.buf[(h.head+i)%len(h.buf)]
+		if e.f.Partition == p {
+			n++
+			b += len(e.f.Data)
+			continue
 		}
+		h.buf[(h.head+kept)%len(h.buf)] = e
+		kept++
 	}
-	h.from = append(h.from, partFrom{p, from})
+	for i := kept; i < h.n; i++ {
+		h.buf[(h.head+i)%len(h.buf)] = histEntry{}
+	}
+	h.n = kept
+	h.bytes -= b
+	return n, b
 }
 
 // push appends f and evicts what the bounds no longer allow. It returns the
 // change in frames and bytes held, for the router's gauges.
 func (h *history) push(f *Frame, now int64, k *Retention) (dn, db int) {
-	if _, ok := h.fromFor(f.Partition); !ok {
-		h.setFrom(f.Partition, f.Offset)
+	switch pr := h.rangeFor(f.Partition); {
+	case pr == nil:
+		h.parts = append(h.parts, partRange{f.Partition, f.Offset, f.Offset, f.Epoch, -1})
+	case pr.epoch != f.Epoch || f.Offset <= pr.last:
+		// A possible hole, or the log went backwards: the range restarts
+		// here and the partition's older frames can serve nobody.
+		n, b := h.dropPartition(f.Partition)
+		dn, db = -n, -b
+		shadow := pr.shadow
+		if f.Offset <= pr.last {
+			shadow = max(shadow, pr.last)
+		}
+		*pr = partRange{f.Partition, f.Offset, f.Offset, f.Epoch, shadow}
+	default:
+		pr.last = f.Offset
 	}
 	if h.n == len(h.buf) {
 		if len(h.buf) < k.HistoryRecords {
@@ -113,7 +163,9 @@ func (h *history) evict() int {
 	h.head = (h.head + 1) % len(h.buf)
 	h.n--
 	h.bytes -= len(e.f.Data)
-	h.setFrom(e.f.Partition, e.f.Offset+1)
+	if pr := h.rangeFor(e.f.Partition); pr != nil && pr.from <= e.f.Offset {
+		pr.from = e.f.Offset + 1
+	}
 	return len(e.f.Data)
 }
 
@@ -147,8 +199,9 @@ func (v View) Last() *Frame { return v.c.last }
 // History appends to dst, in offset order, the retained frames of partition
 // p with an offset above after, and reports whether they are all of this
 // channel's records after that offset that were published so far. When it
-// reports false the frames are incomplete (older ones were evicted, or none
-// were ever seen on p) and dst is returned unchanged.
+// reports false the frames are incomplete (older ones were evicted, none
+// were ever seen on p, or the partition's stream broke: see history) and dst
+// is returned unchanged.
 func (v View) History(dst []*Frame, p int32, after int64) ([]*Frame, bool) {
 	h := v.c.hist
 	if h == nil {
@@ -159,8 +212,14 @@ func (v View) History(dst []*Frame, p int32, after int64) ([]*Frame, bool) {
 		v.r.histFrames.Add(int64(-n))
 		v.r.histBytes.Add(int64(-b))
 	}
-	from, ok := h.fromFor(p)
-	if !ok || from > after+1 {
+	pr := h.rangeFor(p)
+	if pr == nil || pr.from > after+1 || after <= pr.shadow {
+		return dst, false
+	}
+	if st, ok := v.r.streamOf(v.c.keep, p); ok && (st.epoch != pr.epoch || after <= st.shadow) {
+		// The partition's stream broke after this channel's last frame
+		// (records of the channel may have been skipped since), or the
+		// position may name a record of the log before it went back.
 		return dst, false
 	}
 	for i := 0; i < h.n; i++ {
@@ -170,28 +229,4 @@ func (v View) History(dst []*Frame, p int32, after int64) ([]*Frame, bool) {
 		}
 	}
 	return dst, true
-}
-
-// Trim drops history older than each route's HistoryAge, and forgets
-// channels left with no subscriber and nothing retained. Publishing trims as
-// it goes; Trim catches channels that went quiet. It takes each shard's
-// write lock in turn.
-func (r *Router) Trim(now time.Time) {
-	ms := now.UnixMilli()
-	for i := range r.shards {
-		sh := &r.shards[i]
-		sh.mu.Lock()
-		for name, c := range sh.channels {
-			if c.hist != nil && c.keep != nil {
-				n, b := c.hist.trimAge(ms, c.keep)
-				r.histFrames.Add(int64(-n))
-				r.histBytes.Add(int64(-b))
-			}
-			if c.idle() {
-				delete(sh.channels, name)
-				r.channels.Add(-1)
-			}
-		}
-		sh.mu.Unlock()
-	}
 }

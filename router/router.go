@@ -46,13 +46,19 @@ type Sink interface {
 // Stats are the router's running counts.
 type Stats struct {
 	Subscriptions int64 // current (channel, sink) pairs
-	Channels      int64 // channels with at least one subscriber
+	Channels      int64 // channels with a subscriber or retained state
 	Published     uint64
 	Deliveries    uint64
 	QueueFull     uint64
 	// HistoryFrames and HistoryBytes are what channel histories hold now.
 	HistoryFrames int64
 	HistoryBytes  int64
+	// RetainedBytes is the estimated memory of every channel's snapshot
+	// and history (frames and their bookkeeping), what MaxRetainedBytes
+	// bounds.
+	RetainedBytes int64
+	// Evicted counts channels whose retained state was dropped, by reason.
+	Evicted [NumEvictReasons]uint64
 }
 
 // Router is the channel → subscribers index. The zero value is not usable;
@@ -67,23 +73,45 @@ type Router struct {
 	queueFull     atomic.Uint64
 	histFrames    atomic.Int64
 	histBytes     atomic.Int64
+
+	cfg      atomic.Pointer[Config] // replaced whole by SetConfig
+	retained atomic.Int64           // sum of the shards' retained
+	evicted  [NumEvictReasons]atomic.Uint64
+
+	streamMu sync.Mutex
+	streams  map[streamKey]stream // guarded by streamMu; see noteStream
+
+	goneMu sync.RWMutex
+	gone   map[*Retention]struct{} // guarded by goneMu; see DropRetention
+	goneN  atomic.Int32            // len(gone), read without goneMu
 }
 
 type shard struct {
 	mu       sync.RWMutex
 	channels map[string]*channel // guarded by mu
-	_        [40]byte            // keep neighbouring shard locks off one cache line
+	// The channels that retain something, least recently used first, and
+	// their estimated bytes; guarded by mu.
+	lruHead, lruTail *channel
+	retained         int64
+	_                [24]byte // keep neighbouring shard locks off one cache line
 }
 
 // channel holds one channel's subscribers. sinks is iterated by Publish under
-// the shard read lock; index gives O(1) removal by swapping with the last.
-// Both are guarded by the owning shard's mu.
+// the shard read lock; index gives O(1) removal by swapping with the last
+// (nil until the first subscriber). Every field is guarded by the owning
+// shard's mu.
 type channel struct {
+	name  string
 	sinks []Sink
 	index map[Sink]int
 	last  *Frame     // most recent frame, kept when the route's Retention.Last
 	hist  *history   // recent frames, kept when the route has a history
 	keep  *Retention // retention of the route that last published here
+
+	// Retained-state bookkeeping (retain.go).
+	used       int64    // Unix ms of the last record, subscribe, or subscriber leaving
+	size       int64    // estimated bytes retained; 0 when not in the LRU list
+	prev, next *channel // shard's LRU list
 }
 
 // idle reports whether nothing is subscribed or retained; caller holds the
@@ -92,12 +120,15 @@ func (c *channel) idle() bool {
 	return len(c.sinks) == 0 && c.last == nil && (c.hist == nil || c.hist.n == 0)
 }
 
-// New returns an empty Router.
+// New returns an empty Router with the default Config.
 func New() *Router {
-	r := &Router{}
+	r := &Router{streams: make(map[streamKey]stream), gone: make(map[*Retention]struct{})}
 	for i := range r.shards {
 		r.shards[i].channels = make(map[string]*channel)
 	}
+	var cfg Config
+	cfg.SetDefaults()
+	r.cfg.Store(&cfg)
 	return r
 }
 
@@ -126,18 +157,25 @@ func (r *Router) Subscribe(s Sink, ch string, before func(v View)) bool {
 	defer sh.mu.Unlock()
 	c := sh.channels[ch]
 	if c == nil {
-		c = &channel{index: make(map[Sink]int)}
+		c = &channel{name: ch}
 		sh.channels[ch] = c
 		r.channels.Add(1)
 	}
 	if _, ok := c.index[s]; ok {
 		return false
 	}
+	if c.index == nil {
+		c.index = make(map[Sink]int)
+	}
 	c.index[s] = len(c.sinks)
 	c.sinks = append(c.sinks, s)
 	r.subscriptions.Add(1)
 	if before != nil {
 		before(View{r: r, c: c})
+	}
+	if c.size > 0 {
+		c.used = time.Now().UnixMilli()
+		r.accountLocked(sh, c) // what History trimmed; and it was used
 	}
 	return true
 }
@@ -178,8 +216,9 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 	delete(c.index, s)
 	r.subscriptions.Add(-1)
 	if c.idle() {
-		delete(sh.channels, ch)
-		r.channels.Add(-1)
+		r.forgetLocked(sh, c)
+	} else if len(c.sinks) == 0 {
+		c.used = time.Now().UnixMilli() // max_age counts from here
 	}
 	return true
 }
@@ -192,16 +231,26 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 func (r *Router) Publish(f *Frame, keep *Retention) int {
 	sh := r.shardFor(f.Channel)
 	if keep.keepsAnything() {
-		var now int64
-		if keep.HistoryRecords > 0 {
-			now = time.Now().UnixMilli()
-		}
+		now := time.Now().UnixMilli()
 		// The write lock orders this frame against concurrent subscribes
 		// reading what is retained; fan-out itself still runs once, below.
 		sh.mu.Lock()
+		if r.goneN.Load() > 0 && r.isGone(keep) {
+			// The route was removed (DropRetention): a delivery still in
+			// flight publishes without retaining anything.
+			c := sh.channels[f.Channel]
+			n := 0
+			if c != nil {
+				n = r.fanout(c, f)
+			} else {
+				r.published.Add(1)
+			}
+			sh.mu.Unlock()
+			return n
+		}
 		c := sh.channels[f.Channel]
 		if c == nil {
-			c = &channel{index: make(map[Sink]int)}
+			c = &channel{name: f.Channel}
 			sh.channels[f.Channel] = c
 			r.channels.Add(1)
 		}
@@ -210,6 +259,7 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 			c.last = f
 		}
 		if keep.HistoryRecords > 0 {
+			r.noteStream(keep, f)
 			if c.hist == nil {
 				c.hist = &history{}
 			}
@@ -217,7 +267,10 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 			r.histFrames.Add(int64(dn))
 			r.histBytes.Add(int64(db))
 		}
-		n := r.fanout(c, f)
+		c.used = now
+		r.accountLocked(sh, c)
+		r.enforceBudgetLocked(sh)
+		n := r.fanout(c, f) // c may have lost its retained state, not its sinks
 		sh.mu.Unlock()
 		return n
 	}
@@ -305,5 +358,7 @@ func (r *Router) Stats() Stats {
 		QueueFull:     r.queueFull.Load(),
 		HistoryFrames: r.histFrames.Load(),
 		HistoryBytes:  r.histBytes.Load(),
+		RetainedBytes: r.retained.Load(),
+		Evicted:       r.evictedCounts(),
 	}
 }

@@ -77,7 +77,10 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
 	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
-	a.pub = newPublisher(a.gw, cfg.Routes)
+	if err := a.router.SetConfig(cfg.Router); err != nil {
+		return nil, err
+	}
+	a.pub = newPublisher(a.gw, a.router, cfg.Routes)
 	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, a.pub, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
@@ -110,34 +113,59 @@ func (a *app) SetRoutes(routes []consumer.Route) error {
 	return a.consumer.SetRoutes(routes)
 }
 
+// SetRouterConfig applies reloaded `router` keys (already validated).
+func (a *app) SetRouterConfig(cfg router.Config) error { return a.router.SetConfig(cfg) }
+
 // publisher hands consumed records to the gateway, with what the router
 // retains of each route's channels.
 type publisher struct {
 	gw   *gateway.Server
+	rt   *router.Router
+	mu   sync.Mutex                 // serialises setRoutes
 	keep atomic.Pointer[retentions] // replaced whole by setRoutes
 }
 
 // retentions maps routes to what the router keeps of their channels.
 type retentions struct {
-	// byRoute holds the routes in force and those they replaced: a fetch
-	// the consumer dispatched with the old routes may still be delivering.
+	// byRoute holds the routes in force and those they replaced that
+	// are unchanged: a fetch the consumer dispatched with the old routes
+	// may still be delivering.
 	byRoute map[*consumer.Route]*router.Retention
 	current map[*consumer.Route]*router.Retention // the routes in force
 }
 
-func newPublisher(gw *gateway.Server, routes []consumer.Route) *publisher {
-	p := &publisher{gw: gw}
+func newPublisher(gw *gateway.Server, rt *router.Router, routes []consumer.Route) *publisher {
+	p := &publisher{gw: gw, rt: rt}
 	p.setRoutes(routes)
 	return p
 }
 
-// setRoutes adds the retention of routes, keeping that of the routes they
-// replace until the next call.
+// retentionKey is what makes a route's retained state reusable across a
+// reload: the same channels from the same topic, kept the same way.
+type retentionKey struct {
+	topic, channel string
+	keep           router.Retention
+}
+
+// setRoutes adds the retention of routes. A route that a reload leaves
+// unchanged (same topic, channel and retention keys) keeps its Retention,
+// and so what its channels retain; the retained state of a route removed or
+// changed is dropped from the router (router.DropRetention).
 func (p *publisher) setRoutes(routes []consumer.Route) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	next := &retentions{
 		byRoute: make(map[*consumer.Route]*router.Retention),
 		current: make(map[*consumer.Route]*router.Retention),
 	}
+	prev := p.keep.Load()
+	reuse := make(map[retentionKey]*router.Retention)
+	if prev != nil {
+		for r, k := range prev.current {
+			reuse[retentionKey{r.Topic, r.Channel, *k}] = k
+		}
+	}
+	kept := make(map[*router.Retention]bool)
 	for i := range routes {
 		r := &routes[i]
 		k := &router.Retention{
@@ -146,16 +174,31 @@ func (p *publisher) setRoutes(routes []consumer.Route) {
 			HistoryBytes:   r.History.MaxBytes,
 			HistoryAge:     r.History.MaxAge,
 		}
-		if k.Last || k.HistoryRecords > 0 {
-			next.byRoute[r], next.current[r] = k, k
+		if !k.Last && k.HistoryRecords == 0 {
+			continue
 		}
+		key := retentionKey{r.Topic, r.Channel, *k}
+		if old := reuse[key]; old != nil {
+			k = old
+			delete(reuse, key) // one route per Retention
+		}
+		kept[k] = true
+		next.byRoute[r], next.current[r] = k, k
 	}
-	if prev := p.keep.Load(); prev != nil {
+	var gone []*router.Retention
+	if prev != nil {
 		for r, k := range prev.current {
-			next.byRoute[r] = k
+			if kept[k] {
+				next.byRoute[r] = k
+			} else {
+				gone = append(gone, k)
+			}
 		}
 	}
 	p.keep.Store(next)
+	if len(gone) > 0 {
+		p.rt.DropRetention(gone...)
+	}
 }
 
 func (p *publisher) Deliver(m *consumer.Message) {

@@ -13,6 +13,7 @@ import (
 	"github.com/kpush/kpush/consumer"
 	"github.com/kpush/kpush/gateway"
 	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/router"
 	"gopkg.in/yaml.v3"
 )
 
@@ -25,6 +26,7 @@ type Config struct {
 	Auth        auth.Config       `yaml:"auth"`
 	Kafka       consumer.Config   `yaml:"kafka"`
 	Routes      []consumer.Route  `yaml:"routes"`
+	Router      router.Config     `yaml:"router"`
 	Log         LogConfig         `yaml:"log"`
 	// ConfigCheckInterval is how often the configuration file is checked
 	// for a change of content, which reloads it (see reload.go).
@@ -96,6 +98,7 @@ func (c *Config) SetDefaults() {
 	c.Gateway.Auth = c.Auth
 	c.Gateway.SetDefaults()
 	c.Kafka.SetDefaults()
+	c.Router.SetDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -113,7 +116,7 @@ func (c *Config) Validate() error {
 	if c.Listen == c.AdminListen && !strings.HasSuffix(c.Listen, ":0") {
 		errs = append(errs, fmt.Errorf("admin_listen: %q is the same address as listen", c.AdminListen))
 	}
-	errs = append(errs, c.Gateway.Validate(), c.Kafka.Validate(), consumer.ValidateRoutes(c.Routes))
+	errs = append(errs, c.Gateway.Validate(), c.Kafka.Validate(), consumer.ValidateRoutes(c.Routes), c.Router.Validate())
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		errs = append(errs, err)
 	}

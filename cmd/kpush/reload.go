@@ -14,6 +14,7 @@ import (
 
 	"github.com/kpush/kpush/consumer"
 	"github.com/kpush/kpush/gateway"
+	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -26,8 +27,8 @@ import (
 //
 // A new file is loaded and validated like at start-up; if that fails the
 // reload is rejected whole and the running configuration stays. Otherwise
-// the keys that can change while running are applied (routes, log.level,
-// config_check_interval and the gateway's Limits), and every other key that
+// the keys that can change while running are applied (routes, router,
+// log.level, config_check_interval and the gateway's Limits), and every other key that
 // changed is logged as needing a restart; those keep their running values.
 // Which keys need a restart is found by comparing the configurations
 // field by field, so a key added later needs a restart until it is made
@@ -45,6 +46,12 @@ type limitsSetter interface {
 // call while the consumer runs.
 type routesSetter interface {
 	SetRoutes(routes []consumer.Route) error
+}
+
+// routerSetter is the router's side of a reload, when routesSetter also
+// has one (the app does): SetRouterConfig applies the `router` keys.
+type routerSetter interface {
+	SetRouterConfig(cfg router.Config) error
 }
 
 // reloader applies configuration reloads. Its goroutine is run (owned by
@@ -201,6 +208,11 @@ func (r *reloader) applyLocked(next *Config, trigger string) string {
 			return r.reject(trigger, err)
 		}
 	}
+	if rs, ok := r.routes.(routerSetter); ok && hasKey(changed, "router") {
+		if err := rs.SetRouterConfig(live.Router); err != nil {
+			return r.reject(trigger, err)
+		}
+	}
 	if hasKey(changed, "gateway") {
 		if err := r.gw.SetLimits(live.Gateway); err != nil {
 			return r.reject(trigger, err)
@@ -221,6 +233,9 @@ func (r *reloader) applyLocked(next *Config, trigger string) string {
 func (r *reloader) withLiveKeys(cur, next *Config) Config {
 	live := *cur
 	live.Routes = next.Routes
+	if _, ok := r.routes.(routerSetter); ok {
+		live.Router = next.Router
+	}
 	live.Gateway.SetLimits(next.Gateway.Limits())
 	live.ConfigCheckInterval = next.ConfigCheckInterval
 	if r.level != nil {
