@@ -163,6 +163,8 @@ base_image() { # name builder
 		return
 	fi
 	step "base $1: pull failed ($(tail -1 "$work/pull.log" | cut -c1-100)); building the stand-in"
+	# Layers cached on a previous base are of no use any more.
+	buildah rmi --prune >/dev/null 2>&1 || true
 	"$2"
 	usable "$1" || fail "stand-in $1 was not built"
 }
@@ -210,8 +212,7 @@ check_content() {
 	done
 	printf '%s\n' "${allowed[@]}" | sort -u >"$work/allowed.list"
 	if [ -n "$(comm -23 "$work/extra.list" "$work/allowed.list")" ]; then
-		comm -23 "$work/extra.list" "$work/allowed.list" | head -20 >&2
-		fail "$img holds files beyond the base, ${*}"
+		fail "$img holds files beyond its base and ${*}: $(comm -23 "$work/extra.list" "$work/allowed.list" | head -20 | tr '\n' ' ')"
 	fi
 	for f in "$@"; do
 		grep -qx ".$f" "$work/extra.list" || fail "$img lacks $f"
