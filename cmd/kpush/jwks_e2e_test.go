@@ -45,7 +45,10 @@ func TestIdentityProviderOutageKeepsPodsReady(t *testing.T) {
 
 	k := startKafka(t)
 	orders := k.topic(t, "orders", 1)
-	routes := []consumer.Route{{Topic: orders, Channel: "user.{key}.orders", Format: consumer.FormatJSON}}
+	// Each app gets its own routes: validation fills in their defaults.
+	routes := func() []consumer.Route {
+		return []consumer.Route{{Topic: orders, Channel: "user.{key}.orders", Format: consumer.FormatJSON}}
+	}
 	withIDP := func(url string) func(*Config) {
 		return func(c *Config) {
 			c.Auth = auth.Config{Mode: auth.ModeJWT, JWKSURL: url, Grants: []string{"user.{sub}.>"},
@@ -53,7 +56,7 @@ func TestIdentityProviderOutageKeepsPodsReady(t *testing.T) {
 				JWKSFetchTimeout: time.Second}
 		}
 	}
-	app := startApp(t, k, routes, withIDP(idp.URL+"/certs"))
+	app := startApp(t, k, routes(), withIDP(idp.URL+"/certs"))
 	before := dialWith(t, app.wsURL, bearer)
 	before.subscribe(t, "user.42.orders")
 
@@ -72,7 +75,7 @@ func TestIdentityProviderOutageKeepsPodsReady(t *testing.T) {
 
 	// A pod started during the outage: ready, but the provider's tokens
 	// are refused until it has fetched the keys.
-	late := startApp(t, k, routes, withIDP(idp.URL+"/certs"))
+	late := startApp(t, k, routes(), withIDP(idp.URL+"/certs"))
 	if n := late.metric(t, "kpush_auth_jwks_keys"); n != 0 {
 		t.Fatalf("kpush_auth_jwks_keys = %v with no fetch ever made", n)
 	}
