@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka fuzz kafka-up kafka-down test-kafka docker clean
+.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka fuzz kafka-up kafka-down test-kafka docker docker-test clean
 
 # Port of the local broker that kafka-up, test-kafka and bench-kafka use.
 KAFKA_PORT ?= 9092
@@ -60,7 +60,7 @@ bench-tools:
 ## every count with a duration for a longer local run.
 FUZZTIME ?=
 FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway:FuzzParseFrame:40000 \
-	gateway:FuzzHandshakeToken:20000 gateway/auth:FuzzPattern:100000 \
+	gateway:FuzzHandshakeToken:20000 gateway/auth:FuzzPattern:100000 gateway/auth:FuzzParseJWKS:50000 \
 	router:FuzzValidChannel:250000 consumer:FuzzTemplate:20000 cmd/kpush:FuzzLoadConfig:10000 \
 	cmd/kpush-bench/internal/wsload:FuzzServerFrames:45000 \
 	cmd/kpush-bench/internal/target:FuzzParseMetrics:70000
@@ -91,6 +91,13 @@ test-kafka:
 ## docker: the container image (needs a Docker engine)
 docker:
 	docker build --build-arg VERSION=$(VERSION) -t kpush:$(VERSION) .
+
+## docker-test: build the image's kpush and feed targets with buildah and run
+## them with podman as the Kubernetes manifest does: health, readiness, a
+## record end to end, drain on stop, contents (deployments/container/docker-test.sh;
+## root, buildah, podman, runc, debootstrap)
+docker-test:
+	bash deployments/container/docker-test.sh
 
 clean:
 	rm -rf bin

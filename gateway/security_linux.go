@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -44,7 +45,7 @@ type connSec struct {
 // registers their metrics. Called by New.
 func (s *Server) initSecurity(reg prometheus.Registerer) error {
 	s.perIP = newIPLimiter(s.cfg.MaxConnectionsPerIP)
-	v, err := auth.New(s.cfg.Auth)
+	v, err := auth.New(s.cfg.Auth, reg, s.log)
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -85,8 +86,11 @@ func (s *Server) initSecurity(reg prometheus.Registerer) error {
 
 // upgradeAuth is the per-handshake state of the upgrade hooks.
 type upgradeAuth struct {
-	tok   handshakeToken
-	grant *auth.Grant
+	// deadline ends the handshake (gateway.handshake_timeout); a token
+	// whose kid needs a refetch of auth.jwks_url waits no longer.
+	deadline time.Time
+	tok      handshakeToken
+	grant    *auth.Grant
 	// slot is set once the handshake holds a max_connections slot.
 	slot bool
 }
@@ -126,7 +130,9 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 			if s.verifier == nil || tok == "" {
 				return nil, s.reserveSlot(ua) // no auth, or an anonymous client
 			}
-			g, err := s.verifier.Verify(tok)
+			ctx, cancel := context.WithDeadline(context.Background(), ua.deadline)
+			g, err := s.verifier.VerifyWait(ctx, tok)
+			cancel()
 			if err != nil {
 				reason, msg := "invalid_token", "invalid token"
 				if errors.Is(err, auth.ErrTokenExpired) {
@@ -246,6 +252,9 @@ func (s *Server) refresh(c *conn, req *Request) {
 		s.metrics.clientErrors.WithLabelValues(code).Inc()
 		c.send(errorFrame(req.ID, code, msg))
 	}
+	// Verify, not VerifyWait: this runs on a worker, which must not wait
+	// for auth.jwks_url. A token naming a kid the set lacks starts a
+	// refetch and is refused; the client's retry finds the new key.
 	g, err := s.verifier.Verify(req.Token)
 	if err != nil {
 		if errors.Is(err, auth.ErrTokenExpired) {

@@ -215,6 +215,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
 	}
+	if s.verifier != nil {
+		goTracked(func() { s.verifier.Run(ctx) })
+	}
 	for i := 0; i < s.cfg.ResumeConcurrency; i++ {
 		goTracked(func() { s.runResumes(ctx) })
 	}
@@ -450,7 +453,8 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 // HTTP run over it.
 func (s *Server) handshake(nc net.Conn) {
 	raw := nc // the TCP connection, detached after the upgrade
-	_ = raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	_ = raw.SetDeadline(deadline)
 	ip := remoteIP(raw)
 	var link *tlsLink
 	var tc *tls.Conn
@@ -490,7 +494,7 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	var ua upgradeAuth
+	ua := upgradeAuth{deadline: deadline}
 	defer func() {
 		if ua.slot { // still ours: the conn never took it over
 			s.slots.Add(-1)

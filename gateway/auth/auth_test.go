@@ -111,7 +111,7 @@ func newVerifier(t *testing.T, cfg Config) *Verifier {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	v, err := New(cfg)
+	v, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if _, err := New(Config{Mode: "jwt", PublicKeyFiles: []string{"/nonexistent.pem"}, ClockSkew: time.Second, ChannelsClaim: "c"}); err == nil || !strings.Contains(err.Error(), "auth.public_key_files[0]") {
+	if _, err := New(Config{Mode: "jwt", PublicKeyFiles: []string{"/nonexistent.pem"}, ClockSkew: time.Second, ChannelsClaim: "c"}, nil, nil); err == nil || !strings.Contains(err.Error(), "auth.public_key_files[0]") {
 		t.Fatalf("New with a missing key file: %v", err)
 	}
 }

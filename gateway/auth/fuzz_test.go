@@ -1,6 +1,9 @@
 package auth
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"strings"
 	"testing"
 )
@@ -45,4 +48,48 @@ func refMatch(p, c []string) bool {
 		}
 	}
 	return len(c) == len(p)
+}
+
+// FuzzParseJWKS checks that no document crashes the JWKS parser (it reads
+// what an identity provider serves), and that every key it returns is one
+// kpush can verify with.
+func FuzzParseJWKS(f *testing.F) {
+	for _, s := range []string{
+		`{"keys":[]}`,
+		`{"keys":[{"kty":"EC","kid":"e","crv":"P-256","x":"AA","y":"AA"}]}`,
+		`{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}`,
+		`{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"},{"kty":"oct","k":"c2VjcmV0"}]}`,
+		`{"keys":[{"kty":"EC","crv":"P-384","x":"","y":""}]}`,
+		`{"keys":null}`, `[]`, `{`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, strict := range []bool{true, false} {
+			keys, _, err := parseJWKS(data, strict)
+			if err != nil {
+				if keys != nil {
+					t.Fatalf("keys returned with error %v", err)
+				}
+				continue
+			}
+			if len(keys) == 0 {
+				t.Fatal("no keys and no error")
+			}
+			for kid, k := range keys {
+				switch k := k.(type) {
+				case *rsa.PublicKey:
+					if k.N.BitLen() < 2048 {
+						t.Fatalf("kid %q: RSA key of %d bits accepted", kid, k.N.BitLen())
+					}
+				case *ecdsa.PublicKey:
+					if k.Curve != elliptic.P256() {
+						t.Fatalf("kid %q: EC key on %s accepted", kid, k.Curve.Params().Name)
+					}
+				default:
+					t.Fatalf("kid %q: key of type %T", kid, k)
+				}
+			}
+		}
+	})
 }

@@ -28,16 +28,19 @@ type jwk struct {
 
 // parseJWKS returns the RSA and P-256 EC public keys of a JWKS document,
 // keyed by kid (keys without a kid get a generated one). Keys for
-// encryption and kinds kpush does not verify with are skipped; a document
-// with no usable key is an error.
-func parseJWKS(data []byte) (map[string]any, error) {
+// encryption and kinds kpush does not verify with are skipped. A key of a
+// verifiable kind that cannot be used (a short RSA modulus, another curve)
+// is an error when strict (a file the operator wrote), and is skipped and
+// reported in skipped otherwise (an identity provider's set, which may
+// carry keys for other clients). A set with no usable key is an error.
+func parseJWKS(data []byte, strict bool) (keys map[string]any, skipped []error, err error) {
 	var doc struct {
 		Keys []jwk `json:"keys"`
 	}
 	if err := json.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("not a JWKS document: %w", err)
+		return nil, nil, fmt.Errorf("not a JWKS document: %w", err)
 	}
-	keys := make(map[string]any)
+	keys = make(map[string]any)
 	var errs []error
 	for i, k := range doc.Keys {
 		if k.Use != "" && k.Use != "sig" {
@@ -63,13 +66,16 @@ func parseJWKS(data []byte) (map[string]any, error) {
 		}
 		keys[kid] = key
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if strict && len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("no RSA or P-256 EC signing key in the set")
+		if len(errs) > 0 {
+			return nil, nil, fmt.Errorf("no usable signing key in the set: %w", errors.Join(errs...))
+		}
+		return nil, nil, errors.New("no RSA or P-256 EC signing key in the set")
 	}
-	return keys, nil
+	return keys, errs, nil
 }
 
 func b64(s string) ([]byte, error) {

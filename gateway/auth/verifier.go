@@ -1,17 +1,18 @@
 package auth
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"encoding/pem"
+	"context"
 	"errors"
 	"fmt"
-	"os"
+	"io"
+	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Errors Verify wraps, so callers can tell why a token was refused.
@@ -51,168 +52,192 @@ func (g *Grant) Patterns() []string {
 	return out
 }
 
-// Verifier checks tokens. Build it with New; it is safe for concurrent use.
+// Verifier checks tokens. Build it with New and keep Run running while it
+// is used, which keeps its keys current; it is safe for concurrent use.
 type Verifier struct {
-	cfg    Config
-	parser *jwt.Parser
-	secret []byte
-	rsa    []*rsa.PublicKey
-	ec     []*ecdsa.PublicKey
-	byKid  map[string]any
+	cfg  Config
+	log  *slog.Logger
+	keys atomic.Pointer[keySet] // replaced whole when a source changes
+
+	mu        sync.Mutex     // guards files, remoteSet and rebuilding keys
+	files     []*keyFile     // public_key_files, then jwks_file
+	remoteSet map[string]any // the last good set from jwks_url, by kid
+	remote    *remoteKeys    // nil without jwks_url
+
+	fileReloads *prometheus.CounterVec // nil without key files
 }
 
-// New reads the configured keys and returns a Verifier. cfg must have passed
-// Validate. In mode none it returns nil, nil: there is nothing to verify.
-func New(cfg Config) (*Verifier, error) {
+// New reads the configured key files, fetches jwks_url once and returns a
+// Verifier. cfg must have passed Validate. A key file that cannot be used is
+// an error; a failed first fetch is only logged and retried by Run, so an
+// identity provider that is down does not keep kpush from starting (tokens
+// it signed are refused until a fetch succeeds). In mode none New returns
+// nil, nil: there is nothing to verify. Metrics go to reg (a private
+// registry when nil).
+func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Verifier, error) {
 	if cfg.Mode != ModeJWT {
 		return nil, nil
 	}
-	v := &Verifier{cfg: cfg, byKid: map[string]any{}}
-	if cfg.HS256Secret != "" {
-		v.secret = []byte(cfg.HS256Secret)
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	v := &Verifier{cfg: cfg, log: log}
 	for i, f := range cfg.PublicKeyFiles {
-		keys, err := readPEMKeys(f)
-		if err != nil {
-			return nil, fmt.Errorf("auth.public_key_files[%d]: %s: %w", i, f, err)
-		}
-		for _, k := range keys {
-			v.addKey("", k)
-		}
+		v.files = append(v.files, &keyFile{name: fmt.Sprintf("public_key_files[%d]", i), path: f})
 	}
 	if cfg.JWKSFile != "" {
-		data, err := os.ReadFile(cfg.JWKSFile)
+		v.files = append(v.files, &keyFile{name: "jwks_file", path: cfg.JWKSFile, jwks: true})
+	}
+	for _, kf := range v.files {
+		if _, err := kf.load(); err != nil {
+			return nil, err
+		}
+	}
+	if len(v.files) > 0 {
+		v.fileReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_auth_key_file_reloads_total",
+			Help: "Changed auth.public_key_files and auth.jwks_file loads, by result (ok, failed).",
+		}, []string{"result"})
+		v.fileReloads.WithLabelValues("ok")
+		v.fileReloads.WithLabelValues("failed")
+		if err := reg.Register(v.fileReloads); err != nil {
+			return nil, fmt.Errorf("auth: register metrics: %w", err)
+		}
+	}
+	if cfg.JWKSURL != "" {
+		r, err := newRemoteKeys(cfg, reg, log, v.setRemote)
 		if err != nil {
-			return nil, fmt.Errorf("auth.jwks_file: %w", err)
+			return nil, err
 		}
-		keys, err := parseJWKS(data)
-		if err != nil {
-			return nil, fmt.Errorf("auth.jwks_file: %s: %w", cfg.JWKSFile, err)
-		}
-		for kid, k := range keys {
-			v.addKey(kid, k)
-		}
+		v.remote = r
 	}
-	var methods []string
-	if v.secret != nil {
-		methods = append(methods, "HS256")
-	}
-	if len(v.rsa) > 0 {
-		methods = append(methods, "RS256")
-	}
-	if len(v.ec) > 0 {
-		methods = append(methods, "ES256")
-	}
-	if len(methods) == 0 {
+	v.mu.Lock()
+	ks := v.rebuildLocked()
+	v.mu.Unlock()
+	if len(ks.methods) == 0 {
 		return nil, errors.New("auth: mode jwt has no usable key")
 	}
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(methods),
-		jwt.WithLeeway(cfg.ClockSkew),
-		jwt.WithExpirationRequired(),
+	if v.remote != nil {
+		v.remote.fetchFirst()
 	}
-	if cfg.Issuer != "" {
-		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
-	}
-	if cfg.Audience != "" {
-		opts = append(opts, jwt.WithAudience(cfg.Audience))
-	}
-	v.parser = jwt.NewParser(opts...)
 	return v, nil
 }
 
-func (v *Verifier) addKey(kid string, k any) {
-	switch k := k.(type) {
-	case *rsa.PublicKey:
-		v.rsa = append(v.rsa, k)
-	case *ecdsa.PublicKey:
-		v.ec = append(v.ec, k)
+// Run keeps the keys current until ctx ends: it checks the key files every
+// reload_interval and refreshes the jwks_url set. A file or a fetch that
+// fails leaves the keys it last gave in service.
+func (v *Verifier) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if v.remote != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.remote.run(ctx)
+		}()
 	}
-	if kid != "" {
-		v.byKid[kid] = k
+	if len(v.files) > 0 {
+		v.watchFiles(ctx)
 	}
+	wg.Wait()
 }
 
-// readPEMKeys returns every RSA or P-256 EC public key in a PEM file
-// (PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE blocks).
-func readPEMKeys(path string) ([]any, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var keys []any
+// setRemote installs a new set fetched from jwks_url.
+func (v *Verifier) setRemote(keys map[string]any) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.remoteSet = keys
+	v.rebuildLocked()
+}
+
+// watchFiles re-reads the key files every reload_interval until ctx ends.
+func (v *Verifier) watchFiles(ctx context.Context) {
+	t := time.NewTicker(v.cfg.ReloadInterval)
+	defer t.Stop()
 	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-		one := pem.EncodeToMemory(block)
-		switch block.Type {
-		case "PUBLIC KEY", "RSA PUBLIC KEY", "CERTIFICATE":
-		default:
-			return nil, fmt.Errorf("PEM block %q is not a public key", block.Type)
-		}
-		if k, err := jwt.ParseRSAPublicKeyFromPEM(one); err == nil {
-			if k.N.BitLen() < 2048 {
-				return nil, fmt.Errorf("RSA key of %d bits; at least 2048 are needed", k.N.BitLen())
-			}
-			keys = append(keys, k)
-			continue
-		}
-		k, err := jwt.ParseECPublicKeyFromPEM(one)
-		if err != nil {
-			return nil, fmt.Errorf("PEM block %q holds neither an RSA nor an EC public key", block.Type)
-		}
-		if k.Curve != elliptic.P256() {
-			return nil, fmt.Errorf("EC key on %s; only P-256 (ES256) is supported", k.Curve.Params().Name)
-		}
-		keys = append(keys, k)
+		v.reloadFiles()
 	}
-	if len(keys) == 0 {
-		return nil, errors.New("no PEM public key found")
-	}
-	return keys, nil
 }
 
-// keyFor picks the keys a token may be verified with, by algorithm and kid.
-func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
-	kid, _ := t.Header["kid"].(string)
-	switch t.Method.(type) {
-	case *jwt.SigningMethodHMAC:
-		return v.secret, nil
-	case *jwt.SigningMethodRSA:
-		if k, ok := v.byKid[kid].(*rsa.PublicKey); ok {
-			return k, nil
+// reloadFiles loads the files whose content changed and installs their
+// keys. A file that fails keeps its previous keys; it is logged once per
+// run of failures.
+func (v *Verifier) reloadFiles() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	changed := false
+	for _, kf := range v.files {
+		ok, err := kf.load()
+		switch {
+		case err != nil:
+			if !kf.failing {
+				v.log.Warn("auth: key file reload failed; keeping its previous keys", "err", err)
+				v.fileReloads.WithLabelValues("failed").Inc()
+			}
+			kf.failing = true
+		case ok:
+			kf.failing = false
+			changed = true
+			v.fileReloads.WithLabelValues("ok").Inc()
+			v.log.Info("auth: key file reloaded", "key", "auth."+kf.name, "path", kf.path)
+		default:
+			kf.failing = false
 		}
-		set := jwt.VerificationKeySet{}
-		for _, k := range v.rsa {
-			set.Keys = append(set.Keys, k)
-		}
-		return set, nil
-	case *jwt.SigningMethodECDSA:
-		if k, ok := v.byKid[kid].(*ecdsa.PublicKey); ok {
-			return k, nil
-		}
-		set := jwt.VerificationKeySet{}
-		for _, k := range v.ec {
-			set.Keys = append(set.Keys, k)
-		}
-		return set, nil
 	}
-	return nil, fmt.Errorf("algorithm %s is not accepted", t.Method.Alg())
+	if changed {
+		v.rebuildLocked()
+	}
 }
 
 // Verify checks a token's signature and claims and returns what it grants.
-// Its error wraps ErrTokenExpired or ErrTokenInvalid.
+// Its error wraps ErrTokenExpired or ErrTokenInvalid. Verify never waits: a
+// token naming a kid that the jwks_url set lacks starts a refetch (rate
+// limited) and is refused; VerifyWait waits for that refetch.
 func (v *Verifier) Verify(token string) (*Grant, error) {
-	claims := jwt.MapClaims{}
-	if _, err := v.parser.ParseWithClaims(token, claims, v.keyFor); err != nil {
+	return v.verify(nil, token)
+}
+
+// VerifyWait is Verify, except that a token naming a kid the jwks_url set
+// lacks waits for the refetch it starts or joins, until ctx ends or
+// jwks_fetch_timeout has passed, and is then checked against the new set.
+// When the rate limit refuses a refetch, it does not wait.
+func (v *Verifier) VerifyWait(ctx context.Context, token string) (*Grant, error) {
+	return v.verify(ctx, token)
+}
+
+func (v *Verifier) verify(ctx context.Context, token string) (*Grant, error) {
+	ks := v.keys.Load()
+	claims, unknownKid, err := ks.parse(token)
+	if err != nil && unknownKid && v.remote != nil {
+		done := v.remote.refetch()
+		if done != nil && ctx != nil {
+			wait, cancel := context.WithTimeout(ctx, v.cfg.JWKSFetchTimeout)
+			select {
+			case <-done:
+				claims, _, err = v.keys.Load().parse(token)
+			case <-wait.Done():
+			}
+			cancel()
+		}
+	}
+	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			return nil, fmt.Errorf("auth: %w", ErrTokenExpired)
 		}
 		return nil, fmt.Errorf("auth: %w: %w", ErrTokenInvalid, err)
 	}
+	return v.grant(claims), nil
+}
+
+// grant turns a verified token's claims into what it allows.
+func (v *Verifier) grant(claims jwt.MapClaims) *Grant {
 	g := &Grant{}
 	g.Subject, _ = claims["sub"].(string)
 	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
@@ -242,7 +267,7 @@ func (v *Verifier) Verify(token string) (*Grant, error) {
 	for _, s := range v.cfg.Grants {
 		add(s)
 	}
-	return g, nil
+	return g
 }
 
 // ClockSkew is the configured tolerance on exp and nbf.
