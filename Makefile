@@ -54,7 +54,7 @@ bench-tools:
 
 ## fuzz: each fuzz target for FUZZTIME (seed corpora in each package's testdata/fuzz/)
 FUZZTIME ?= 10s
-FUZZ_TARGETS := gateway:FuzzParseRequest gateway:FuzzParseFrame gateway:FuzzHandshakeToken \
+FUZZ_TARGETS := gateway:FuzzParseRequest gateway:FuzzParseFrame gateway:FuzzHandshakeToken gateway:FuzzProxyHeader \
 	gateway/auth:FuzzPattern router:FuzzValidChannel consumer:FuzzTemplate cmd/kpush:FuzzLoadConfig \
 	cmd/kpush-bench/internal/wsload:FuzzServerFrames cmd/kpush-bench/internal/target:FuzzParseMetrics
 fuzz:

@@ -88,8 +88,14 @@ func (t trustedNets) contains(a netip.Addr) bool {
 }
 
 // parseHop parses one X-Forwarded-For entry: an address, optionally with a
-// port ("192.0.2.1:4711", "[2001:db8::1]:4711") or in brackets.
+// port ("192.0.2.1:4711", "[2001:db8::1]:4711") or in brackets. A zone is
+// dropped: it means nothing on this host.
 func parseHop(b []byte) (netip.Addr, bool) {
+	a, ok := parseHopZoned(b)
+	return a.WithZone(""), ok
+}
+
+func parseHopZoned(b []byte) (netip.Addr, bool) {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
 		return netip.Addr{}, false
