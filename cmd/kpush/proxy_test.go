@@ -391,3 +391,38 @@ func TestThroughHAProxyProxyProtocolV2(t *testing.T) {
 	r := k.produce(t, rec(topic, 0, "X", `{"n":4}`))[0]
 	checkMsg(t, a.next(t, 10*time.Second), "ticks.X", r)
 }
+
+// The proxy keys as written in a configuration file: `off` unquoted is the
+// string, and each mistake names its key.
+func TestProxyConfigKeys(t *testing.T) {
+	base := "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:1\"\nroutes:\n  - topic: t\n    channel: \"t.{key}\"\n"
+	cases := []struct {
+		name, yaml, wantErr string
+		want                string // proxy_protocol after loading
+	}{
+		{"defaults", "", "", "off"},
+		{"off unquoted", "gateway:\n  proxy_protocol: off\n", "", "off"},
+		{"v2 with trusted proxies", "gateway:\n  proxy_protocol: v2\n  trusted_proxies: [10.0.0.0/8, \"fd00::/8\", 192.0.2.1]\n", "", "v2"},
+		{"v2 alone", "gateway:\n  proxy_protocol: v2\n", "gateway.proxy_protocol: v2 needs gateway.trusted_proxies", ""},
+		{"unknown version", "gateway:\n  proxy_protocol: v3\n  trusted_proxies: [10.0.0.0/8]\n", "gateway.proxy_protocol", ""},
+		{"host bits", "gateway:\n  trusted_proxies: [10.1.2.3/8]\n", "gateway.trusted_proxies[0]", ""},
+		{"hostname", "gateway:\n  trusted_proxies: [10.0.0.0/8, ingress.local]\n", "gateway.trusted_proxies[1]", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := LoadConfig("test.yaml", []byte(base+tc.yaml))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.Gateway.ProxyProtocol != tc.want {
+					t.Fatalf("proxy_protocol %q, want %q", cfg.Gateway.ProxyProtocol, tc.want)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+			}
+		})
+	}
+}
