@@ -187,9 +187,10 @@ func reloadNginx(t *testing.T, p *proxyProcess) {
 }
 
 // startHAProxy runs HAProxy in TCP mode in front of kpush at upstream,
-// sending a PROXY protocol version 2 header on each connection, as an AWS
-// Network Load Balancer with proxy protocol v2 enabled does.
-func startHAProxy(t *testing.T, upstream string) *proxyProcess {
+// sending a PROXY protocol header on each connection: sendProxy is
+// "send-proxy-v2" (as an AWS Network Load Balancer with proxy protocol v2
+// enabled does) or "send-proxy" (version 1).
+func startHAProxy(t *testing.T, upstream, sendProxy string) *proxyProcess {
 	t.Helper()
 	bin := proxyBinary(t, "haproxy")
 	dir := t.TempDir()
@@ -207,7 +208,7 @@ func startHAProxy(t *testing.T, upstream string) *proxyProcess {
 		"    bind " + addr,
 		"    default_backend kpush",
 		"backend kpush",
-		"    server kpush1 " + upstream + " send-proxy-v2",
+		"    server kpush1 " + upstream + " " + sendProxy,
 		"",
 	}, "\n")
 	path := filepath.Join(dir, "haproxy.cfg")

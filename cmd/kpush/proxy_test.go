@@ -335,18 +335,27 @@ func TestNginxReloadKeepsConnectionsUntilShutdownTimeout(t *testing.T) {
 }
 
 // Through HAProxy in TCP mode with send-proxy-v2 (what an AWS NLB with
-// proxy protocol v2 does): kpush takes each client's address from the
-// PROXY header; records arrive exact and the per-address limit counts
-// clients.
-func TestThroughHAProxyProxyProtocolV2(t *testing.T) {
+// proxy protocol v2 does), and with send-proxy (version 1): kpush takes
+// each client's address from the PROXY header; records arrive exact and the
+// per-address limit counts clients.
+func TestThroughHAProxyProxyProtocol(t *testing.T) {
+	for _, tc := range []struct{ version, sendProxy string }{
+		{gateway.ProxyProtocolV2, "send-proxy-v2"},
+		{gateway.ProxyProtocolV1, "send-proxy"},
+	} {
+		t.Run(tc.sendProxy, func(t *testing.T) { testThroughHAProxy(t, tc.version, tc.sendProxy) })
+	}
+}
+
+func testThroughHAProxy(t *testing.T, version, sendProxy string) {
 	k := startKafka(t)
 	topic := k.topic(t, "hap", 1)
 	app := startApp(t, k, tickRoute(topic), func(c *Config) {
 		c.Gateway.TrustedProxies = []string{"127.0.0.1/32"}
-		c.Gateway.ProxyProtocol = gateway.ProxyProtocolV2
+		c.Gateway.ProxyProtocol = version
 		c.Gateway.MaxConnectionsPerIP = 2
 	})
-	hap := startHAProxy(t, app.gwLn.Addr().String())
+	hap := startHAProxy(t, app.gwLn.Addr().String(), sendProxy)
 
 	a := dialWith(t, hap.wsURL(), fromIP("127.0.0.2"))
 	a.subscribe(t, "ticks.X")
