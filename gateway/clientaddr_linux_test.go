@@ -3,18 +3,73 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kpush/kpush/gateway/client"
+	"github.com/kpush/kpush/router"
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startSecGatewayLog is startSecGateway with a logger.
+func startSecGatewayLog(t testing.TB, log *slog.Logger, mutate func(*Config)) *secGateway {
+	t.Helper()
+	cfg := Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond, Workers: 4}
+	mutate(&cfg)
+	reg := prometheus.NewRegistry()
+	srv, err := New(cfg, router.New(), reg, log)
+	if err != nil {
+		t.Fatalf("gateway.New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Errorf("gateway did not stop within 15s")
+		}
+	})
+	<-srv.Ready()
+	g := &secGateway{srv: srv, reg: reg, addr: ln.Addr().String()}
+	g.url = "ws://" + g.addr + "/ws"
+	return g
+}
 
 // connIPs returns the client addresses of the open connections, sorted.
 func (g *secGateway) connIPs() []string {
@@ -38,7 +93,8 @@ func forwardedFrom(ip, xff string) *client.DialOptions {
 // header changes nothing, so a client cannot escape the limit by naming
 // another address.
 func TestForwardedForFromTrustedPeersOnly(t *testing.T) {
-	g := startSecGateway(t, func(c *Config) {
+	logs := &lockedBuffer{}
+	g := startSecGatewayLog(t, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func(c *Config) {
 		c.TrustedProxies = []string{"127.0.0.2/32", "10.0.0.0/8"}
 		c.MaxConnectionsPerIP = 1
 	})
@@ -65,6 +121,15 @@ func TestForwardedForFromTrustedPeersOnly(t *testing.T) {
 	}
 	if got := g.rejected("max_connections_per_ip"); got != 2 {
 		t.Fatalf("max_connections_per_ip rejections %v, want 2", got)
+	}
+	// The log names the client, and the proxy it came through.
+	for _, want := range []string{
+		"per-address limit reached\" client=203.0.113.1 peer=127.0.0.2 source=forwarded",
+		"per-address limit reached\" client=127.0.0.3 peer=127.0.0.3 source=peer",
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("log lacks %q:\n%s", want, logs.String())
+		}
 	}
 	// A freed slot of a forwarded client is given back.
 	a.NetConn().Close()
