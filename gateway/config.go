@@ -57,6 +57,11 @@ type Config struct {
 	MaxRequestsPerSecond int `yaml:"max_requests_per_second"`
 	RequestBurst         int `yaml:"request_burst"`
 
+	// TrustedProxies (CIDRs) and ProxyProtocol (v1, v2 or off) say how the
+	// real client address is found behind proxies (clientaddr.go).
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	ProxyProtocol  string   `yaml:"proxy_protocol"`
+
 	// TLS and Auth are the top-level `tls` and `auth` sections (set by the
 	// caller).
 	TLS  TLSConfig   `yaml:"-"`
@@ -100,6 +105,9 @@ func (c *Config) SetDefaults() {
 	def(&c.MaxHeaderBytes, 16<<10)
 	def(&c.MaxRequestsPerSecond, 20)
 	def(&c.RequestBurst, 40)
+	if c.ProxyProtocol == "" {
+		c.ProxyProtocol = ProxyProtocolOff
+	}
 	c.TLS.SetDefaults()
 	c.Auth.SetDefaults()
 }
@@ -161,6 +169,7 @@ func (c *Config) Validate() error {
 	if c.MaxHeaderBytes > 0 && c.MaxHeaderBytes < 1024 {
 		bad("max_header_bytes", "%d is below 1024, too small for a browser's upgrade request", c.MaxHeaderBytes)
 	}
+	errs = append(errs, c.validateClientAddr()...)
 	errs = append(errs, c.TLS.Validate(), c.Auth.Validate())
 	return errors.Join(errs...)
 }

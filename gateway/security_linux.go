@@ -93,6 +93,8 @@ type upgradeAuth struct {
 	grant    *auth.Grant
 	// slot is set once the handshake holds a max_connections slot.
 	slot bool
+	// client is the client address being worked out (clientaddr_linux.go).
+	client *clientAddr
 }
 
 // upgrader returns the gobwas/ws upgrader for one handshake: it checks the
@@ -111,6 +113,8 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 					s.metrics.rejected.WithLabelValues("origin").Inc()
 					return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
 				}
+			case asciiEqualFold(key, "X-Forwarded-For"):
+				ua.client.forwarded(value)
 			case asciiEqualFold(key, "Authorization"):
 				if tok, ok := bearerToken(value); ok {
 					ua.tok.header = tok
@@ -126,6 +130,9 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 			return sel, true
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			if err := s.admitClient(ua.client); err != nil {
+				return nil, err
+			}
 			tok := ua.tok.token()
 			if s.verifier == nil || tok == "" {
 				return nil, s.reserveSlot(ua) // no auth, or an anonymous client

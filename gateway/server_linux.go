@@ -64,6 +64,7 @@ type Server struct {
 	verifier  *auth.Verifier // nil: auth.mode none
 	public    atomic.Pointer[PublicChannels]
 	perIP     *ipLimiter
+	addrs     clientAddrs  // trusted proxies (clientaddr_linux.go)
 	slots     atomic.Int64 // connections open or past the max_connections check
 
 	replayer      Replayer        // nil: resumes beyond the history fail
@@ -114,6 +115,9 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 	}
 	s.metrics = m
 	if err := s.initSecurity(reg); err != nil {
+		return nil, err
+	}
+	if err := s.initClientAddrs(reg); err != nil {
 		return nil, err
 	}
 	if s.readPoller, err = newPoller(syscall.EPOLLIN | syscall.EPOLLRDHUP); err != nil {
@@ -455,7 +459,11 @@ func (s *Server) handshake(nc net.Conn) {
 	raw := nc // the TCP connection, detached after the upgrade
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	_ = raw.SetDeadline(deadline)
-	ip := remoteIP(raw)
+	client, ok := s.clientFrom(raw) // reads a PROXY header, before TLS
+	if !ok {
+		raw.Close()
+		return
+	}
 	var link *tlsLink
 	var tc *tls.Conn
 	if s.tlsConfig != nil {
@@ -494,23 +502,13 @@ func (s *Server) handshake(nc net.Conn) {
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	ua := upgradeAuth{deadline: deadline}
+	ua := upgradeAuth{deadline: deadline, client: client}
 	defer func() {
 		if ua.slot { // still ours: the conn never took it over
 			s.slots.Add(-1)
 		}
 	}()
-	if !s.perIP.acquire(ip) {
-		pc.release()
-		s.reject(nc, http.StatusTooManyRequests, "max_connections_per_ip", "too many connections from this address")
-		return
-	}
-	ipHeld := true // until the conn owns the slot
-	defer func() {
-		if ipHeld {
-			s.perIP.release(ip)
-		}
-	}()
+	defer client.release(s.perIP) // unless the conn took the slot over
 	up := s.upgrader(&ua)
 	_, err = up.Upgrade(&headerLimiter{rw: pc, left: lim.MaxHeaderBytes})
 	pc.release()
@@ -536,7 +534,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: ip}
+	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: client.ip}
 	if link != nil {
 		link.fd, link.Conn = fd, nil
 		c.tls = &tlsState{tc: tc, link: link}
@@ -547,7 +545,7 @@ func (s *Server) handshake(nc net.Conn) {
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
-	ipHeld, ua.slot = false, false // released with the descriptor (releaseIfIdleLocked)
+	client.held, ua.slot = false, false // released with the descriptor (releaseIfIdleLocked)
 	s.conns.add(fd, c)
 	if err := s.readPoller.add(fd, c.gen); err != nil {
 		c.mu.Lock()
