@@ -85,8 +85,11 @@ func (s *Server) initSecurity(reg prometheus.Registerer) error {
 
 // upgradeAuth is the per-handshake state of the upgrade hooks.
 type upgradeAuth struct {
-	tok   handshakeToken
-	grant *auth.Grant
+	// headErr is checkHead's verdict on the request head, returned as soon
+	// as the upgrader has parsed the request line.
+	headErr error
+	tok     handshakeToken
+	grant   *auth.Grant
 	// slot is set once the handshake holds a max_connections slot.
 	slot bool
 }
@@ -97,6 +100,9 @@ type upgradeAuth struct {
 func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 	return ws.Upgrader{
 		OnRequest: func(uri []byte) error {
+			if ua.headErr != nil {
+				return ua.headErr
+			}
 			ua.tok.query = queryToken(uri)
 			return nil
 		},

@@ -65,7 +65,7 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if fd, err = detach(server); err != nil {
+		if fd, err = detach(realSys{}, server); err != nil {
 			tb.Fatal(err)
 		}
 		peer = client
