@@ -190,6 +190,13 @@ func (a *app) adminHandler() http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := a.gw.Err(); err != nil {
+			// The gateway can no longer serve its sockets; the process
+			// is on its way out with a non-zero status.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "failed:", err)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
