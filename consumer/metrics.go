@@ -17,7 +17,7 @@ type metrics struct {
 
 	// Children resolved once, for the per-record and retry paths.
 	skipTemplate, skipChannel, skipJSON, skipRead prometheus.Counter
-	errMetadata, errDecode              prometheus.Counter
+	errMetadata, errDecode                        prometheus.Counter
 }
 
 type partMetrics struct {
