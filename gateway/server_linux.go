@@ -622,7 +622,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
-	if c.tls != nil || c.partial != nil {
+	if c.tls != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
 		// c.partial, and crypto/tls may hold more records; epoll would
 		// report neither.
