@@ -130,7 +130,7 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 // part itself.
 func (q *workQueue) popBatchNow(dst []task, max int) []task {
 	q.mu.Lock()
-	empty := len(q.tasks) == q.head
+	empty := q.flushes.len()+q.others.len() == 0
 	q.mu.Unlock()
 	if empty {
 		return dst[:0]
