@@ -198,6 +198,8 @@ func lingerClose(c net.Conn) {
 			raw = x.Conn
 		case *tls.Conn:
 			raw = x.NetConn()
+		case interface{ handshakeConn() net.Conn }:
+			raw = x.handshakeConn()
 		default:
 			unwrapped = true
 		}

@@ -220,6 +220,19 @@ func TestHandshakeRequestChecks(t *testing.T) {
 			}
 		})
 	}
+	t.Run("wss long token in the query", func(t *testing.T) {
+		p := newTestPKI(t)
+		g := startTLSGateway(t, p, nil)
+		tc, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: p.pool, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		_, resp := rawUpgrade(t, tc, strings.Replace(upgradeRequest(""), "/ws", "/ws?token="+long, 1), nil)
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("HTTP %d, want 431", resp.StatusCode)
+		}
+	})
 }
 
 // TestFramesBehindUpgradeRequest: a client that sends its first frames in the
