@@ -323,9 +323,9 @@ func (s *Server) acceptLoop(ln net.Listener, hsWG *sync.WaitGroup) error {
 		// silent sockets from one address cannot hold every slot.
 		ip := remoteIP(c)
 		if !s.hsShare.acquire(ip) {
+			c.Close()
 			s.metrics.rejected.WithLabelValues("handshakes_per_ip").Inc()
 			s.metrics.handshakes.WithLabelValues("rejected").Inc()
-			c.Close()
 			continue
 		}
 		select {
