@@ -55,6 +55,7 @@ bench-tools:
 ## fuzz: each fuzz target for FUZZTIME (seed corpora in each package's testdata/fuzz/)
 FUZZTIME ?= 10s
 FUZZ_TARGETS := gateway:FuzzParseRequest gateway:FuzzParseFrame gateway:FuzzHandshakeToken \
+	gateway:FuzzRequestHead gateway:FuzzCloseBody \
 	gateway/auth:FuzzPattern router:FuzzValidChannel consumer:FuzzTemplate cmd/kpush:FuzzLoadConfig \
 	cmd/kpush-bench/internal/wsload:FuzzServerFrames cmd/kpush-bench/internal/target:FuzzParseMetrics
 fuzz:
