@@ -16,8 +16,8 @@ type metrics struct {
 	replayScanned prometheus.Counter
 
 	// Children resolved once, for the per-record and retry paths.
-	skipTemplate, skipChannel, skipJSON prometheus.Counter
-	errMetadata, errDecode              prometheus.Counter
+	skipTemplate, skipChannel, skipJSON, skipRead prometheus.Counter
+	errMetadata, errDecode                        prometheus.Counter
 }
 
 type partMetrics struct {
@@ -70,6 +70,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 	m.skipTemplate = m.skipped.WithLabelValues("template")
 	m.skipChannel = m.skipped.WithLabelValues("invalid_channel")
 	m.skipJSON = m.skipped.WithLabelValues("invalid_json")
+	m.skipRead = m.skipped.WithLabelValues("read_error")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
 	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.replays, m.replayScanned,

@@ -3,6 +3,7 @@ package consumer
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 
@@ -57,8 +58,15 @@ func newRecordRouter(m *metrics, tp topicPartition, routes []*Route, deliver fun
 
 // route hands rec to deliver once per route whose channel it renders.
 func (r *recordRouter) route(rec *kafka.Record) {
-	r.key = readInto(r.key, rec.Key)
-	r.value = readInto(r.value, rec.Value)
+	var kerr, verr error
+	r.key, kerr = readInto(r.key, rec.Key)
+	r.value, verr = readInto(r.value, rec.Value)
+	if kerr != nil || verr != nil {
+		// A key or value that cannot be read is not a null one: skip
+		// the record rather than deliver it without its bytes.
+		r.skip(r.m.skipRead)
+		return
+	}
 	r.headers = rec.Headers
 	r.fields.Key = r.key
 	jsonChecked, jsonOK := false, false
@@ -135,17 +143,18 @@ func (r *recordRouter) channel(b []byte) (string, bool) {
 	return ch, true
 }
 
-// readInto copies b into dst's storage; nil for a null b.
-func readInto(dst []byte, b kafka.Bytes) []byte {
+// readInto copies b into dst's storage; nil for a null b. A failed read
+// is returned as an error, never as a null value.
+func readInto(dst []byte, b kafka.Bytes) ([]byte, error) {
 	if b == nil {
-		return nil
+		return nil, nil
 	}
 	n := b.Len()
 	dst = slices.Grow(dst[:0], n)[:n]
 	if _, err := io.ReadFull(b, dst); err != nil {
-		return nil
+		return dst[:0], fmt.Errorf("consumer: read %d record bytes: %w", n, err)
 	}
-	return dst
+	return dst, nil
 }
 
 // walk calls fn, in offset order, with every data record of a fetch

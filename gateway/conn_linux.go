@@ -90,8 +90,10 @@ func (c *conn) Enqueue(f *router.Frame) bool {
 }
 
 // send queues a frame private to this connection (a reply or a control
-// frame). Replies are not subject to the slow-consumer bound: they are small
-// and bounded by the client's own request rate.
+// frame). Replies count against the same bounds as records
+// (max_queue_bytes, max_queue_messages): a client that keeps sending
+// requests without reading the replies is closed as a slow consumer (4008)
+// once they are reached.
 func (c *conn) send(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -101,6 +103,12 @@ func (c *conn) send(b []byte) {
 // sendLocked is send with c.mu held.
 func (c *conn) sendLocked(b []byte) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
+		return
+	}
+	if !c.fitsLocked(1, len(b)) {
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer: replies not read", "ip", c.ip, "queued_bytes", c.queuedBytes)
+		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
 		return
 	}
 	c.queue = append(c.queue, &router.Frame{Data: b})
@@ -224,8 +232,10 @@ func (c *conn) writeFailedLocked(err error) {
 		c.flags = c.flags&^flagFlushing | flagWaitOut
 		if c.flags&flagClosed == 0 {
 			if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
-				c.flags = c.flags&^flagWaitOut | flagClosed
-				c.releaseIfIdleLocked()
+				c.flags &^= flagWaitOut
+				c.mu.Unlock()
+				c.pollerFailed("rearm for writing", err)
+				return
 			}
 		}
 		c.mu.Unlock()
@@ -233,6 +243,17 @@ func (c *conn) writeFailedLocked(err error) {
 	}
 	c.flags &^= flagFlushing
 	c.mu.Unlock()
+	c.abort()
+}
+
+// pollerFailed drops a connection whose descriptor epoll would no longer
+// report: it would never be read or written again. It takes the normal
+// close path (unsubscribed, released), counted in
+// kpush_connection_closes_total{reason="poller_error"} and logged. Caller
+// holds neither c.mu nor a router lock.
+func (c *conn) pollerFailed(op string, err error) {
+	c.srv.metrics.closes.WithLabelValues("poller_error").Inc()
+	c.srv.log.Warn("gateway: dropping a connection epoll cannot watch", "op", op, "ip", c.ip, "err", err)
 	c.abort()
 }
 
@@ -284,19 +305,23 @@ func (c *conn) onReadable(w *worker) {
 
 	alive := c.readFrames(w)
 
+	var rearmErr error
 	c.mu.Lock()
 	c.flags &^= flagReading
 	if alive && c.flags&flagClosed == 0 {
 		if c.tls != nil && !c.tls.drained {
 			// crypto/tls may hold records epoll cannot see: read again.
 			c.srv.work.push(task{c: c, kind: taskRead})
-		} else if err := c.srv.readPoller.rearm(c.fd, c.gen); err != nil {
-			alive = false
+		} else {
+			rearmErr = c.srv.readPoller.rearm(c.fd, c.gen)
 		}
 	}
 	c.releaseIfIdleLocked()
 	c.mu.Unlock()
-	if !alive {
+	switch {
+	case rearmErr != nil:
+		c.pollerFailed("rearm for reading", rearmErr)
+	case !alive:
 		c.abort()
 	}
 }
@@ -310,21 +335,13 @@ func (c *conn) readFrames(w *worker) bool {
 		w.rbuf = make([]byte, size) // max_message_bytes was raised by a reload
 	}
 	buf := w.rbuf
+	// Bytes carried over (an incomplete frame, or frames that arrived with
+	// the upgrade request) are parsed before the socket is read: a client
+	// that sent its first frames right behind the request may send nothing
+	// more until they are answered.
 	n := copy(buf, c.partial)
 	c.partial = nil
-	for budget := 4; budget > 0; budget-- {
-		m, err := c.read(buf[n:])
-		if err != nil {
-			if isWouldBlock(err) {
-				break
-			}
-			return false
-		}
-		if m == 0 {
-			return false // peer closed
-		}
-		n += m
-		c.lastSeen.Store(c.srv.clock.Load())
+	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
 			f, k, err := parseFrame(buf[used:n], maxPayload)
@@ -346,6 +363,21 @@ func (c *conn) readFrames(w *worker) bool {
 			}
 		}
 		n = copy(buf, buf[used:n])
+		if budget == 0 {
+			break
+		}
+		m, err := c.read(buf[n:])
+		if err != nil {
+			if isWouldBlock(err) {
+				break
+			}
+			return false
+		}
+		if m == 0 {
+			return false // peer closed
+		}
+		n += m
+		c.lastSeen.Store(c.srv.clock.Load())
 	}
 	if n > 0 {
 		c.partial = append([]byte(nil), buf[:n]...)
@@ -356,6 +388,13 @@ func (c *conn) readFrames(w *worker) bool {
 // handleFrame acts on one frame. It returns false once the connection is
 // closing.
 func (c *conn) handleFrame(f inFrame) bool {
+	if c.msg != nil && (f.op == ws.OpText || f.op == ws.OpBinary) {
+		// RFC 6455 §5.4: only control frames may be interleaved with the
+		// fragments of a message.
+		c.srv.metrics.clientErrors.WithLabelValues(closeReason(ws.StatusProtocolError)).Inc()
+		c.closeWith(ws.StatusProtocolError, "data frame inside a fragmented message", true)
+		return false
+	}
 	switch f.op {
 	case ws.OpPing:
 		if ok, alive := c.allowRequest(nil); !ok {
@@ -375,14 +414,13 @@ func (c *conn) handleFrame(f inFrame) bool {
 			c.abort()
 			return false
 		}
-		code := ws.StatusNormalClosure
-		if len(f.payload) >= 2 {
-			code = ws.StatusCode(uint16(f.payload[0])<<8 | uint16(f.payload[1]))
+		code, fail, why := checkCloseBody(f.payload)
+		if fail != 0 {
+			c.srv.metrics.clientErrors.WithLabelValues(closeReason(fail)).Inc()
+			c.closeWith(fail, why, true)
+			return false
 		}
 		// Echo the status as RFC 6455 asks, then release.
-		if code == 0 || code.IsNotUsed() || code.IsProtocolReserved() {
-			code = ws.StatusNormalClosure
-		}
 		c.closeWith(code, "", true)
 		return false
 	case ws.OpBinary:
@@ -390,10 +428,6 @@ func (c *conn) handleFrame(f inFrame) bool {
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
 		return false
 	case ws.OpText:
-		if c.msg != nil {
-			c.closeWith(ws.StatusProtocolError, "new message before the last one finished", true)
-			return false
-		}
 		if !f.fin {
 			c.msg = append(make([]byte, 0, len(f.payload)*2), f.payload...)
 			c.msgOp = ws.OpText
@@ -437,8 +471,13 @@ func (c *conn) handleText(p []byte) bool {
 // deadline passes. dropPending discards frames not yet started.
 func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.mu.Lock()
+	c.closeLocked(code, reason, dropPending)
+	c.mu.Unlock()
+}
+
+// closeLocked is closeWith with c.mu held.
+func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
-		c.mu.Unlock()
 		return
 	}
 	c.flags |= flagClosing
@@ -460,13 +499,11 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
-	hasSubs := len(c.subs) > 0
-	c.mu.Unlock()
 	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
 	if r := closeRejectReason(code); r != "" {
 		c.srv.metrics.rejected.WithLabelValues(r).Inc()
 	}
-	if hasSubs {
+	if len(c.subs) > 0 {
 		// closeWith may run inside Enqueue, under a router shard lock,
 		// so the router is left to a worker (see dropSubscriptions).
 		c.srv.work.push(task{c: c, kind: taskUnsubscribe})

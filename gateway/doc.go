@@ -14,6 +14,12 @@
 //   - Workers read and parse frames, answer requests, and flush queued
 //     frames with one writev per round. A connection is read by at most one
 //     worker at a time (one-shot epoll arming) and flushed by at most one.
+//     Flushes are served ahead of reads (workers.go), so frames for open
+//     connections never wait behind a burst of closing ones. A failed epoll
+//     re-arm drops the connection through the normal close path; a failed
+//     epoll_wait is fatal (Server.Err, and Serve returns it). The system
+//     calls on kpush's own descriptors go through sysCalls, which tests
+//     replace to inject faults.
 //   - Publishers (the Kafka consumer, through Server.Publish) only append to
 //     per-connection queues, which are bounded in bytes and messages; when a
 //     record does not fit, its route's policy applies (slow_linux.go): close
@@ -24,7 +30,8 @@
 //     bounded pool of resume_concurrency goroutines, while the channel's
 //     live frames are held for the connection.
 //   - One ticker drives pings, idle timeouts and stuck closes for all
-//     connections.
+//     connections. It walks them in batches copied out of the registry, so
+//     it never holds the registry lock across every connection.
 //
 // Security (README.md, "Security"): with TLS configured, the TLS handshake
 // and the upgrade run in the handshake goroutine and the connection is then

@@ -17,8 +17,9 @@ import (
 const maxIovecs = 1024 // IOV_MAX on Linux
 
 // detach takes the socket out of c, which is closed, and returns a
-// non-blocking, close-on-exec duplicate descriptor of it.
-func detach(c net.Conn) (int, error) {
+// non-blocking, close-on-exec duplicate descriptor of it. On error c may
+// still be open: the caller closes it.
+func detach(sys sysCalls, c net.Conn) (int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return -1, fmt.Errorf("gateway: %T has no raw descriptor", c)
@@ -30,12 +31,7 @@ func detach(c net.Conn) (int, error) {
 	fd := -1
 	var dupErr error
 	if err := raw.Control(func(s uintptr) {
-		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
-		if e != 0 {
-			dupErr = e
-			return
-		}
-		fd = int(r)
+		fd, dupErr = sys.dupCloexec(s)
 	}); err != nil {
 		return -1, fmt.Errorf("gateway: raw control: %w", err)
 	}

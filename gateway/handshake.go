@@ -3,9 +3,16 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"encoding/base64"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
 )
 
 // The WebSocket port also answers plain HTTP (the demo page, the JS client).
@@ -14,7 +21,7 @@ import (
 
 var peekPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
-var errRequestLine = errors.New("gateway: request line too long or malformed")
+var errRequestLine = errors.New("gateway: request line longer than 4 KiB")
 
 // peekedConn is a net.Conn whose first bytes come from a reader that has
 // already buffered them.
@@ -69,6 +76,142 @@ func peekRequest(c net.Conn, wsPath string) (*peekedConn, bool, error) {
 		uri = uri[:q]
 	}
 	return pc, string(uri) == wsPath, nil
+}
+
+// readHead reads the request head (request line and headers, through the
+// blank line) from r, at most limit bytes of it. It returns the head and the
+// bytes read past it, which belong to the WebSocket stream: a client may
+// send its first frames without waiting for the 101.
+func readHead(r io.Reader, limit int) (head, rest []byte, err error) {
+	buf := make([]byte, 0, min(limit, 4096))
+	scanned := 0
+	for {
+		if i := headEnd(buf, scanned); i >= 0 {
+			return buf[:i], buf[i:], nil
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, nil, err
+		}
+		if len(buf) >= limit {
+			return nil, nil, errHeaderTooLarge
+		}
+		scanned = max(0, len(buf)-3)
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(2*cap(buf), limit)), buf...)
+		}
+		var n int
+		n, err = r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// headEnd returns the length of the head in b (through "\r\n\r\n", or
+// "\n\n", which the upgrader also accepts), or -1. The search starts at
+// from.
+func headEnd(b []byte, from int) int {
+	for i := from; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		switch {
+		case i+1 < len(b) && b[i+1] == '\n':
+			return i + 2
+		case i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n':
+			return i + 3
+		}
+	}
+	return -1
+}
+
+// checkHead applies the checks on an upgrade request that gobwas/ws leaves
+// out: exactly one Host header (RFC 9112 §3.2: a request with more than one
+// gets 400), and a Sec-WebSocket-Key that is the base64 encoding of 16 bytes
+// (RFC 6455 §4.1; gobwas/ws checks only its length). It returns the
+// refusal to answer with, or nil.
+func checkHead(head []byte) error {
+	hosts, keys := 0, 0
+	lines := head
+	if i := bytes.IndexByte(lines, '\n'); i >= 0 {
+		lines = lines[i+1:] // past the request line
+	}
+	for len(lines) > 0 {
+		line := lines
+		if i := bytes.IndexByte(lines, '\n'); i >= 0 {
+			line, lines = lines[:i], lines[i+1:]
+		} else {
+			lines = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon < 0 {
+			continue // the blank line; the upgrader refuses malformed ones
+		}
+		name, value := bytes.TrimSpace(line[:colon]), bytes.TrimSpace(line[colon+1:])
+		switch {
+		case asciiEqualFold(name, "Host"):
+			hosts++
+		case asciiEqualFold(name, "Sec-WebSocket-Key"):
+			keys++
+			if k, err := base64.StdEncoding.DecodeString(string(value)); err != nil || len(k) != 16 {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest),
+					ws.RejectionReason("Sec-WebSocket-Key must be the base64 encoding of 16 bytes"))
+			}
+		}
+	}
+	if hosts > 1 {
+		return ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("more than one Host header"))
+	}
+	if keys > 1 {
+		return ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("more than one Sec-WebSocket-Key header"))
+	}
+	return nil
+}
+
+// headConn is what the upgrader reads and writes: the request head read by
+// readHead, and the connection for the answer.
+type headConn struct {
+	r io.Reader
+	w io.Writer
+}
+
+func (h headConn) Read(p []byte) (int, error)  { return h.r.Read(p) }
+func (h headConn) Write(p []byte) (int, error) { return h.w.Write(p) }
+
+// Lingering close of a refused handshake.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 64 << 10
+)
+
+// lingerClose closes a connection after writing an answer to it. Closing a
+// socket that still has unread input makes the kernel send a reset, which can
+// destroy the answer before the client reads it; so the write side is shut
+// first (the client sees the answer, then EOF) and what the client still
+// sends is read and discarded, for at most lingerTime and lingerBytes.
+func lingerClose(c net.Conn) {
+	raw := c
+	for unwrapped := false; !unwrapped; {
+		switch x := raw.(type) {
+		case *peekedConn:
+			raw = x.Conn
+		case *tls.Conn:
+			raw = x.NetConn()
+		case interface{ handshakeConn() net.Conn }:
+			raw = x.handshakeConn()
+		default:
+			unwrapped = true
+		}
+	}
+	if tc, ok := raw.(*net.TCPConn); ok && tc.CloseWrite() == nil {
+		_ = tc.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.CopyN(io.Discard, tc, lingerBytes)
+	}
+	_ = c.Close()
+	if raw != c {
+		_ = raw.Close()
+	}
 }
 
 // chanListener feeds connections the handshake classified as plain HTTP to

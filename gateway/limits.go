@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"errors"
-	"io"
 	"sync"
 )
 
@@ -61,6 +60,57 @@ func (l *ipLimiter) addresses() int {
 	return len(l.n)
 }
 
+// handshakeShare keeps one client address from holding more than a fair
+// share of the max_handshakes slots. An address may start a handshake while
+// it holds fewer than an eighth of the slots (at least one); beyond that
+// only while fewer than half of all slots are in use. One address therefore
+// never holds more than half of the slots, and once half are in use none
+// may take more than an eighth: silent sockets from one place cannot keep
+// other clients from being served. A lone proxy in front of kpush may
+// still use half of the slots.
+type handshakeShare struct {
+	share, half int
+	mu          sync.Mutex
+	total       int            // guarded by mu
+	n           map[string]int // guarded by mu; addresses with a handshake in progress
+}
+
+func newHandshakeShare(maxHandshakes int) *handshakeShare {
+	return &handshakeShare{share: max(1, maxHandshakes/8), half: maxHandshakes / 2, n: make(map[string]int)}
+}
+
+// acquire counts a handshake from ip, or reports false when ip holds its
+// share already.
+func (h *handshakeShare) acquire(ip string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if k := h.n[ip]; k >= h.share && (h.total >= h.half || k >= h.half) {
+		return false
+	}
+	h.n[ip]++
+	h.total++
+	return true
+}
+
+// release ends a handshake counted by acquire.
+func (h *handshakeShare) release(ip string) {
+	h.mu.Lock()
+	if h.n[ip] <= 1 {
+		delete(h.n, ip)
+	} else {
+		h.n[ip]--
+	}
+	h.total--
+	h.mu.Unlock()
+}
+
+// held returns how many handshakes ip has in progress.
+func (h *handshakeShare) held(ip string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n[ip]
+}
+
 // rateLimiter is a token bucket over the coarse clock: rate requests per
 // second, bursts up to burst. It is used by one goroutine at a time (a
 // connection's reading worker) and needs no lock.
@@ -90,23 +140,3 @@ func (r *rateLimiter) allow(now int64, rate, burst int) (ok, over bool) {
 }
 
 var errHeaderTooLarge = errors.New("gateway: upgrade request larger than gateway.max_header_bytes")
-
-// headerLimiter lets the upgrader read at most left bytes of the request.
-type headerLimiter struct {
-	rw   io.ReadWriter
-	left int
-}
-
-func (h *headerLimiter) Read(p []byte) (int, error) {
-	if h.left <= 0 {
-		return 0, errHeaderTooLarge
-	}
-	if len(p) > h.left {
-		p = p[:h.left]
-	}
-	n, err := h.rw.Read(p)
-	h.left -= n
-	return n, err
-}
-
-func (h *headerLimiter) Write(p []byte) (int, error) { return h.rw.Write(p) }

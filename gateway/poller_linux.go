@@ -25,6 +25,7 @@ import (
 // back, which can take up to 10ms when the process is quiet, and with two
 // pollers and GOMAXPROCS=2 that stalls every worker and the consumer.
 type poller struct {
+	sys    sysCalls // the epoll system calls; replaced by tests to inject faults
 	epfd   int
 	file   *os.File        // epfd, registered with Go's netpoller; owns the descriptor
 	raw    syscall.RawConn // file's raw access for epoll_wait
@@ -60,7 +61,37 @@ func newPoller(events uint32) (*poller, error) {
 		syscall.Close(p[1])
 		return nil, fmt.Errorf("gateway: epoll_ctl add wake pipe: %w", err)
 	}
-	return &poller{epfd: epfd, file: file, raw: raw, events: events, wakeR: p[0], wakeW: p[1]}, nil
+	return &poller{sys: realSys{}, epfd: epfd, file: file, raw: raw, events: events, wakeR: p[0], wakeW: p[1]}, nil
+}
+
+// sysCalls is the system calls the gateway makes on its own descriptors
+// (epoll, and the dup that takes a socket over from Go's net package),
+// behind an interface so tests can make them fail. Implementations must be
+// safe for concurrent use; wait may block until a descriptor is ready or
+// return at once (msec 0).
+type sysCalls interface {
+	epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error
+	epollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error)
+	dupCloexec(fd uintptr) (int, error)
+}
+
+// realSys is sysCalls on the kernel.
+type realSys struct{}
+
+func (realSys) epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+	return syscall.EpollCtl(epfd, op, fd, ev)
+}
+
+func (realSys) epollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
+	return syscall.EpollWait(epfd, events, msec)
+}
+
+func (realSys) dupCloexec(fd uintptr) (int, error) {
+	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
 }
 
 const epollOneShot = 1 << 30 // EPOLLONESHOT; syscall defines it as a negative int
@@ -69,34 +100,36 @@ const epollOneShot = 1 << 30 // EPOLLONESHOT; syscall defines it as a negative i
 // a descriptor number that was closed and reused is recognised as stale.
 func (p *poller) add(fd int, gen uint32) error {
 	ev := syscall.EpollEvent{Events: p.events | epollOneShot, Fd: int32(fd), Pad: int32(gen)}
-	return syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
+	return p.sys.epollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
 }
 
 // rearm re-enables fd after one of its events was handled. If fd was never
 // added it is added.
 func (p *poller) rearm(fd int, gen uint32) error {
 	ev := syscall.EpollEvent{Events: p.events | epollOneShot, Fd: int32(fd), Pad: int32(gen)}
-	err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+	err := p.sys.epollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
 	if errors.Is(err, syscall.ENOENT) {
-		err = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
+		err = p.sys.epollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
 	}
 	return err
 }
 
 // remove drops fd; a descriptor that was never added is not an error.
 func (p *poller) remove(fd int) {
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	_ = p.sys.epollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 }
 
 // wait blocks until descriptors are ready and calls fn for each ready fd.
-// It returns when close is called.
+// It returns nil when close is called, and an error when epoll fails: the
+// caller must treat that as fatal, since no descriptor of this poller is
+// served any more.
 func (p *poller) wait(fn func(fd int, gen uint32)) error {
 	events := make([]syscall.EpollEvent, 256)
 	for {
 		var n int
 		var werr error
 		if err := p.raw.Read(func(fd uintptr) bool {
-			n, werr = syscall.EpollWait(int(fd), events, 0)
+			n, werr = p.sys.epollWait(int(fd), events, 0)
 			return n > 0 || werr != nil && werr != syscall.EINTR
 		}); err != nil {
 			return fmt.Errorf("gateway: wait for epoll: %w", err)

@@ -58,7 +58,10 @@ func ParseRequest(b []byte, maxChannels int) (*Request, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return nil, &ProtocolError{Code: CodeBadRequest, Message: "request is not a protocol v1 JSON object: " + trimJSONErr(err)}
+		// The decoder stops at the first unknown field or wrong type, maybe
+		// before it reached "id": take the id from a lenient second pass so
+		// the error still answers the request that carried it.
+		return nil, &ProtocolError{ID: requestID(b), Code: CodeBadRequest, Message: "request is not a protocol v1 JSON object: " + trimJSONErr(err)}
 	}
 	if dec.More() {
 		return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "trailing data after the JSON object"}
@@ -106,6 +109,22 @@ func ParseRequest(b []byte, maxChannels int) (*Request, error) {
 	return &r, nil
 }
 
+// requestID returns the integer "id" of a JSON object that failed strict
+// decoding, or 0 when b is not a JSON object or its id is not an integer.
+func requestID(b []byte) int64 {
+	var r struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(b, &r) != nil {
+		return 0
+	}
+	id, err := strconv.ParseInt(string(r.ID), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return id
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -123,13 +142,14 @@ func truncate(s string, n int) string {
 }
 
 // trimJSONErr keeps encoding/json's message but drops the Go type names it
-// sometimes mentions, which mean nothing to a client.
+// sometimes mentions, which mean nothing to a client, and bounds its length:
+// it may quote a field name of the client's choosing.
 func trimJSONErr(err error) string {
 	var te *json.UnmarshalTypeError
 	if ok := asTypeErr(err, &te); ok {
-		return fmt.Sprintf("field %q has the wrong type (%s)", te.Field, te.Value)
+		return fmt.Sprintf("field %q has the wrong type (%s)", truncate(te.Field, 64), te.Value)
 	}
-	return err.Error()
+	return truncate(err.Error(), 160)
 }
 
 func asTypeErr(err error, te **json.UnmarshalTypeError) bool {

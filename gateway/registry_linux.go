@@ -53,16 +53,25 @@ func (r *registry) count() int {
 	return r.n
 }
 
-// each calls fn for every connection with the registry read-locked; fn must
-// not add or remove connections.
-func (r *registry) each(fn func(*conn)) {
+// batch copies into dst (up to its capacity) the connections in slots from
+// start on, and returns them with the slot to continue from; next is -1
+// once every slot was visited. The read lock is held only for one batch, so
+// a walk over every connection never holds it for long: connections added
+// meanwhile may or may not be seen, and one removed meanwhile may still be
+// in a batch (callers check its state under its own lock).
+func (r *registry) batch(start int, dst []*conn) (out []*conn, next int) {
+	out = dst[:0]
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, c := range r.conns {
-		if c != nil {
-			fn(c)
+	for i := start; i < len(r.conns); i++ {
+		if c := r.conns[i]; c != nil {
+			if len(out) == cap(out) {
+				return out, i
+			}
+			out = append(out, c)
 		}
 	}
+	return out, -1
 }
 
 func (r *registry) snapshot() []*conn {

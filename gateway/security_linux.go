@@ -89,8 +89,11 @@ type upgradeAuth struct {
 	// deadline ends the handshake (gateway.handshake_timeout); a token
 	// whose kid needs a refetch of auth.jwks_url waits no longer.
 	deadline time.Time
-	tok      handshakeToken
-	grant    *auth.Grant
+	// headErr is checkHead's verdict on the request head, returned as soon
+	// as the upgrader has parsed the request line.
+	headErr error
+	tok     handshakeToken
+	grant   *auth.Grant
 	// slot is set once the handshake holds a max_connections slot.
 	slot bool
 	// client is the client address being worked out (clientaddr_linux.go).
@@ -103,6 +106,9 @@ type upgradeAuth struct {
 func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 	return ws.Upgrader{
 		OnRequest: func(uri []byte) error {
+			if ua.headErr != nil {
+				return ua.headErr
+			}
 			ua.tok.query = queryToken(uri)
 			return nil
 		},

@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -55,7 +56,11 @@ type Server struct {
 	drained  chan struct{} // closed when Shutdown has closed every connection
 	done     chan struct{} // closed when Run returns
 
-	handshakes chan struct{} // semaphore bounding handshakes in progress
+	handshakes chan struct{}         // semaphore bounding handshakes in progress
+	hsShare    *handshakeShare       // handshakes in progress per client address
+	sys        sysCalls              // epoll and dup; replaced by tests to inject faults
+	fatal      chan error            // a poller failed: Serve must end (capacity 2)
+	fatalErr   atomic.Pointer[error] // the first such failure, for Err
 
 	// Security (security_linux.go, tls_linux.go); set by New, read-only
 	// while serving, except public (replaced by SetPublicChannels).
@@ -103,6 +108,9 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		hsShare:    newHandshakeShare(cfg.MaxHandshakes),
+		sys:        realSys{},
+		fatal:      make(chan error, 2),
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
 	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
@@ -213,8 +221,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for i := 0; i < s.cfg.Workers; i++ {
 		goTracked(func() { s.runWorker() })
 	}
-	goTracked(func() { s.logErr(s.readPoller.wait(s.dispatchReadable)) })
-	goTracked(func() { s.logErr(s.writePoller.wait(s.dispatchWritable)) })
+	goTracked(func() { s.pollerDone("read", s.readPoller.wait(s.dispatchReadable)) })
+	goTracked(func() { s.pollerDone("write", s.writePoller.wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
@@ -237,12 +245,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	acceptErr := make(chan error, 1)
 	goTracked(func() { acceptErr <- s.acceptLoop(ln, &hsWG) })
 
+	var fatal error
 	select {
 	case <-ctx.Done():
 	case <-s.drained:
+	case fatal = <-s.fatal:
+		// No socket of that poller is served any more: stop, and let
+		// the process exit so that it is restarted.
 	}
 	s.stopAccepting()
-	err := <-acceptErr
+	err := errors.Join(fatal, <-acceptErr)
 	hsWG.Wait()
 	// Shutdown has drained what it could; what remains is closed now.
 	s.closeAll(ws.StatusGoingAway, "server shutting down")
@@ -259,10 +271,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-func (s *Server) logErr(err error) {
-	if err != nil {
-		s.log.Error("gateway poller stopped", "err", err)
+// pollerDone handles the end of a poller's wait loop. An error is fatal:
+// the poller's descriptors would never be served again, so Err reports it
+// at once (/healthz fails) and Serve returns it.
+func (s *Server) pollerDone(which string, err error) {
+	if err == nil {
+		return
 	}
+	err = fmt.Errorf("gateway: %s poller failed: %w", which, err)
+	s.fatalErr.CompareAndSwap(nil, &err)
+	s.log.Error("gateway cannot serve connections any more; stopping", "err", err)
+	s.fatal <- err // capacity 2: one per poller
+}
+
+// Err returns nil while the server can serve its connections, and the
+// failure that stopped it (epoll failed) otherwise. Health checks use it.
+func (s *Server) Err() error {
+	if p := s.fatalErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (s *Server) stopAccepting() {
@@ -300,16 +328,29 @@ func (s *Server) acceptLoop(ln net.Listener, hsWG *sync.WaitGroup) error {
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
 		backoff = 0
+		// The per-address share is checked before a slot is waited for, so
+		// silent sockets from one address cannot hold every slot.
+		ip := remoteIP(c)
+		if !s.hsShare.acquire(ip) {
+			c.Close()
+			s.metrics.rejected.WithLabelValues("handshakes_per_ip").Inc()
+			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+			continue
+		}
 		select {
 		case s.handshakes <- struct{}{}:
 		case <-s.stop:
+			s.hsShare.release(ip)
 			c.Close()
 			return nil
 		}
 		hsWG.Add(1)
 		go func() {
 			defer hsWG.Done()
-			defer func() { <-s.handshakes }()
+			defer func() {
+				<-s.handshakes
+				s.hsShare.release(ip)
+			}()
 			s.handshake(c)
 		}()
 	}
@@ -402,53 +443,64 @@ func (s *Server) runTicker(ctx context.Context) {
 	}
 }
 
+// sweepBatch is how many connections the sweep copies out of the registry
+// per read-lock hold.
+const sweepBatch = 256
+
+// sweep pings, times out and cuts connections. It walks the registry in
+// batches, holding its read lock only while copying one batch, and takes
+// each connection's own lock with the registry lock released, so its cost
+// for other goroutines does not grow with the number of connections.
 func (s *Server) sweep(now int64, ping *router.Frame) {
 	lim := s.lim()
 	idle := lim.IdleTimeout.Milliseconds()
 	interval := lim.PingInterval.Milliseconds()
-	var toPing, toIdle, toCut, toExpire []*conn
-	s.conns.each(func(c *conn) {
-		if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
-			toExpire = append(toExpire, c)
+	batch := make([]*conn, 0, sweepBatch)
+	var toIdle, toCut, toExpire []*conn
+	for next := 0; next >= 0; {
+		batch, next = s.conns.batch(next, batch)
+		for _, c := range batch {
+			if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
+				toExpire = append(toExpire, c)
+			}
+			pingNow := false
+			if now-c.lastSeen.Load() > idle {
+				toIdle = append(toIdle, c)
+			} else if now >= c.pingDue.Load() {
+				c.pingDue.Store(now + interval)
+				pingNow = true
+			}
+			c.mu.Lock()
+			if c.flags&flagClosing != 0 && c.flags&flagClosed == 0 && now > c.closeAt {
+				toCut = append(toCut, c)
+			}
+			if c.flags&flagRecent == 0 && len(c.queue) == 0 && cap(c.queue) > 0 {
+				c.queue = nil // idle: give the queue's memory back
+			}
+			c.flags &^= flagRecent
+			// A connection whose queue is full gets no ping: it is
+			// behind already, and the idle timeout covers it.
+			if pingNow && c.flags&(flagClosing|flagClosed) == 0 && c.fitsLocked(1, len(ping.Data)) {
+				c.queue = append(c.queue, ping)
+				c.queuedBytes += len(ping.Data)
+				c.scheduleLocked()
+			}
+			c.mu.Unlock()
 		}
-		if now-c.lastSeen.Load() > idle {
-			toIdle = append(toIdle, c)
-		} else if now >= c.pingDue.Load() {
-			c.pingDue.Store(now + interval)
-			toPing = append(toPing, c)
+		clear(batch)
+		for _, c := range toIdle {
+			c.closeWith(ws.StatusNormalClosure, "idle timeout", true)
 		}
-		// TryLock: the registry lock is held here, and a conn holding its
-		// own lock may be waiting for the registry (releaseIfIdleLocked).
-		// A busy conn is simply checked on the next sweep.
-		if !c.mu.TryLock() {
-			return
+		for _, c := range toCut {
+			c.abort()
 		}
-		if c.flags&flagClosing != 0 && c.flags&flagClosed == 0 && now > c.closeAt {
-			toCut = append(toCut, c)
+		for _, c := range toExpire {
+			c.closeWith(CloseTokenExpired, "token expired", true)
 		}
-		if c.flags&flagRecent == 0 && len(c.queue) == 0 && cap(c.queue) > 0 {
-			c.queue = nil // idle: give the queue's memory back
-		}
-		c.flags &^= flagRecent
-		c.mu.Unlock()
-	})
-	for _, c := range toPing {
-		c.mu.Lock()
-		if c.flags&(flagClosing|flagClosed) == 0 {
-			c.queue = append(c.queue, ping)
-			c.queuedBytes += len(ping.Data)
-			c.scheduleLocked()
-		}
-		c.mu.Unlock()
-	}
-	for _, c := range toIdle {
-		c.closeWith(ws.StatusNormalClosure, "idle timeout", true)
-	}
-	for _, c := range toCut {
-		c.abort()
-	}
-	for _, c := range toExpire {
-		c.closeWith(CloseTokenExpired, "token expired", true)
+		clear(toIdle)
+		clear(toCut)
+		clear(toExpire)
+		toIdle, toCut, toExpire = toIdle[:0], toCut[:0], toExpire[:0]
 	}
 }
 
@@ -476,6 +528,10 @@ func (s *Server) handshake(nc net.Conn) {
 		nc = tc
 	}
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
+	if errors.Is(err, errRequestLine) {
+		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
+		return
+	}
 	if err != nil {
 		s.handshakeFailed(err)
 		nc.Close()
@@ -489,16 +545,28 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 		return
 	}
+	lim := s.lim()
+	// The whole request head is read before the upgrader sees it, so that
+	// bytes the client sent right behind it (its first frames, sent
+	// without waiting for the 101) are kept for the connection.
+	head, rest, err := readHead(pc, lim.MaxHeaderBytes)
+	pc.release()
+	if errors.Is(err, errHeaderTooLarge) {
+		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
+		return
+	}
+	if err != nil {
+		s.handshakeFailed(err)
+		nc.Close()
+		return
+	}
 	if s.draining.Load() {
-		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
 		return
 	}
-	lim := s.lim()
 	// Refuse early when full; the slot itself is taken just before the 101
 	// answer (reserveSlot), once every other check has passed.
 	if s.slots.Load() >= int64(lim.MaxConnections) {
-		pc.release()
 		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
@@ -509,32 +577,34 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 	}()
 	defer client.release(s.perIP) // unless the conn took the slot over
+	ua.headErr = checkHead(head)
 	up := s.upgrader(&ua)
-	_, err = up.Upgrade(&headerLimiter{rw: pc, left: lim.MaxHeaderBytes})
-	pc.release()
+	_, err = up.Upgrade(headConn{r: bytes.NewReader(head), w: nc})
 	if err != nil {
-		if errors.Is(err, errHeaderTooLarge) {
-			s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
-			return
-		}
 		var rej *ws.ConnectionRejectedError
 		if errors.As(err, &rej) {
+			// The upgrader has written the refusal.
 			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+			lingerClose(nc)
 		} else {
 			s.handshakeFailed(err)
+			nc.Close()
 		}
-		nc.Close()
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
-	fd, err := detach(raw)
+	fd, err := detach(s.sys, raw)
 	if err != nil {
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
-		s.log.Warn("gateway could not take over an upgraded socket", "err", err)
+		s.log.Warn("gateway could not take over an upgraded socket; closing it", "err", err)
+		raw.Close() // the client saw its 101: it must not wait on a socket nobody serves
 		return
 	}
 	now := s.clock.Load()
 	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: client.ip}
+	if len(rest) > 0 {
+		c.partial = append([]byte(nil), rest...) // frames sent with the request
+	}
 	if link != nil {
 		link.fd, link.Conn = fd, nil
 		c.tls = &tlsState{tc: tc, link: link}
@@ -557,9 +627,10 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
-	if c.tls != nil {
-		// crypto/tls may already hold records that arrived with the
-		// upgrade request; epoll would not report them.
+	if c.tls != nil || len(rest) > 0 {
+		// Frames that arrived with the upgrade request are held in
+		// c.partial, and crypto/tls may hold more records; epoll would
+		// report neither.
 		s.work.push(task{c: c, kind: taskRead})
 	}
 	// A drain that began during this handshake must not miss the new conn.
@@ -568,12 +639,14 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 }
 
+// reject answers a handshake with an HTTP error and closes the connection
+// (lingerClose, so the client gets to read the answer).
 func (s *Server) reject(c net.Conn, status int, reason, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
 	s.metrics.handshakes.WithLabelValues("rejected").Inc()
 	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		status, http.StatusText(status), len(msg), msg)
-	c.Close()
+	lingerClose(c)
 }
 
 func (s *Server) originAllowed(origin string) bool {

@@ -35,6 +35,7 @@ func (s *Server) Shutdown(context.Context) error            { return errNotLinux
 func (s *Server) Publish(*Message, *router.Retention) int   { return 0 }
 func (s *Server) SetReplayer(Replayer)                      {}
 func (s *Server) Serve(context.Context, net.Listener) error { return errNotLinux }
+func (s *Server) Err() error                                { return errNotLinux }
 
 // PublicChannels tells which channels anonymous clients may subscribe to.
 type PublicChannels interface {

@@ -70,6 +70,10 @@ func (l *tlsLink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// handshakeConn is the Go connection under the link during the handshake
+// (lingerClose shuts its write side).
+func (l *tlsLink) handshakeConn() net.Conn { return l.Conn }
+
 // Close is only reached before detach (crypto/tls closing a failed
 // handshake); after it the descriptor belongs to the conn.
 func (l *tlsLink) Close() error {

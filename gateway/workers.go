@@ -18,17 +18,23 @@ type task struct {
 	kind taskKind
 }
 
-// workQueue is an unbounded FIFO of tasks feeding the worker pool. It never
-// blocks its producers: pushes come from epoll loops and from publishers that
-// hold router locks. Its length is bounded by two tasks per connection, since
-// a connection has at most one read and one flush scheduled at a time (plus
-// one unsubscribe when it closes).
+// workQueue feeds the worker pool. It never blocks its producers: pushes
+// come from epoll loops and from publishers that hold router locks. Its
+// length is bounded by two tasks per connection, since a connection has at
+// most one read and one flush scheduled at a time (plus one unsubscribe when
+// it closes).
+//
+// Flushes (records and replies on their way to sockets) are served ahead of
+// reads and unsubscribes, with a quarter of each batch kept for the latter
+// while any wait: when thousands of connections close at once, their reads
+// queue up, and the frames of the connections that stay must not wait
+// behind all of them. Within each kind the order is first in, first out.
 type workQueue struct {
-	mu     sync.Mutex
-	cond   sync.Cond
-	tasks  []task // guarded by mu; tasks[head:] are pending
-	head   int    // guarded by mu
-	closed bool   // guarded by mu
+	mu      sync.Mutex
+	cond    sync.Cond
+	flushes taskFIFO // guarded by mu
+	others  taskFIFO // guarded by mu; reads and unsubscribes
+	closed  bool     // guarded by mu
 }
 
 func newWorkQueue() *workQueue {
@@ -39,7 +45,11 @@ func newWorkQueue() *workQueue {
 
 func (q *workQueue) push(t task) {
 	q.mu.Lock()
-	q.tasks = append(q.tasks, t)
+	if t.kind == taskFlush {
+		q.flushes.push(t)
+	} else {
+		q.others.push(t)
+	}
 	q.mu.Unlock()
 	q.cond.Signal()
 }
@@ -49,25 +59,21 @@ func (q *workQueue) push(t task) {
 func (q *workQueue) popBatch(dst []task, max int) []task {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.tasks) == q.head {
+	for q.flushes.len()+q.others.len() == 0 {
 		if q.closed {
 			return nil
 		}
 		q.cond.Wait()
 	}
-	n := min(len(q.tasks)-q.head, max)
-	dst = append(dst[:0], q.tasks[q.head:q.head+n]...)
-	clear(q.tasks[q.head : q.head+n])
-	q.head += n
-	switch {
-	case q.head == len(q.tasks):
-		q.tasks, q.head = q.tasks[:0], 0
-	case q.head > len(q.tasks)/2:
-		// Compact so a queue that never empties does not grow forever.
-		k := copy(q.tasks, q.tasks[q.head:])
-		q.tasks, q.head = q.tasks[:k], 0
+	dst = dst[:0]
+	reserve := 0
+	if q.others.len() > 0 {
+		reserve = (max + 3) / 4
 	}
-	if q.head < len(q.tasks) {
+	dst = q.flushes.take(dst, max-reserve)
+	dst = q.others.take(dst, max-len(dst))
+	dst = q.flushes.take(dst, max-len(dst))
+	if q.flushes.len()+q.others.len() > 0 {
 		q.cond.Signal() // more work: wake another worker
 	}
 	return dst
@@ -78,4 +84,34 @@ func (q *workQueue) close() {
 	q.closed = true
 	q.mu.Unlock()
 	q.cond.Broadcast()
+}
+
+// taskFIFO is a first-in-first-out list of tasks.
+type taskFIFO struct {
+	tasks []task // tasks[head:] are pending
+	head  int
+}
+
+func (f *taskFIFO) len() int { return len(f.tasks) - f.head }
+
+func (f *taskFIFO) push(t task) { f.tasks = append(f.tasks, t) }
+
+// take appends up to n tasks to dst.
+func (f *taskFIFO) take(dst []task, n int) []task {
+	n = min(n, f.len())
+	if n <= 0 {
+		return dst
+	}
+	dst = append(dst, f.tasks[f.head:f.head+n]...)
+	clear(f.tasks[f.head : f.head+n])
+	f.head += n
+	switch {
+	case f.head == len(f.tasks):
+		f.tasks, f.head = f.tasks[:0], 0
+	case f.head > len(f.tasks)/2:
+		// Compact so a list that never empties does not grow forever.
+		k := copy(f.tasks, f.tasks[f.head:])
+		f.tasks, f.head = f.tasks[:k], 0
+	}
+	return dst
 }

@@ -65,7 +65,7 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if fd, err = detach(server); err != nil {
+		if fd, err = detach(realSys{}, server); err != nil {
 			tb.Fatal(err)
 		}
 		peer = client
@@ -130,7 +130,7 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 // part itself.
 func (q *workQueue) popBatchNow(dst []task, max int) []task {
 	q.mu.Lock()
-	empty := len(q.tasks) == q.head
+	empty := q.flushes.len()+q.others.len() == 0
 	q.mu.Unlock()
 	if empty {
 		return dst[:0]

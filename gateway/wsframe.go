@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"errors"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -83,6 +84,43 @@ func parseFrame(b []byte, maxPayload int) (f inFrame, n int, err error) {
 	f.payload = b[hdr+4 : total]
 	ws.Cipher(f.payload, mask, 0)
 	return f, total, nil
+}
+
+// checkCloseBody checks the body of a client close frame (RFC 6455 §5.5.1,
+// §7.4): empty, or a status code valid on the wire followed by a UTF-8
+// reason. It returns the code to echo (1000 for an empty body), or, when the
+// body is invalid, the code to fail the connection with (1002, or 1007 for a
+// reason that is not UTF-8) and why; an invalid code is never echoed.
+func checkCloseBody(p []byte) (echo, fail ws.StatusCode, why string) {
+	switch {
+	case len(p) == 0:
+		return ws.StatusNormalClosure, 0, ""
+	case len(p) == 1:
+		return 0, ws.StatusProtocolError, "close frame body of 1 byte"
+	}
+	code := ws.StatusCode(binary.BigEndian.Uint16(p))
+	if !validWireCode(code) {
+		return 0, ws.StatusProtocolError, "close code not valid on the wire"
+	}
+	if !utf8.Valid(p[2:]) {
+		return 0, ws.StatusInvalidFramePayloadData, "close reason is not valid UTF-8"
+	}
+	return code, 0, ""
+}
+
+// validWireCode reports whether a close frame may carry code: the codes
+// RFC 6455 §7.4.1 defines for endpoints to send (1000-1003, 1007-1011), the
+// ones IANA registered since (1012-1014), and the ranges for libraries and
+// applications (3000-4999). 1004-1006 and 1015 must never be sent, and the
+// rest of 0-2999 is unassigned.
+func validWireCode(code ws.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
 }
 
 // serverHeaderLen is the size of an unmasked server frame header for a

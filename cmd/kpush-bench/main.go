@@ -85,6 +85,11 @@ type options struct {
 	hsInFlight    []int
 	stormConns    int
 	stormInFlight int
+
+	closeConns  int
+	closeProbes int
+	closeRate   float64
+	closeCycles int
 }
 
 func main() {
@@ -167,6 +172,11 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.stormConns, "storm-conns", 10000, "handshake: subscribed connections dropped at once in the reconnect storm")
 	fs.IntVar(&o.stormInFlight, "storm-inflight", 1024, "handshake: reconnects in flight during the storm")
 
+	fs.IntVar(&o.closeConns, "close-conns", 15000, "closeall: connections (× -market-subs of -market-symbols channels) reset at once")
+	fs.IntVar(&o.closeProbes, "close-probes", 20, "closeall: probe connections that stay and measure delivery latency")
+	fs.Float64Var(&o.closeRate, "close-rate", 500, "closeall: records/s to the probes' channel")
+	fs.IntVar(&o.closeCycles, "close-cycles", 3, "closeall: open-all / close-all cycles")
+
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -191,9 +201,9 @@ func parseFlags(args []string) (*options, error) {
 	o.scenarios = splitList(*scen)
 	for _, s := range o.scenarios {
 		switch s {
-		case "idle", "fanout", "market", "handshake":
+		case "idle", "fanout", "market", "handshake", "closeall":
 		default:
-			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, fanout, market, handshake)", s)
+			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, fanout, market, handshake, closeall)", s)
 		}
 	}
 	if o.idleSteps, err = parseInts(*idle); err != nil {
@@ -305,6 +315,8 @@ func runAll(ctx context.Context, o *options) (*Report, error) {
 			rep.Market, err = runMarket(ctx, e)
 		case "handshake":
 			rep.Handshake, err = runHandshake(ctx, e)
+		case "closeall":
+			rep.CloseAll, err = runCloseAll(ctx, e)
 		}
 		if err != nil {
 			logf("scenario %s failed: %v", s, err)
@@ -330,6 +342,8 @@ func maxConns(o *options) int {
 			n = max(n, o.marketConns)
 		case "handshake":
 			n = max(n, o.hsConns, o.stormConns)
+		case "closeall":
+			n = max(n, o.closeConns+o.closeProbes)
 		}
 	}
 	return n

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
 )
 
 // Report is everything one run measured.
@@ -22,6 +24,7 @@ type Report struct {
 	Fanout    *FanoutResult    `json:"fanout,omitempty"`
 	Market    *MarketResult    `json:"market,omitempty"`
 	Handshake *HandshakeResult `json:"handshake,omitempty"`
+	CloseAll  *CloseAllResult  `json:"closeall,omitempty"`
 }
 
 // Machine says where the numbers come from.
@@ -124,6 +127,17 @@ func printReport(w io.Writer, r *Report) {
 			p("\nReconnect storm: %d connections × %d channels dropped at once (TCP reset) and reconnected with %d in flight: all subscribed again after %.2fs; kpush held exactly the new connections after %.2fs; kpush %.2f CPU-s; %d failed.\n",
 				s.Conns, s.SubsPerConn, s.InFlight, s.Seconds, s.KpushSeconds, s.KpushCPUSeconds, s.Failed)
 		}
+	}
+	if c := r.CloseAll; c != nil {
+		p("\n### Close-all: %d connections × %d channels reset at once, %d probes at %g records/s, %d cycles\n\n", c.Conns, c.SubsPerConn, c.Probes, c.Rate, c.Cycles)
+		p("| probe latency | samples | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range []struct {
+			name string
+			s    hist.Summary
+		}{{"all open", c.Steady}, {"while closing", c.Closing}} {
+			p("| %s | %d | %s | %s | %s | %s | %s |\n", row.name, row.s.Count, ms(row.s.P50), ms(row.s.P90), ms(row.s.P99), ms(row.s.P999), ms(row.s.Max))
+		}
+		p("\nkpush released the dropped connections in %v s.\n", c.ReleaseSeconds)
 	}
 }
 

@@ -231,10 +231,7 @@ func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, e
 func (a *app) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("/healthz", healthz(a.gw.Err))
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		switch {
@@ -254,6 +251,21 @@ func (a *app) adminHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// healthz answers the liveness probe: 200 while failed returns nil, 503
+// once the gateway can no longer serve its sockets (its epoll failed; the
+// process is then on its way out with a non-zero status).
+func healthz(failed func() error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := failed(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "failed:", err)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	}
 }
 
 // Run serves until ctx ends (hard stop) or Shutdown finishes draining.
