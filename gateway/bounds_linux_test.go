@@ -50,15 +50,16 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: HTTP %d", resp.StatusCode)
 	}
+	// The 101 is written before the server registers the connection.
 	var sc *conn
-	for _, x := range g.srv.conns.snapshot() {
-		if x.ip == "127.0.0.2" {
-			sc = x
+	waitUntil(t, "the client's connection to be registered", func() bool {
+		for _, x := range g.srv.conns.snapshot() {
+			if x.ip == "127.0.0.2" {
+				sc = x
+			}
 		}
-	}
-	if sc == nil {
-		t.Fatal("the client's connection is not registered")
-	}
+		return sc != nil
+	})
 	sc.setSendBuffer(t, 4096)
 
 	// Requests whose replies are pongs, errors and ok replies, about 20
