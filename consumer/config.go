@@ -16,6 +16,14 @@ type Config struct {
 	// later are always read from their first offset, so nothing produced to
 	// them is missed.
 	Start string `yaml:"start"`
+	// Isolation is the Kafka isolation level kpush reads with:
+	// "read_committed" (the default) delivers a record of a transaction
+	// only once the transaction has committed, never one of an aborted
+	// transaction, and nothing of a partition past a transaction still open
+	// there (the last stable offset); "read_uncommitted" delivers every
+	// record as soon as it is written. Resume read-backs follow the same
+	// rule. Control records (transaction markers) are never delivered.
+	Isolation string `yaml:"isolation"`
 	// MetadataInterval bounds how long a routed topic created, or a
 	// partition added, while kpush runs goes unread: it is read from its
 	// first offset within this interval (plus one round trip). Metadata is
@@ -55,6 +63,9 @@ func (c *Config) SetDefaults() {
 	if c.Start == "" {
 		c.Start = "latest"
 	}
+	if c.Isolation == "" {
+		c.Isolation = ReadCommitted
+	}
 	dur := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
 			*v = d
@@ -86,6 +97,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Start != "latest" && c.Start != "earliest" {
 		bad("start", "%q must be latest or earliest", c.Start)
+	}
+	if c.Isolation != ReadCommitted && c.Isolation != ReadUncommitted {
+		bad("isolation", "%q must be read_committed or read_uncommitted", c.Isolation)
 	}
 	if c.MetadataInterval < 100*time.Millisecond || c.MetadataInterval > 10*time.Second {
 		bad("metadata_interval", "%s must be between 100ms and 10s (new topics and partitions are found within it)", c.MetadataInterval)

@@ -58,6 +58,8 @@ type Consumer struct {
 	log   *slog.Logger
 	m     *metrics
 	wake  chan struct{} // asks Run to read metadata now (routes changed)
+	// committed is kafka.isolation == read_committed.
+	committed bool
 
 	client    *kafka.Client
 	transport *kafka.Transport
@@ -129,6 +131,7 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 	}
 	c := &Consumer{
 		cfg:        cfg,
+		committed:  cfg.Isolation == ReadCommitted,
 		sink:       sink,
 		log:        log,
 		wake:       make(chan struct{}, 1),
@@ -198,7 +201,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.transport.CloseIdleConnections()
 	defer c.stop()
 	defer wg.Wait()
-	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start)
+	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start, "isolation", c.cfg.Isolation)
 	backoff := c.newBackoff()
 	t := time.NewTimer(0)
 	defer t.Stop()

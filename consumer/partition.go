@@ -17,6 +17,7 @@ type partReader struct {
 	tp     topicPartition
 	state  *partState
 	router *recordRouter
+	filter txnFilter
 	m      *partMetrics
 	log    *slog.Logger
 }
@@ -76,9 +77,6 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			r.state.next.Store(offset)
 		}
 		resp, err := r.c.fetch(ctx, r.tp, offset)
-		if err == nil && resp.Error != nil {
-			err = fmt.Errorf("consumer: fetch %s[%d] at %d: %w", r.tp.topic, r.tp.partition, offset, resp.Error)
-		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -103,12 +101,12 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			}
 			continue
 		}
-		next := r.dispatch(resp.Records, offset)
-		if next == offset && resp.HighWatermark > offset {
+		next := r.dispatch(resp, offset)
+		if end := resp.end(r.c.committed); next == offset && end > offset {
 			// The broker answered at once with bytes that hold no record at
 			// or after offset (nothing kafka-go can decode). Fetching again
 			// would spin; back off and say so.
-			if !retry("fetch", fmt.Errorf("consumer: fetch %s[%d] at %d: no record below the high watermark %d", r.tp.topic, r.tp.partition, offset, resp.HighWatermark)) {
+			if !retry("fetch", fmt.Errorf("consumer: fetch %s[%d] at %d: no record below the end of the log %d", r.tp.topic, r.tp.partition, offset, end)) {
 				return
 			}
 			continue
@@ -122,8 +120,8 @@ func (r *partReader) run(ctx context.Context, start int64) {
 		backoff.reset()
 		offset = next
 		r.state.next.Store(offset)
-		if resp.HighWatermark >= offset {
-			r.m.lag.Set(float64(resp.HighWatermark - offset))
+		if resp.highWatermark >= offset {
+			r.m.lag.Set(float64(resp.highWatermark - offset))
 		}
 	}
 }
@@ -154,13 +152,14 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 	}
 }
 
-// dispatch routes every data record of records at or after offset and
-// returns the next offset to fetch. It takes the routes in force now, so a
-// SetRoutes applies from the next fetch.
-func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
+// dispatch routes every deliverable record of a fetch response at or
+// after offset and returns the next offset to fetch. It takes the routes in
+// force now, so a SetRoutes applies from the next fetch.
+func (r *partReader) dispatch(resp *fetched, offset int64) int64 {
 	r.router.routes = r.c.table.Load().byTopic[r.tp.topic]
+	r.filter.reset(r.c.committed, resp.aborted)
 	n := 0
-	next, _ := walk(r.c.m, records, offset, func(rec *kafka.Record) bool {
+	next, _ := walk(r.c.m, &r.filter, resp.records, offset, func(rec *kafka.Record) bool {
 		n++
 		r.router.route(rec)
 		return true
@@ -172,26 +171,12 @@ func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
 }
 
 // fetch reads from offset, waiting up to fetch_max_wait for a first record.
-func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*kafka.FetchResponse, error) {
+func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*fetched, error) {
 	// The deadline covers a dial, the broker's wait and the transfer; a
 	// broker that dies mid-request fails it at once (the connection resets).
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second)
 	defer cancel()
-	resp, err := c.client.Fetch(ctx, &kafka.FetchRequest{
-		Topic:     tp.topic,
-		Partition: tp.partition,
-		Offset:    offset,
-		// MinBytes 1: the broker answers as soon as one record is there,
-		// so latency is not traded for batching; under load each answer
-		// still carries everything up to MaxBytes.
-		MinBytes: 1,
-		MaxBytes: int64(c.cfg.FetchMaxBytes),
-		MaxWait:  c.cfg.FetchMaxWait,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer: fetch %s[%d] at %d: %w", tp.topic, tp.partition, offset, err)
-	}
-	return resp, nil
+	return c.fetchPartition(ctx, tp, offset, c.cfg.FetchMaxWait)
 }
 
 // offsetRange returns the partition's first retained offset and its end

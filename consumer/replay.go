@@ -22,7 +22,7 @@ const (
 
 // Replay reads partition p of the topic that produces channel ch back from
 // offset after+1 up to the partition's high watermark as its first fetch
-// sees it, and calls emit, in offset order, with every record routed to ch.
+// sees it (the last stable offset under read_committed), and calls emit, in offset order, with every record routed to ch.
 // It stops when emit returns false, after kafka.replay_max_scanned records,
 // or when ctx ends. It reports whether every such record was emitted, and
 // why not (one of the Replay* results). The Message handed to emit is
@@ -64,23 +64,14 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 		}
 	})
 	rr.only, rr.live = ch, false
+	var filter txnFilter
 	for {
 		if ctx.Err() != nil {
 			return false, ReplayStopped, nil
 		}
 		fctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
-		resp, err := c.client.Fetch(fctx, &kafka.FetchRequest{
-			Topic:     topic,
-			Partition: int(p),
-			Offset:    offset,
-			MinBytes:  1,
-			MaxBytes:  int64(c.cfg.FetchMaxBytes),
-			MaxWait:   50 * time.Millisecond,
-		})
+		resp, err := c.fetchPartition(fctx, tp, offset, 50*time.Millisecond)
 		cancel()
-		if err == nil && resp.Error != nil {
-			err = resp.Error
-		}
 		if err != nil {
 			if errors.Is(err, kafka.OffsetOutOfRange) || errors.Is(err, kafka.UnknownTopicOrPartition) {
 				// Deleted by retention, or a partition that does not
@@ -93,7 +84,9 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			return false, ReplayError, fmt.Errorf("consumer: replay %s[%d] at %d: %w", topic, p, offset, err)
 		}
 		if end < 0 {
-			end = resp.HighWatermark
+			// Under read_committed the read-back ends at the last stable
+			// offset: what follows is delivered live once committed.
+			end = resp.end(c.committed)
 			if offset > end {
 				return false, ReplayGone, nil
 			}
@@ -103,7 +96,8 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 		}
 		start := offset
 		result, routed := "", 0
-		next, _ := walk(c.m, resp.Records, offset, func(rec *kafka.Record) bool {
+		filter.reset(c.committed, resp.aborted)
+		next, _ := walk(c.m, &filter, resp.records, offset, func(rec *kafka.Record) bool {
 			if rec.Offset >= end {
 				result = ReplayComplete
 				return false
