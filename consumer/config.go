@@ -50,6 +50,12 @@ type Config struct {
 	// partition (its channel's and the other channels' sharing the
 	// partition). A resume that would need more answers recovered:false.
 	ReplayMaxScanned int `yaml:"replay_max_scanned"`
+	// ReadyTimeout bounds how long start-up waits for Kafka before the pod
+	// reports ready anyway: /readyz is 200 once every partition known at
+	// start has answered a first fetch, or once this much time has passed.
+	// Kafka faults after that show in metrics and the status endpoint, not
+	// in readiness: every pod shares them.
+	ReadyTimeout time.Duration `yaml:"ready_timeout"`
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -76,6 +82,7 @@ func (c *Config) SetDefaults() {
 	dur(&c.RetryBackoff, 100*time.Millisecond)
 	dur(&c.RetryBackoffMax, 5*time.Second)
 	dur(&c.DialTimeout, 5*time.Second)
+	dur(&c.ReadyTimeout, 30*time.Second)
 	if c.FetchMaxBytes == 0 {
 		c.FetchMaxBytes = 4 << 20
 	}
@@ -115,6 +122,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("dial_timeout", "must be positive")
+	}
+	if c.ReadyTimeout < 0 || c.ReadyTimeout > 10*time.Minute {
+		bad("ready_timeout", "%s must be between 0 (the default, 30s) and 10m", c.ReadyTimeout)
 	}
 	if c.ReplayMaxScanned < 0 {
 		bad("replay_max_scanned", "must be positive, got %d", c.ReplayMaxScanned)

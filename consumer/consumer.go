@@ -32,6 +32,10 @@ type Message struct {
 	// truncated or recreated log). Epochs are unique within the process and
 	// never reused.
 	Epoch uint64
+	// Reset marks the first record of its channel after the partition's
+	// log went back (truncated, or its topic recreated): offsets from here
+	// on may repeat ones delivered before, for different records.
+	Reset bool
 }
 
 // epochs hands out continuity epochs; 0 is never used.
@@ -77,6 +81,22 @@ type Consumer struct {
 	// appear later start at their first offset.
 	fresh      map[string]bool
 	metadataOK bool
+	// gone holds routed topics being read that metadata says no longer
+	// exist (deleted); logged once when they go and once when they return.
+	gone map[string]bool
+
+	// runStart is when Run began (Unix nanoseconds, 0 before); started
+	// latches once start-up has finished (see Started).
+	runStart atomic.Int64
+	started  atomic.Bool
+	// stallLimit, when set (tests), replaces stallAfter's bound.
+	stallLimit time.Duration
+
+	resetMu sync.Mutex // guards resetBelow
+	// resetBelow is, per partition, the highest next offset of a log that
+	// was replaced (truncated, or its topic recreated): positions below it
+	// may name records of the old log, so Replay refuses them.
+	resetBelow map[topicPartition]int64
 }
 
 // routeTable is the routes in force, indexed by topic. It is never modified
@@ -104,11 +124,58 @@ type topicPartition struct {
 	partition int
 }
 
-// partState is what readiness and metrics know of one partition reader.
+// Partition reader states, the label values of kpush_consumer_partitions
+// and the status endpoint's "state".
+const (
+	// StatusStarting: no fetch has been answered yet.
+	StatusStarting = "starting"
+	// StatusReading: the last fetch was answered.
+	StatusReading = "reading"
+	// StatusError: requests for the partition are failing (broker
+	// unreachable, no leader, ...); retried with backoff.
+	StatusError = "error"
+	// StatusDeleted: the partition's topic was deleted; it is read from its
+	// first offset if it is created again.
+	StatusDeleted = "deleted"
+)
+
+// statuses are the states in the order of their numbers in partState.
+var statuses = [...]string{StatusStarting, StatusReading, StatusError, StatusDeleted}
+
+// partState is what readiness, metrics and the status endpoint know of one
+// partition reader. Written by the reader, read by anyone.
 type partState struct {
-	healthy atomic.Bool
-	next    atomic.Int64       // next offset to read
-	cancel  context.CancelFunc // stops the reader; set before it starts
+	st     atomic.Int32 // index into statuses
+	since  atomic.Int64 // Unix nanoseconds of the last change of st
+	beat   atomic.Int64 // Unix nanoseconds the reader's loop last turned
+	err    atomic.Pointer[string]
+	next   atomic.Int64       // next offset to read
+	cancel context.CancelFunc // stops the reader; set before it starts
+}
+
+func newPartState(cancel context.CancelFunc) *partState {
+	ps := &partState{cancel: cancel}
+	now := time.Now().UnixNano()
+	ps.since.Store(now)
+	ps.beat.Store(now)
+	ps.next.Store(-1)
+	return ps
+}
+
+func (ps *partState) status() string { return statuses[ps.st.Load()] }
+
+// set records the reader's state and, for StatusError, why.
+func (ps *partState) set(status string, err error) {
+	n := int32(slices.Index(statuses[:], status))
+	if err != nil {
+		msg := err.Error()
+		ps.err.Store(&msg)
+	} else {
+		ps.err.Store(nil)
+	}
+	if ps.st.Swap(n) != n {
+		ps.since.Store(time.Now().UnixNano())
+	}
 }
 
 // New returns a Consumer for routes (already checked with ValidateRoutes).
@@ -138,6 +205,8 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		partitions: make(map[topicPartition]*partState),
 		stopping:   make(map[topicPartition]*partState),
 		fresh:      make(map[string]bool),
+		gone:       make(map[string]bool),
+		resetBelow: make(map[topicPartition]int64),
 	}
 	t := newRouteTable(routes)
 	c.table.Store(t)
@@ -186,7 +255,7 @@ func (c *Consumer) Ready() bool {
 		return false
 	}
 	for _, p := range c.partitions {
-		if !p.healthy.Load() {
+		if p.status() != StatusReading {
 			return false
 		}
 	}
@@ -198,6 +267,7 @@ func (c *Consumer) Ready() bool {
 // after that fails at once). Call it once.
 func (c *Consumer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	c.runStart.Store(time.Now().UnixNano())
 	defer c.transport.CloseIdleConnections()
 	defer c.stop()
 	defer wg.Wait()
@@ -236,7 +306,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				start = kafka.LastOffset
 			}
 			pctx, cancel := context.WithCancel(ctx)
-			ps := &partState{cancel: cancel}
+			ps := newPartState(cancel)
 			c.mu.Lock()
 			_, routed := c.table.Load().byTopic[tp.topic]
 			if routed { // not unrouted by SetRoutes since discover
@@ -297,11 +367,18 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		if t.Error != nil {
 			if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
 				c.log.Warn("consumer: topic metadata error", "topic", t.Name, "err", t.Error)
+			} else if !c.gone[t.Name] && c.readingLocked(t.Name) {
+				c.gone[t.Name] = true
+				c.log.Warn("consumer: routed topic deleted; its partitions are not read until it is created again, then from their first offset", "topic", t.Name)
 			}
 			continue
 		}
 		if _, ok := routed[t.Name]; !ok {
 			continue
+		}
+		if c.gone[t.Name] {
+			delete(c.gone, t.Name)
+			c.log.Info("consumer: routed topic created again; reading it from its first offset", "topic", t.Name)
 		}
 		for _, p := range t.Partitions {
 			tp := topicPartition{t.Name, p.ID}
@@ -332,6 +409,17 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	return found, nil
 }
 
+// readingLocked reports whether topic has partition readers. Caller holds
+// c.mu.
+func (c *Consumer) readingLocked(topic string) bool {
+	for tp := range c.partitions {
+		if tp.topic == topic {
+			return true
+		}
+	}
+	return false
+}
+
 // backoff is exponential with jitter: the n-th delay is uniform in
 // [d/2, d] for d = min * 2^n, capped at max.
 type backoff struct {
@@ -353,3 +441,49 @@ func (b *backoff) next() time.Duration {
 }
 
 func (b *backoff) reset() { b.failures = 0 }
+
+// peek is the most the next delay can be.
+func (b *backoff) peek() time.Duration {
+	d := b.min << min(b.failures, 20)
+	if d > b.max || d <= 0 {
+		d = b.max
+	}
+	return d
+}
+
+// noteReset records that tp's log was replaced while from was its next
+// offset.
+func (c *Consumer) noteReset(tp topicPartition, from int64) {
+	c.resetMu.Lock()
+	defer c.resetMu.Unlock()
+	if from > c.resetBelow[tp] {
+		c.resetBelow[tp] = from
+	}
+}
+
+// resetAbove reports whether a read-back of tp from offset may span a
+// reset: offset-1 (the client's position) was below the old log's next
+// offset, so the client may hold a record of the old log.
+func (c *Consumer) resetAbove(tp topicPartition, offset int64) bool {
+	c.resetMu.Lock()
+	defer c.resetMu.Unlock()
+	below, ok := c.resetBelow[tp]
+	return ok && offset <= below
+}
+
+// topicGone reports whether the cluster's metadata says topic does not
+// exist. Metadata errors count as "not known to be gone".
+func (c *Consumer) topicGone(ctx context.Context, topic string) bool {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
+	defer cancel()
+	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return false
+	}
+	for _, t := range md.Topics {
+		if t.Name == topic {
+			return errors.Is(t.Error, kafka.UnknownTopicOrPartition)
+		}
+	}
+	return true
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // partReader reads one partition in offset order and hands its records to
@@ -37,6 +38,11 @@ func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
 // kafka.LastOffset) until ctx ends. After a failed request it retries with
 // backoff from the next offset it has not delivered, so a broker restart
 // neither skips nor repeats a record.
+//
+// A log that goes back under it (truncated by an unclean leader election,
+// or its topic deleted and created again) is a reset: counted, logged, and
+// the records that follow get a new continuity epoch, the first of each
+// channel marked Reset, and Replay refuses read-backs from before it.
 func (r *partReader) run(ctx context.Context, start int64) {
 	defer r.m.drop()
 	backoff := r.c.newBackoff()
@@ -44,42 +50,74 @@ func (r *partReader) run(ctx context.Context, start int64) {
 	// A reader's first record may follow a hole (it started at the log's
 	// end, or its topic was routed before): a new continuity epoch.
 	r.router.epoch = nextEpoch()
-	// retry marks the partition unhealthy, counts and logs err, and waits
-	// out the backoff; it returns false if ctx ended meanwhile.
-	retry := func(op string, err error) bool {
-		r.state.healthy.Store(false)
-		r.c.m.errors.WithLabelValues(op).Inc()
-		d := backoff.next()
-		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d.String())
-		t := time.NewTimer(d)
+	wait := func() bool {
+		t := time.NewTimer(backoff.next())
 		defer t.Stop()
 		select {
 		case <-t.C:
+			r.state.beat.Store(time.Now().UnixNano())
 			return true
 		case <-ctx.Done():
 			return false
 		}
 	}
+	// retry marks the partition failing, counts and logs err, and waits
+	// out the backoff; it returns false if ctx ended meanwhile.
+	retry := func(op string, err error) bool {
+		r.state.set(StatusError, err)
+		r.c.m.errors.WithLabelValues(op).Inc()
+		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in_max", backoff.peek().String())
+		return wait()
+	}
+	// deleted is true once the partition's topic was seen deleted: it is
+	// read again, from its first offset, once it exists again.
+	deleted := false
 	for ctx.Err() == nil {
-		if offset < 0 {
+		r.state.beat.Store(time.Now().UnixNano())
+		if offset < 0 || deleted {
 			first, last, err := r.c.offsetRange(ctx, r.tp)
 			if err != nil {
-				if ctx.Err() != nil || !retry("list_offsets", err) {
+				if ctx.Err() != nil {
+					return
+				}
+				if deleted && r.c.topicGone(ctx, r.tp.topic) {
+					if !wait() {
+						return
+					}
+					continue
+				}
+				if !retry("list_offsets", err) {
 					return
 				}
 				continue
 			}
-			if offset == kafka.FirstOffset {
+			switch {
+			case deleted:
+				// The topic was created again: a new log. Read all of it.
+				deleted = false
+				r.reset(ResetRecreated, offset, first)
 				offset = first
-			} else {
+			case offset == kafka.FirstOffset:
+				offset = first
+			default:
 				offset = last
 			}
 			r.state.next.Store(offset)
 		}
 		resp, err := r.c.fetch(ctx, r.tp, offset)
+		r.state.beat.Store(time.Now().UnixNano())
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if unknownTopic(err) && r.c.topicGone(ctx, r.tp.topic) {
+				deleted = true
+				r.state.set(StatusDeleted, nil)
+				r.log.Debug("consumer: topic deleted; waiting for it to be created again", "offset", offset)
+				if !wait() {
+					return
+				}
+				continue
 			}
 			op := "fetch"
 			if errors.Is(err, kafka.OffsetOutOfRange) {
@@ -111,11 +149,11 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			}
 			continue
 		}
-		if !r.state.healthy.Load() {
+		if r.state.status() != StatusReading {
 			if backoff.failures > 0 {
 				r.log.Info("consumer: partition readable again", "offset", offset, "after_failures", backoff.failures)
 			}
-			r.state.healthy.Store(true)
+			r.state.set(StatusReading, nil)
 		}
 		backoff.reset()
 		offset = next
@@ -124,6 +162,26 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			r.m.lag.Set(float64(resp.highWatermark - offset))
 		}
 	}
+}
+
+// Reset reasons, the label values of kpush_consumer_resets_total.
+const (
+	// ResetTruncated: the log now ends before the next offset to read (an
+	// unclean leader election truncated it).
+	ResetTruncated = "truncated"
+	// ResetRecreated: the topic was deleted and created again.
+	ResetRecreated = "recreated"
+)
+
+// reset records that the partition's log went back: reading continues at
+// to, where from was the next offset of the old log.
+func (r *partReader) reset(reason string, from, to int64) {
+	r.c.m.resets.WithLabelValues(reason).Inc()
+	r.log.Warn("consumer: partition log reset; records from here on may reuse offsets already delivered",
+		"reason", reason, "offset", from, "new_offset", to)
+	r.router.epoch = nextEpoch()
+	r.router.markReset()
+	r.c.noteReset(r.tp, from)
 }
 
 // outOfRange decides where to continue after the broker said offset is not
@@ -143,13 +201,20 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 	case offset > last:
 		// The log now ends before records already delivered (it was
 		// truncated, e.g. by an unclean leader election). Continue from
-		// its end: going back would deliver offsets a second time.
-		r.log.Warn("consumer: the log ends before the next offset; continuing from its end", "offset", offset, "end", last)
+		// its end, telling clients the offsets that follow may repeat
+		// ones they saw.
+		r.reset(ResetTruncated, offset, last)
 		return last, nil
 	default:
 		// Back in range (a leader change raced the fetch).
 		return offset, fmt.Errorf("consumer: fetch %s[%d] at %d: %w", r.tp.topic, r.tp.partition, offset, kafka.OffsetOutOfRange)
 	}
+}
+
+// unknownTopic reports whether err says the topic or partition does not
+// exist (on the broker, or in the client's metadata).
+func unknownTopic(err error) bool {
+	return errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.UnknownTopicID) || errors.Is(err, protocol.ErrNoTopic)
 }
 
 // dispatch routes every deliverable record of a fetch response at or

@@ -291,3 +291,40 @@ func BenchmarkDispatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
 }
+
+// After a reset the first record of each channel is marked Reset and has a
+// new epoch; later records are not marked; Replay refuses positions below
+// the old log's next offset.
+func TestResetMarksFirstRecordPerChannel(t *testing.T) {
+	sink := &recordingSink{}
+	r := newTestReader(t, []Route{{Topic: "t", Channel: "c.{key}", Format: FormatBytes}}, sink)
+	r.router.epoch = nextEpoch()
+	r.dispatch(&fetched{records: stream(data(kr(0, "a", "1"), kr(1, "b", "2")))}, 0)
+	before := r.router.epoch
+	r.reset(ResetRecreated, 2, 0)
+	r.dispatch(&fetched{records: stream(data(kr(0, "a", "x"), kr(1, "a", "y"), kr(2, "b", "z")))}, 0)
+	var got []string
+	for _, m := range sink.msgs {
+		got = append(got, fmt.Sprintf("%s@%d:%v", m.Channel, m.Offset, m.Reset))
+		if m.Offset >= 0 && string(m.Value) >= "x" && m.Epoch == before {
+			t.Errorf("record %s@%d after the reset kept the old epoch", m.Channel, m.Offset)
+		}
+	}
+	if want := "c.a@0:false c.b@1:false c.a@0:true c.a@1:false c.b@2:true"; strings.Join(got, " ") != want {
+		t.Fatalf("delivered %q, want %q", strings.Join(got, " "), want)
+	}
+	if v := counterValue(r.c.m.resets.WithLabelValues(ResetRecreated)); v != 1 {
+		t.Errorf("resets{reason=recreated} = %v, want 1", v)
+	}
+	for _, tc := range []struct {
+		after int64
+		spans bool
+	}{{-1, true}, {0, true}, {1, true}, {2, false}, {10, false}} {
+		if got := r.c.resetAbove(r.tp, tc.after+1); got != tc.spans {
+			t.Errorf("read-back after %d spans the reset = %v, want %v", tc.after, got, tc.spans)
+		}
+	}
+	if r.c.resetAbove(topicPartition{"t", 4}, 0) {
+		t.Error("a partition without a reset refuses read-backs")
+	}
+}

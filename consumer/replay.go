@@ -13,6 +13,7 @@ import (
 const (
 	ReplayComplete  = "complete"
 	ReplayGone      = "gone"      // records deleted by retention, the position past the log's end, or no such partition
+	ReplayReset     = "reset"     // the partition's log was replaced (truncated or recreated) after the position
 	ReplayLimit     = "limit"     // kafka.replay_max_scanned reached
 	ReplayStopped   = "stopped"   // the caller's emit stopped it, or its context ended
 	ReplayNoRoute   = "no_route"  // no route produces the channel
@@ -54,6 +55,11 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	}
 	tp := topicPartition{topic, int(p)}
 	offset := after + 1
+	if c.resetAbove(tp, offset) {
+		// The position may name a record of a log that is gone, and the
+		// offsets after it records of the new one: never stitch the two.
+		return false, ReplayReset, nil
+	}
 	end := int64(-1) // the high watermark when the replay began
 	scanned := 0
 	stalls := 0
@@ -92,7 +98,7 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			}
 		}
 		if offset >= end {
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		}
 		start := offset
 		result, routed := "", 0
@@ -117,13 +123,13 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 		c.m.replayScanned.Add(float64(routed))
 		switch result {
 		case ReplayComplete:
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		case ReplayLimit, ReplayStopped:
 			return false, result, nil
 		}
 		offset = next
 		if offset >= end {
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		}
 		if offset == start {
 			// Nothing readable at this offset (a gap the broker keeps
@@ -135,4 +141,14 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			stalls = 0
 		}
 	}
+}
+
+// replayDone is the result of a read-back of tp after position after that
+// reached its end: complete, unless a reset of the partition was found
+// while it ran.
+func (c *Consumer) replayDone(tp topicPartition, after int64) (bool, string, error) {
+	if c.resetAbove(tp, after+1) {
+		return false, ReplayReset, nil
+	}
+	return true, ReplayComplete, nil
 }

@@ -31,6 +31,10 @@ type recordRouter struct {
 	// epoch is stamped on every Message (Message.Epoch); the partition
 	// reader replaces it whenever its read has a hole.
 	epoch uint64
+	// resetPending, while non-nil, holds the channels that have had a
+	// record since the last reset: the first record of any other channel
+	// is marked Message.Reset. It stops marking after maxInterned channels.
+	resetPending map[string]bool
 
 	key, value []byte
 	chbuf      []byte
@@ -94,9 +98,21 @@ func (r *recordRouter) route(rec *kafka.Record) {
 			Route:     rt,
 			Epoch:     r.epoch,
 		}
+		if r.resetPending != nil && !r.resetPending[ch] {
+			r.msg.Reset = true
+			if r.resetPending[ch] = true; len(r.resetPending) >= maxInterned {
+				r.resetPending = nil
+			}
+		}
 		r.deliver(&r.msg)
 	}
 	r.headers = nil
+}
+
+// markReset marks the next record of every channel as the first after a
+// reset.
+func (r *recordRouter) markReset() {
+	r.resetPending = make(map[string]bool)
 }
 
 func (r *recordRouter) skip(c interface{ Inc() }) {

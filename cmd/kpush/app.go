@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,6 +42,9 @@ type app struct {
 	gwLn    net.Listener
 	adminLn net.Listener
 	admin   *http.Server
+
+	// serving is set once Run hands the listener to the gateway.
+	serving atomic.Bool
 
 	shutdownOnce sync.Once
 }
@@ -169,6 +174,7 @@ func toGateway(m *consumer.Message) *gateway.Message {
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
 		Epoch:     m.Epoch,
+		Reset:     m.Reset,
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
 		Conflate:  m.Route.Slow == consumer.SlowConflate,
@@ -190,20 +196,29 @@ func (a *app) adminHandler() http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// A partition reader that stopped turning is this pod's fault and
+		// does not heal: fail liveness so the pod restarts and its clients
+		// move to pods that deliver.
+		if stalled := a.consumer.Stalled(); len(stalled) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "consumer stalled: partition readers not turning: %s\n", strings.Join(stalled, " "))
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		switch {
-		case a.gw.Draining():
+		ready, why := a.ready()
+		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "draining")
-		case !a.consumer.Ready():
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready: not every routed Kafka partition is being read")
-		default:
-			fmt.Fprintln(w, "ready")
 		}
+		fmt.Fprintln(w, why)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.status())
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -211,6 +226,49 @@ func (a *app) adminHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// ready answers /readyz: this pod can serve. Kafka faults after start-up
+// are shared by every pod and show in metrics and /status instead.
+func (a *app) ready() (bool, string) {
+	switch {
+	case a.gw.Draining():
+		return false, "draining"
+	case !a.serving.Load():
+		return false, "not ready: the WebSocket listener is not serving yet"
+	case !a.consumer.Started():
+		return false, "not ready: Kafka start-up has not finished (at most kafka.ready_timeout)"
+	}
+	return true, "ready"
+}
+
+// statusReport is what /status answers.
+type statusReport struct {
+	Ready        bool   `json:"ready"`
+	Readiness    string `json:"readiness"`
+	KafkaStarted bool   `json:"kafka_started"`
+	// Partitions counts partition readers by state.
+	Partitions map[string]int `json:"partitions"`
+	// NotReading lists the partitions not being read, and why.
+	NotReading []consumer.PartitionStatus `json:"not_reading"`
+	// Stalled lists partition readers that stopped turning (fails /healthz).
+	Stalled []string `json:"stalled"`
+}
+
+func (a *app) status() *statusReport {
+	ready, why := a.ready()
+	s := &statusReport{Ready: ready, Readiness: why, KafkaStarted: a.consumer.Started(),
+		Partitions: map[string]int{}, NotReading: []consumer.PartitionStatus{}, Stalled: a.consumer.Stalled()}
+	if s.Stalled == nil {
+		s.Stalled = []string{}
+	}
+	for _, p := range a.consumer.Status() {
+		s.Partitions[p.State]++
+		if p.State != consumer.StatusReading || p.Stalled {
+			s.NotReading = append(s.NotReading, p)
+		}
+	}
+	return s
 }
 
 // Run serves until ctx ends (hard stop) or Shutdown finishes draining.
@@ -232,6 +290,7 @@ func (a *app) Run(ctx context.Context) error {
 	start("admin", func() error { return a.admin.Serve(a.adminLn) })
 	start("consumer", func() error { return a.consumer.Run(ctx) })
 	start("config", func() error { a.reloader.run(ctx); return nil })
+	a.serving.Store(true)
 	start("gateway", func() error {
 		err := a.gw.Serve(ctx, a.gwLn)
 		cancel() // the gateway ending (drained) ends the rest
