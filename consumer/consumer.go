@@ -363,7 +363,14 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	// gets a reader, and only topics the request asked for stop being fresh.
 	routed := c.table.Load().byTopic
 	waiting := map[string]bool{} // topics with a partition whose old reader is still stopping
+	// known: topics the answer says exist, or do not exist. A topic with
+	// another error (no leader yet, ...) stays fresh, so a start-up
+	// metadata error never makes start: latest read it from its beginning.
+	known := map[string]bool{}
 	for _, t := range md.Topics {
+		if t.Error == nil || errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			known[t.Name] = true
+		}
 		if t.Error != nil {
 			if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
 				c.log.Warn("consumer: topic metadata error", "topic", t.Name, "err", t.Error)
@@ -393,7 +400,7 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		}
 	}
 	for _, topic := range table.topics {
-		if !waiting[topic] {
+		if known[topic] && !waiting[topic] {
 			delete(c.fresh, topic)
 		}
 	}
