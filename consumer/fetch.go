@@ -54,6 +54,7 @@ func (c *Consumer) fetchPartition(ctx context.Context, tp topicPartition, offset
 	if c.committed {
 		isolation = 1
 	}
+	c.m.fetches.Inc()
 	msg, err := c.transport.RoundTrip(ctx, c.client.Addr, &fetchAPI.Request{
 		ReplicaID:   -1,
 		MaxWaitTime: int32(maxWait / time.Millisecond),

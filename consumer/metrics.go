@@ -12,6 +12,7 @@ type metrics struct {
 	errors  *prometheus.CounterVec
 	lag     *prometheus.GaugeVec
 	resets  *prometheus.CounterVec
+	fetches prometheus.Counter
 
 	replays       *prometheus.CounterVec
 	replayScanned prometheus.Counter
@@ -59,6 +60,10 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 			Name: "kpush_consumer_lag",
 			Help: "Records between the partition's high watermark and the next offset kpush reads.",
 		}, []string{"topic", "partition"}),
+		fetches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_consumer_fetch_requests_total",
+			Help: "Fetch requests sent to brokers (live reads and resume read-backs). While idle, each partition is fetched about once per kafka.fetch_max_wait.",
+		}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_resets_total",
 			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again). Offsets after a reset may repeat ones delivered before.",
@@ -77,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 	m.skipJSON = m.skipped.WithLabelValues("invalid_json")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.replays, m.replayScanned,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.fetches, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
 			Help: "1 when every routed partition is being read without error; 0 while any is starting, failing or deleted (see kpush_consumer_partitions{state} and /status). Not part of readiness.",
