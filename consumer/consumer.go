@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,11 +66,13 @@ type Consumer struct {
 	// committed is kafka.isolation == read_committed.
 	committed bool
 
-	client    *kafka.Client
-	transport *kafka.Transport
-	// stop ends the transport's background goroutines; Run calls it when
-	// it returns.
-	stop context.CancelFunc
+	// kc is the kafka-go client in use; SetRoutes replaces it when the set
+	// of routed topics changes (its metadata cache holds those topics only).
+	kc atomic.Pointer[kafkaClient]
+	// base is the parent context of every client's transport; Run cancels
+	// it (baseStop) when it returns, ending their background goroutines.
+	base     context.Context
+	baseStop context.CancelFunc
 
 	mu         sync.Mutex // guards partitions, stopping, fresh, metadataOK
 	partitions map[topicPartition]*partState
@@ -91,6 +94,9 @@ type Consumer struct {
 	started  atomic.Bool
 	// stallLimit, when set (tests), replaces stallAfter's bound.
 	stallLimit time.Duration
+	// retired holds clients replaced by SetRoutes until requests begun on
+	// them have ended (Run closes them). Guarded by mu.
+	retired []*kafkaClient
 
 	resetMu sync.Mutex // guards resetBelow
 	// resetBelow is, per partition, the highest next offset of a log that
@@ -218,32 +224,86 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		return nil, fmt.Errorf("consumer: register metrics: %w", err)
 	}
 	c.m = m
-	var ctx context.Context
-	ctx, c.stop = context.WithCancel(context.Background())
-	c.client, c.transport = c.newClient(ctx)
+	c.base, c.baseStop = context.WithCancel(context.Background())
+	c.kc.Store(c.newClient(t.topics))
 	return c, nil
 }
 
-// newClient returns the kafka-go client the partition readers and Replay
-// share. Its transport keeps one connection per concurrent request to each
-// broker and a cache of cluster metadata; its background goroutines stop
-// when ctx ends.
-func (c *Consumer) newClient(ctx context.Context) (*kafka.Client, *kafka.Transport) {
+// kafkaClient is a kafka-go client with its own transport: connections
+// (one per concurrent request to each broker) and a metadata cache of the
+// routed topics.
+type kafkaClient struct {
+	*kafka.Client
+	transport *kafka.Transport
+	topics    string             // the routed topics it caches, sorted, joined by ","
+	stop      context.CancelFunc // ends the transport's background goroutines
+	retireAt  time.Time          // set when retired: no request begun before can still run
+}
+
+// newClient returns a client whose metadata cache holds topics only, so
+// kpush never asks for the whole cluster's metadata. The transport answers
+// Metadata requests from the cache and refreshes it at random times less
+// than MetadataTTL apart: discover reads it every half interval, so a
+// routed topic or partition that appears is read within metadata_interval
+// (plus one round trip), and fetches route to leaders through the same
+// cache. Its goroutines stop when Run returns.
+func (c *Consumer) newClient(topics []string) *kafkaClient {
+	ctx, stop := context.WithCancel(c.base)
+	sorted := slices.Sorted(slices.Values(topics))
 	t := &kafka.Transport{
-		ClientID:    c.cfg.ClientID,
-		DialTimeout: c.cfg.DialTimeout,
-		IdleTimeout: 30 * time.Second,
-		// The transport answers Metadata requests from its cache and
-		// refreshes that cache at random times less than MetadataTTL apart.
-		// discover reads the cache every half interval, so a topic or
-		// partition that appears is read within metadata_interval (plus one
-		// round trip) of appearing, and Fetch routes to its leader through
-		// the same cache. The cache holds every topic (no MetadataTopics):
-		// SetRoutes may route a topic at any time, and it must be there.
-		MetadataTTL: c.cfg.MetadataInterval / 2,
-		Context:     ctx,
+		ClientID:       c.cfg.ClientID,
+		DialTimeout:    c.cfg.DialTimeout,
+		IdleTimeout:    30 * time.Second,
+		MetadataTTL:    c.cfg.MetadataInterval / 2,
+		MetadataTopics: sorted,
+		Context:        ctx,
 	}
-	return &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: t}, t
+	return &kafkaClient{
+		Client:    &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: t},
+		transport: t,
+		topics:    strings.Join(sorted, ","),
+		stop:      stop,
+	}
+}
+
+// close ends the client's goroutines and connections.
+func (k *kafkaClient) close() {
+	k.stop()
+	k.transport.CloseIdleConnections()
+}
+
+// useTopicsLocked switches to a client caching topics if the current one caches
+// others. The old one is closed by Run once every request that may have
+// begun on it has reached its deadline. Caller holds c.mu.
+func (c *Consumer) useTopicsLocked(topics []string) {
+	if strings.Join(slices.Sorted(slices.Values(topics)), ",") == c.kc.Load().topics {
+		return
+	}
+	old := c.kc.Swap(c.newClient(topics))
+	// The longest request deadline: a fetch (fetch_max_wait + dial_timeout
+	// + 10s); a replay's or a listing's is shorter.
+	old.retireAt = time.Now().Add(c.cfg.FetchMaxWait + c.cfg.DialTimeout + 15*time.Second)
+	c.retired = append(c.retired, old)
+}
+
+// closeRetired closes the retired clients whose requests have all ended,
+// or all of them.
+func (c *Consumer) closeRetired(all bool) {
+	c.mu.Lock()
+	var done []*kafkaClient
+	keep := c.retired[:0]
+	for _, k := range c.retired {
+		if all || time.Now().After(k.retireAt) {
+			done = append(done, k)
+		} else {
+			keep = append(keep, k)
+		}
+	}
+	c.retired = keep
+	c.mu.Unlock()
+	for _, k := range done {
+		k.close()
+	}
 }
 
 // Ready reports whether metadata has been read and every known partition of
@@ -268,8 +328,11 @@ func (c *Consumer) Ready() bool {
 func (c *Consumer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	c.runStart.Store(time.Now().UnixNano())
-	defer c.transport.CloseIdleConnections()
-	defer c.stop()
+	defer func() {
+		c.closeRetired(true)
+		c.kc.Load().close()
+		c.baseStop()
+	}()
 	defer wg.Wait()
 	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start, "isolation", c.cfg.Isolation)
 	backoff := c.newBackoff()
@@ -286,6 +349,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		c.closeRetired(false)
 		found, err := c.discover(ctx)
 		if err != nil {
 			c.setMetadataOK(false)
@@ -352,7 +416,7 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
 	table := c.table.Load()
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: table.topics})
+	md, err := c.kc.Load().Metadata(ctx, &kafka.MetadataRequest{Topics: table.topics})
 	if err != nil {
 		return nil, fmt.Errorf("consumer: metadata for %v: %w", table.topics, err)
 	}
@@ -483,7 +547,7 @@ func (c *Consumer) resetAbove(tp topicPartition, offset int64) bool {
 func (c *Consumer) topicGone(ctx context.Context, topic string) bool {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	md, err := c.kc.Load().Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return false
 	}

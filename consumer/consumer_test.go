@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -205,4 +206,69 @@ func TestStarted(t *testing.T) {
 		t.Fatal("Started with no broker before kafka.ready_timeout")
 	}
 	waitUntil(t, 20*time.Second, "kafka.ready_timeout to pass", c2.Started)
+}
+
+// kpush asks brokers for the metadata of its routed topics only, never the
+// whole cluster's, also after SetRoutes routes another topic (which is
+// then read).
+func TestMetadataForRoutedTopicsOnly(t *testing.T) {
+	k := startFake(t, "t", 1)
+	var mu sync.Mutex
+	var asked []string // topics per kafka-go Metadata request, "*" for all
+	k.c.ControlKey(int16(kmsg.Metadata), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		k.c.KeepControl()
+		r := req.(*kmsg.MetadataRequest)
+		if r.GetVersion() > 8 { // franz-go, the test's producer
+			return nil, nil, false
+		}
+		var names []string
+		if r.Topics == nil {
+			names = []string{"*"}
+		}
+		for _, tp := range r.Topics {
+			if tp.Topic != nil {
+				names = append(names, *tp.Topic)
+			}
+		}
+		mu.Lock()
+		asked = append(asked, strings.Join(names, ","))
+		mu.Unlock()
+		return nil, nil, false
+	})
+	if _, err := k.cl.Request(context.Background(), &kmsg.CreateTopicsRequest{Topics: []kmsg.CreateTopicsRequestTopic{{Topic: "u", NumPartitions: 1, ReplicationFactor: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	sink := &chanSink{got: make(chan string, 10)}
+	c, err := New(Config{Brokers: k.c.ListenAddrs(), MetadataInterval: 100 * time.Millisecond},
+		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConsumer(t, c)
+	waitUntil(t, 20*time.Second, "t to be read", func() bool { return len(c.Status()) == 1 && c.Ready() })
+	if err := c.SetRoutes([]Route{{Topic: "t", Channel: "c", Format: FormatBytes}, {Topic: "u", Channel: "d", Format: FormatBytes}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "u to be read", func() bool { return len(c.Status()) == 2 && c.Ready() })
+	k.produce(t, "u", "hello")
+	select {
+	case got := <-sink.got:
+		if got != "0:hello" {
+			t.Fatalf("delivered %q, want 0:hello from u", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the record of the newly routed topic was not delivered")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sawU := false
+	for _, a := range asked {
+		if a != "t" && a != "t,u" {
+			t.Errorf("metadata request for %q, want only the routed topics (t, then t,u)", a)
+		}
+		sawU = sawU || a == "t,u"
+	}
+	if !sawU {
+		t.Errorf("no metadata request for t,u after SetRoutes: %q", asked)
+	}
 }

@@ -55,7 +55,8 @@ func (c *Consumer) fetchPartition(ctx context.Context, tp topicPartition, offset
 		isolation = 1
 	}
 	c.m.fetches.Inc()
-	msg, err := c.transport.RoundTrip(ctx, c.client.Addr, &fetchAPI.Request{
+	kc := c.kc.Load()
+	msg, err := kc.transport.RoundTrip(ctx, kc.Addr, &fetchAPI.Request{
 		ReplicaID:   -1,
 		MaxWaitTime: int32(maxWait / time.Millisecond),
 		// MinBytes 1: the broker answers as soon as one record is there,

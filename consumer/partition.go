@@ -249,7 +249,7 @@ func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (
 func (c *Consumer) offsetRange(ctx context.Context, tp topicPartition) (first, last int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
-	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+	res, err := c.kc.Load().ListOffsets(ctx, &kafka.ListOffsetsRequest{
 		Topics: map[string][]kafka.OffsetRequest{tp.topic: {
 			kafka.FirstOffsetOf(tp.partition),
 			kafka.LastOffsetOf(tp.partition),
