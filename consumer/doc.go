@@ -11,10 +11,22 @@
 // A partition reader delivers records strictly in offset order and advances
 // its position only past records it has handed to the Sink, so after a broker
 // failure it retries with backoff from exactly the next undelivered offset:
-// nothing is skipped or repeated. Control records (the commit and abort
-// markers of transactional producers) are stepped over, never delivered.
-// While a partition cannot be read, Ready is false and
-// kpush_consumer_errors_total rises.
+// nothing is skipped or repeated. It fetches with the configured isolation
+// level (read_committed by default: records of aborted transactions are
+// stepped over using each fetch's aborted-transaction list, and nothing past
+// the last stable offset is read); control records (the commit and abort
+// markers of transactional producers) are never delivered. A log that goes
+// back under a reader (topic recreated, log truncated) is a reset: counted,
+// logged, a new continuity epoch, the next record of each channel marked
+// Reset, and Replay refuses positions from before it.
+//
+// While a partition cannot be read, Ready is false, its state shows in
+// kpush_consumer_partitions{state} and Status, and
+// kpush_consumer_errors_total rises; none of that is readiness, which only
+// waits for start-up (Started). Stalled reports readers that stopped
+// turning, a fault of the process rather than of Kafka.
+//
+// Metadata is requested for the routed topics only.
 //
 // Replay reads one partition back from a given offset for clients that
 // resume from a position older than the gateway's in-memory history; it

@@ -212,9 +212,11 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 }
 
 // unknownTopic reports whether err says the topic or partition does not
-// exist (on the broker, or in the client's metadata).
+// exist (on the broker, or in the client's metadata cache, which keeps a
+// deleted routed topic as an entry without partitions).
 func unknownTopic(err error) bool {
-	return errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.UnknownTopicID) || errors.Is(err, protocol.ErrNoTopic)
+	return errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.UnknownTopicID) ||
+		errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition)
 }
 
 // dispatch routes every deliverable record of a fetch response at or
