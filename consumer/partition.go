@@ -72,6 +72,9 @@ func (r *partReader) run(ctx context.Context, start int64) {
 	// deleted is true once the partition's topic was seen deleted: it is
 	// read again, from its first offset, once it exists again.
 	deleted := false
+	// goneSince is when a fetch first found the topic gone, while that
+	// is not yet confirmed.
+	var goneSince time.Time
 	for ctx.Err() == nil {
 		r.state.beat.Store(time.Now().UnixNano())
 		if offset < 0 || deleted {
@@ -111,14 +114,23 @@ func (r *partReader) run(ctx context.Context, start int64) {
 				return
 			}
 			if unknownTopic(err) && r.c.topicGone(ctx, r.tp.topic) {
-				deleted = true
-				r.state.set(StatusDeleted, nil)
-				r.log.Debug("consumer: topic deleted; waiting for it to be created again", "offset", offset)
+				// Deleted only if metadata still says so after a refresh: a
+				// topic just created can look gone for a moment, and taking
+				// that for a deletion would read it again from its start.
+				if goneSince.IsZero() {
+					goneSince = time.Now()
+				}
+				if time.Since(goneSince) >= r.c.cfg.MetadataInterval/2 {
+					deleted, goneSince = true, time.Time{}
+					r.state.set(StatusDeleted, nil)
+					r.log.Debug("consumer: topic deleted; waiting for it to be created again", "offset", offset)
+				}
 				if !wait() {
 					return
 				}
 				continue
 			}
+			goneSince = time.Time{}
 			op := "fetch"
 			if errors.Is(err, kafka.OffsetOutOfRange) {
 				next, rerr := r.outOfRange(ctx, offset)
