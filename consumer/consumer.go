@@ -94,6 +94,11 @@ type Consumer struct {
 	started  atomic.Bool
 	// stallLimit, when set (tests), replaces stallAfter's bound.
 	stallLimit time.Duration
+	// leaders maps each partition of the routed topics to the broker that
+	// leads it, as the last metadata read said; groups has the fetch group
+	// of each such broker (see fetchGroup). Guarded by mu.
+	leaders map[topicPartition]int
+	groups  map[int]*fetchGroup
 	// retired holds clients replaced by SetRoutes until requests begun on
 	// them have ended (Run closes them). Guarded by mu.
 	retired []*kafkaClient
@@ -212,6 +217,8 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		stopping:   make(map[topicPartition]*partState),
 		fresh:      make(map[string]bool),
 		gone:       make(map[string]bool),
+		leaders:    make(map[topicPartition]int),
+		groups:     make(map[int]*fetchGroup),
 		resetBelow: make(map[topicPartition]int64),
 	}
 	t := newRouteTable(routes)
@@ -393,6 +400,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				r.run(pctx, start)
 			}()
 		}
+		c.startGroups(ctx, &wg)
 		c.setMetadataOK(true)
 		t.Reset(c.cfg.MetadataInterval / 2)
 	}
@@ -453,6 +461,11 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		}
 		for _, p := range t.Partitions {
 			tp := topicPartition{t.Name, p.ID}
+			if p.Error == nil && p.Leader.Host != "" {
+				c.leaders[tp] = p.Leader.ID
+			} else {
+				delete(c.leaders, tp)
+			}
 			_, reading := c.partitions[tp]
 			_, stopping := c.stopping[tp]
 			if stopping {
@@ -478,6 +491,37 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		return a.tp.partition - b.tp.partition
 	})
 	return found, nil
+}
+
+// startGroups starts a fetch group for every broker that leads a routed
+// partition and has none yet; wg tracks their goroutines.
+func (c *Consumer) startGroups(ctx context.Context, wg *sync.WaitGroup) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, leader := range c.leaders {
+		if _, ok := c.groups[leader]; ok {
+			continue
+		}
+		g := newFetchGroup(c, leader)
+		c.groups[leader] = g
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.run(ctx)
+		}()
+	}
+}
+
+// groupOf returns the fetch group of tp's leader, or nil if it is not
+// known yet.
+func (c *Consumer) groupOf(tp topicPartition) *fetchGroup {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	leader, ok := c.leaders[tp]
+	if !ok {
+		return nil
+	}
+	return c.groups[leader]
 }
 
 // readingLocked reports whether topic has partition readers. Caller holds

@@ -272,3 +272,44 @@ func TestMetadataForRoutedTopicsOnly(t *testing.T) {
 		t.Errorf("no metadata request for t,u after SetRoutes: %q", asked)
 	}
 }
+
+// The partitions one broker leads are fetched with one request: an idle
+// consumer of 8 partitions sends Fetch requests that carry all 8, and a
+// record on any of them is still delivered.
+func TestOneFetchPerBroker(t *testing.T) {
+	k := startFake(t, "t", 8)
+	var mu sync.Mutex
+	widest := 0
+	k.c.ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		k.c.KeepControl()
+		n := 0
+		for _, tp := range req.(*kmsg.FetchRequest).Topics {
+			n += len(tp.Partitions)
+		}
+		mu.Lock()
+		widest = max(widest, n)
+		mu.Unlock()
+		return nil, nil, false
+	})
+	sink := &chanSink{got: make(chan string, 10)}
+	c, err := New(Config{Brokers: k.c.ListenAddrs(), MetadataInterval: 100 * time.Millisecond, FetchMaxWait: 100 * time.Millisecond},
+		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConsumer(t, c)
+	waitUntil(t, 20*time.Second, "a fetch request carrying all 8 partitions", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return widest == 8
+	})
+	k.produce(t, "t", "hello") // partition 0 (manual partitioner)
+	select {
+	case got := <-sink.got:
+		if got != "0:hello" {
+			t.Fatalf("delivered %q, want 0:hello", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the record was not delivered")
+	}
+}

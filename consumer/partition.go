@@ -249,12 +249,17 @@ func (r *partReader) dispatch(resp *fetched, offset int64) int64 {
 	return next
 }
 
-// fetch reads from offset, waiting up to fetch_max_wait for a first record.
+// fetch reads from offset, waiting up to fetch_max_wait for a first record:
+// through the fetch group of the partition's leader, in one request with
+// the leader's other partitions, or alone while the leader is not known.
 func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*fetched, error) {
 	// The deadline covers a dial, the broker's wait and the transfer; a
 	// broker that dies mid-request fails it at once (the connection resets).
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second+gatherWait)
 	defer cancel()
+	if g := c.groupOf(tp); g != nil {
+		return g.fetch(ctx, tp, offset)
+	}
 	return c.fetchPartition(ctx, tp, offset, c.cfg.FetchMaxWait)
 }
 

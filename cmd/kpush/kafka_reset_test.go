@@ -72,9 +72,17 @@ func (k *testKafka) recreateTopic(t testing.TB, topic string, partitions int32) 
 func TestRealKafkaTopicRecreated(t *testing.T) {
 	k := startRealKafka(t)
 	topic := k.topic(t, "recreate", 1)
-	app := startApp(t, k.testKafka, []consumer.Route{{Topic: topic, Channel: "rz", Format: consumer.FormatJSON}}, nil)
+	// A second routed topic on the same broker, fetched in the same
+	// requests: the deletion of the first must not hold it up.
+	other := k.topic(t, "stays", 1)
+	app := startApp(t, k.testKafka, []consumer.Route{
+		{Topic: topic, Channel: "rz", Format: consumer.FormatJSON},
+		{Topic: other, Channel: "st", Format: consumer.FormatJSON},
+	}, nil)
 	live := dial(t, app.wsURL)
 	live.subscribe(t, "rz")
+	bystander := dial(t, app.wsURL)
+	bystander.subscribe(t, "st")
 	for i, v := range []string{`{"old":0}`, `{"old":1}`, `{"old":2}`} {
 		k.produce(t, rec(topic, 0, "", v))
 		if f := live.next(t, 10*time.Second); f.O != int64(i) || string(f.Data) != v || f.Reset {
@@ -83,6 +91,10 @@ func TestRealKafkaTopicRecreated(t *testing.T) {
 	}
 
 	k.deleteTopic(t, topic)
+	k.produce(t, rec(other, 0, "", `{"during":"delete"}`))
+	if f := bystander.next(t, 10*time.Second); string(f.Data) != `{"during":"delete"}` {
+		t.Fatalf("the other topic's record while one was deleted: %+v", f)
+	}
 	waitFor(t, 30*time.Second, "kpush to see the topic deleted", func() bool {
 		return app.metric(t, "kpush_consumer_partitions", `state="deleted"`) == 1
 	})
