@@ -29,12 +29,14 @@ type Config struct {
 	// first offset within this interval (plus one round trip). Metadata is
 	// refreshed every half interval or sooner; at most 10s.
 	MetadataInterval time.Duration `yaml:"metadata_interval"`
-	// FetchMaxWait is how long the broker may hold a fetch open when a
-	// partition has nothing new. Fetches ask for one byte at least, so a
+	// FetchMaxWait is how long the broker may hold a fetch open when its
+	// partitions have nothing new. Fetches ask for one byte at least, so a
 	// new record ends the wait at once: this bounds idle round trips (two
-	// per second per partition at 500ms), not latency.
+	// per second per broker at 500ms: one request covers every routed
+	// partition a broker leads), not latency.
 	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
-	// FetchMaxBytes caps one fetch response per partition, which kpush
+	// FetchMaxBytes caps one fetch response per partition (a request for n
+	// partitions asks for at most n times this), which kpush
 	// holds in memory while it routes the records. A partition that is
 	// behind gets this much per round trip; at the 4 MiB default (about
 	// 25,000 records of 100 bytes) the per-fetch overhead no longer shows

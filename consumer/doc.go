@@ -4,9 +4,11 @@
 // Every kpush instance must see every record, because a client subscribed to
 // any channel may be connected to any instance. So the consumer uses no
 // consumer group: it reads every partition of every routed topic itself, one
-// goroutine per partition, and tracks offsets in memory. It follows topics
-// created and partitions added after it starts (polling metadata every
-// kafka.metadata_interval) and reads those from their first offset.
+// goroutine per partition, and tracks offsets in memory. The readers of the
+// partitions one broker leads hand their fetches to that broker's fetch
+// group, which sends them as one Fetch request (see fetchGroup). It follows
+// topics created and partitions added after it starts (polling metadata
+// every kafka.metadata_interval) and reads those from their first offset.
 //
 // A partition reader delivers records strictly in offset order and advances
 // its position only past records it has handed to the Sink, so after a broker

@@ -42,6 +42,7 @@ type fetchGroup struct {
 // fetchCall is one partition reader's fetch, answered by its group.
 type fetchCall struct {
 	ctx    context.Context
+	ps     *partState
 	tp     topicPartition
 	offset int64
 	res    *fetched
@@ -56,8 +57,14 @@ func newFetchGroup(c *Consumer, leader int) *fetchGroup {
 
 // fetch hands the partition's fetch to the group and waits for the answer
 // or ctx.
-func (g *fetchGroup) fetch(ctx context.Context, tp topicPartition, offset int64) (*fetched, error) {
-	call := &fetchCall{ctx: ctx, tp: tp, offset: offset, done: make(chan struct{})}
+//
+// An answer with nothing new for a partition that is being read (no
+// records, the log ends at offset) is not handed back: the call stays in
+// the group for its next request, and the group marks the reader's loop as
+// turning. So a record on one of many idle partitions wakes one reader, not
+// all of them, and the next request goes out without waiting for the rest.
+func (g *fetchGroup) fetch(ctx context.Context, ps *partState, tp topicPartition, offset int64) (*fetched, error) {
+	call := &fetchCall{ctx: ctx, ps: ps, tp: tp, offset: offset, done: make(chan struct{})}
 	g.mu.Lock()
 	g.pending[tp] = call
 	g.mu.Unlock()
@@ -76,11 +83,18 @@ func (g *fetchGroup) fetch(ctx context.Context, tp topicPartition, offset int64)
 // run sends the group's requests until ctx ends.
 func (g *fetchGroup) run(ctx context.Context) {
 	for {
-		select {
-		case <-ctx.Done():
+		g.mu.Lock()
+		parked := len(g.pending)
+		g.mu.Unlock()
+		if parked == 0 {
+			select {
+			case <-ctx.Done():
+			case <-g.wake:
+			}
+		}
+		if ctx.Err() != nil {
 			g.failAll(ctx.Err())
 			return
-		case <-g.wake:
 		}
 		calls := g.gather(ctx)
 		if len(calls) == 0 {
@@ -208,8 +222,18 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 		}
 	}
 	g.mu.Lock()
+	now := time.Now().UnixNano()
+	answered := calls[:0]
 	for _, call := range calls {
 		p := parts[call.tp]
+		if p != nil && p.ErrorCode == 0 && p.RecordSet.Records == nil && p.HighWatermark <= call.offset &&
+			(p.LastStableOffset < 0 || p.LastStableOffset <= call.offset) && call.ps.status() == StatusReading {
+			// Nothing new: keep the call for the next request.
+			call.ps.beat.Store(now)
+			g.pending[call.tp] = call
+			continue
+		}
+		answered = append(answered, call)
 		switch {
 		case p == nil:
 			call.err = fmt.Errorf("consumer: fetch %s[%d] at %d: partition missing from the response", call.tp.topic, call.tp.partition, call.offset)
@@ -225,7 +249,7 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 		}
 	}
 	g.mu.Unlock()
-	for _, call := range calls {
+	for _, call := range answered {
 		close(call.done)
 	}
 }

@@ -107,7 +107,7 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			}
 			r.state.next.Store(offset)
 		}
-		resp, err := r.c.fetch(ctx, r.tp, offset)
+		resp, err := r.c.fetch(ctx, r.state, r.tp, offset)
 		r.state.beat.Store(time.Now().UnixNano())
 		if err != nil {
 			if ctx.Err() != nil {
@@ -249,17 +249,20 @@ func (r *partReader) dispatch(resp *fetched, offset int64) int64 {
 	return next
 }
 
-// fetch reads from offset, waiting up to fetch_max_wait for a first record:
-// through the fetch group of the partition's leader, in one request with
-// the leader's other partitions, or alone while the leader is not known.
-func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*fetched, error) {
+// fetch reads from offset: through the fetch group of the partition's
+// leader, in one request with the leader's other partitions, until there is
+// something new (see fetchGroup.fetch); or alone, waiting up to
+// fetch_max_wait for a first record, while the leader is not known.
+func (c *Consumer) fetch(ctx context.Context, ps *partState, tp topicPartition, offset int64) (*fetched, error) {
+	if g := c.groupOf(tp); g != nil {
+		// The group's requests have deadlines and it answers every call
+		// of a failed one.
+		return g.fetch(ctx, ps, tp, offset)
+	}
 	// The deadline covers a dial, the broker's wait and the transfer; a
 	// broker that dies mid-request fails it at once (the connection resets).
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second+gatherWait)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second)
 	defer cancel()
-	if g := c.groupOf(tp); g != nil {
-		return g.fetch(ctx, tp, offset)
-	}
 	return c.fetchPartition(ctx, tp, offset, c.cfg.FetchMaxWait)
 }
 
