@@ -226,8 +226,10 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 	answered := calls[:0]
 	for _, call := range calls {
 		p := parts[call.tp]
+		_, newer := g.pending[call.tp] // a reader that replaced this call's one
 		if p != nil && p.ErrorCode == 0 && p.RecordSet.Records == nil && p.HighWatermark <= call.offset &&
-			(p.LastStableOffset < 0 || p.LastStableOffset <= call.offset) && call.ps.status() == StatusReading {
+			(p.LastStableOffset < 0 || p.LastStableOffset <= call.offset) && call.ps.status() == StatusReading &&
+			call.ctx.Err() == nil && !newer {
 			// Nothing new: keep the call for the next request.
 			call.ps.beat.Store(now)
 			g.pending[call.tp] = call

@@ -373,10 +373,18 @@ log:
 	waitFor(t, 30*time.Second, "kpush /readyz", func() bool { return httpStatus(p.adminURL+"/readyz") == http.StatusOK })
 	c := dial(t, p.wsURL)
 	c.subscribe(t, "txn")
-	if err := k.tryKcat(topic, 0, []string{"-X", fmt.Sprintf("transactional.id=kpush-test-%d", time.Now().UnixNano())},
-		"k|one", "k|two", "k|three"); err != nil {
-		t.Fatal(err)
-	}
+	// Right after a broker restart (an earlier test's) the transaction
+	// coordinator may still be loading its log: kcat then fails in
+	// init_transactions, before writing anything, so trying again is safe.
+	var kcatErr error
+	waitFor(t, 90*time.Second, "kcat's transactional produce", func() bool {
+		kcatErr = k.tryKcat(topic, 0, []string{"-X", fmt.Sprintf("transactional.id=kpush-test-%d", time.Now().UnixNano())},
+			"k|one", "k|two", "k|three")
+		if kcatErr != nil && !strings.Contains(kcatErr.Error(), "init_transactions") {
+			t.Fatal(kcatErr)
+		}
+		return kcatErr == nil
+	})
 	for i, want := range []string{"one", "two", "three"} {
 		f := c.next(t, 10*time.Second)
 		if f.Op != "msg" || f.O != int64(i) {
