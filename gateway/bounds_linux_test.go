@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/wire"
 )
 
 // TestUnreadRepliesAreBounded: a client that keeps sending requests and
@@ -91,7 +92,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	sc.mu.Lock()
 	queued := sc.queuedBytes
 	sc.mu.Unlock()
-	if queued > maxQueue+len(closeFrame(CloseSlowConsumer, "slow consumer")) {
+	if queued > maxQueue+len(wire.CloseFrame(CloseSlowConsumer, "slow consumer")) {
 		t.Fatalf("%d bytes queued after the close, bound %d", queued, maxQueue)
 	}
 	// Once closing, the server reads on (and discards) until the close

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 )
 
@@ -344,10 +345,10 @@ func (c *conn) readFrames(w *worker) bool {
 	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
-			f, k, err := parseFrame(buf[used:n], maxPayload)
+			f, k, err := wire.ParseClientFrame(buf[used:n], maxPayload)
 			if err != nil {
 				code := ws.StatusProtocolError
-				if err == errFrameTooLarge {
+				if err == wire.ErrFrameTooLarge {
 					code = ws.StatusMessageTooBig
 				}
 				c.srv.metrics.clientErrors.WithLabelValues(closeReason(code)).Inc()
@@ -387,20 +388,20 @@ func (c *conn) readFrames(w *worker) bool {
 
 // handleFrame acts on one frame. It returns false once the connection is
 // closing.
-func (c *conn) handleFrame(f inFrame) bool {
-	if c.msg != nil && (f.op == ws.OpText || f.op == ws.OpBinary) {
+func (c *conn) handleFrame(f wire.ClientFrame) bool {
+	if c.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
 		// RFC 6455 §5.4: only control frames may be interleaved with the
 		// fragments of a message.
 		c.srv.metrics.clientErrors.WithLabelValues(closeReason(ws.StatusProtocolError)).Inc()
 		c.closeWith(ws.StatusProtocolError, "data frame inside a fragmented message", true)
 		return false
 	}
-	switch f.op {
+	switch f.Op {
 	case ws.OpPing:
 		if ok, alive := c.allowRequest(nil); !ok {
 			return alive
 		}
-		c.send(serverFrame(ws.OpPong, f.payload))
+		c.send(wire.ServerFrame(ws.OpPong, f.Payload))
 		return true
 	case ws.OpPong:
 		return true
@@ -414,7 +415,7 @@ func (c *conn) handleFrame(f inFrame) bool {
 			c.abort()
 			return false
 		}
-		code, fail, why := checkCloseBody(f.payload)
+		code, fail, why := wire.CheckCloseBody(f.Payload)
 		if fail != 0 {
 			c.srv.metrics.clientErrors.WithLabelValues(closeReason(fail)).Inc()
 			c.closeWith(fail, why, true)
@@ -428,25 +429,25 @@ func (c *conn) handleFrame(f inFrame) bool {
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
 		return false
 	case ws.OpText:
-		if !f.fin {
-			c.msg = append(make([]byte, 0, len(f.payload)*2), f.payload...)
+		if !f.Fin {
+			c.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
 			c.msgOp = ws.OpText
 			return true
 		}
-		return c.handleText(f.payload)
+		return c.handleText(f.Payload)
 	case ws.OpContinuation:
 		if c.msg == nil {
-			c.closeWith(ws.StatusProtocolError, errFrameBadResume.Error(), true)
+			c.closeWith(ws.StatusProtocolError, wire.ErrFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.payload) > c.srv.lim().MaxMessageBytes {
+		if len(c.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
 			c.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
-			c.closeWith(ws.StatusMessageTooBig, errFrameTooLarge.Error(), true)
+			c.closeWith(ws.StatusMessageTooBig, wire.ErrFrameTooLarge.Error(), true)
 			return false
 		}
-		c.msg = append(c.msg, f.payload...)
-		if !f.fin {
+		c.msg = append(c.msg, f.Payload...)
+		if !f.Fin {
 			return true
 		}
 		msg := c.msg
@@ -494,7 +495,7 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 		clear(c.queue[keep:])
 		c.queue = c.queue[:keep]
 	}
-	cf := closeFrame(code, reason)
+	cf := wire.CloseFrame(code, reason)
 	c.queue = append(c.queue, &router.Frame{Data: cf})
 	c.queuedBytes += len(cf)
 	c.closeAt = c.srv.clock.Load() + closeGraceMS

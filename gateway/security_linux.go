@@ -13,6 +13,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -325,7 +326,7 @@ func refreshedFrame(id int64, revoked []string) []byte {
 		b = append(b, ']')
 	}
 	b = append(b, '}')
-	return serverFrame(ws.OpText, b)
+	return wire.ServerFrame(ws.OpText, b)
 }
 
 // closeRejectReason is the kpush_rejected_total reason for a close caused

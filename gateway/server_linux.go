@@ -21,6 +21,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -423,7 +424,7 @@ func (s *Server) runTicker(ctx context.Context) {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	ping := &router.Frame{Data: serverFrame(ws.OpPing, nil)}
+	ping := &router.Frame{Data: wire.ServerFrame(ws.OpPing, nil)}
 	var n int64
 	for {
 		select {

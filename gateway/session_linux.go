@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 )
 
@@ -148,9 +149,9 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 	const prefix = `{"op":"msg",`
 	rest := f.Payload[len(prefix):]
 	n := len(prefix) + len(member) + 1 + len(rest)
-	h := serverHeaderLen(n)
+	h := wire.ServerHeaderLen(n)
 	b := make([]byte, h, h+n)
-	putServerHeader(b, ws.OpText, n)
+	wire.PutServerHeader(b, ws.OpText, n)
 	b = append(b, prefix...)
 	b = append(b, member...)
 	b = append(b, ',')
