@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -54,7 +52,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	// The 101 is written before the server registers the connection.
 	var sc *conn
 	waitUntil(t, "the client's connection to be registered", func() bool {
-		for _, x := range g.srv.conns.snapshot() {
+		for _, x := range g.srv.conns.Snapshot() {
 			if x.ip == "127.0.0.2" {
 				sc = x
 			}

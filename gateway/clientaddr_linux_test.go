@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -75,7 +73,7 @@ func startSecGatewayLog(t testing.TB, log *slog.Logger, mutate func(*Config)) *s
 // connIPs returns the client addresses of the open connections, sorted.
 func (g *secGateway) connIPs() []string {
 	var ips []string
-	for _, c := range g.srv.conns.snapshot() {
+	for _, c := range g.srv.conns.Snapshot() {
 		ips = append(ips, c.ip)
 	}
 	slices.Sort(ips)

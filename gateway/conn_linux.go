@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -9,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 )
@@ -125,7 +124,7 @@ func (c *conn) scheduleLocked() {
 		return
 	}
 	c.flags |= flagFlushing
-	c.srv.work.push(task{c: c, kind: taskFlush})
+	c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 }
 
 // flush writes as much of the queue as the socket takes, with one writev per
@@ -150,7 +149,7 @@ func (c *conn) flush(w *worker) {
 		iov := w.iov[:0]
 		var oldest int64
 		for i, f := range c.queue {
-			if len(iov) == maxIovecs {
+			if len(iov) == netpoll.MaxIovecs {
 				break
 			}
 			if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
@@ -167,13 +166,13 @@ func (c *conn) flush(w *worker) {
 				oldest = f.Timestamp
 			}
 			iov = append(iov, syscall.Iovec{})
-			setIovec(&iov[len(iov)-1], b)
+			netpoll.SetIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
 		c.inflight = len(iov)
 		c.mu.Unlock()
 
-		n, err := writev(c.fd, iov)
+		n, err := netpoll.Writev(c.fd, iov)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
@@ -217,7 +216,7 @@ func (c *conn) abandonFlushLocked() {
 func (c *conn) requeueFlush() {
 	c.mu.Lock()
 	if c.flags&flagClosed == 0 {
-		c.srv.work.push(task{c: c, kind: taskFlush})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 	} else {
 		c.flags &^= flagFlushing
 		c.releaseIfIdleLocked()
@@ -229,10 +228,10 @@ func (c *conn) requeueFlush() {
 // waits for EPOLLOUT, any other error drops the connection. Caller holds
 // c.mu, which is released.
 func (c *conn) writeFailedLocked(err error) {
-	if isWouldBlock(err) {
+	if netpoll.IsWouldBlock(err) {
 		c.flags = c.flags&^flagFlushing | flagWaitOut
 		if c.flags&flagClosed == 0 {
-			if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
+			if err := c.srv.writePoller.Rearm(c.fd, c.gen); err != nil {
 				c.flags &^= flagWaitOut
 				c.mu.Unlock()
 				c.pollerFailed("rearm for writing", err)
@@ -287,7 +286,7 @@ func (c *conn) onWritable() {
 	if c.flags&flagClosed == 0 {
 		c.flags |= flagFlushing
 		c.mu.Unlock()
-		c.srv.work.push(task{c: c, kind: taskFlush})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 		return
 	}
 	c.releaseIfIdleLocked()
@@ -312,9 +311,9 @@ func (c *conn) onReadable(w *worker) {
 	if alive && c.flags&flagClosed == 0 {
 		if c.tls != nil && !c.tls.drained {
 			// crypto/tls may hold records epoll cannot see: read again.
-			c.srv.work.push(task{c: c, kind: taskRead})
+			c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 		} else {
-			rearmErr = c.srv.readPoller.rearm(c.fd, c.gen)
+			rearmErr = c.srv.readPoller.Rearm(c.fd, c.gen)
 		}
 	}
 	c.releaseIfIdleLocked()
@@ -369,7 +368,7 @@ func (c *conn) readFrames(w *worker) bool {
 		}
 		m, err := c.read(buf[n:])
 		if err != nil {
-			if isWouldBlock(err) {
+			if netpoll.IsWouldBlock(err) {
 				break
 			}
 			return false
@@ -507,7 +506,7 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 	if len(c.subs) > 0 {
 		// closeWith may run inside Enqueue, under a router shard lock,
 		// so the router is left to a worker (see dropSubscriptions).
-		c.srv.work.push(task{c: c, kind: taskUnsubscribe})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Closing})
 	}
 }
 
@@ -570,10 +569,10 @@ func (c *conn) releaseIfIdleLocked() {
 		return
 	}
 	fd := c.fd
-	c.srv.readPoller.remove(fd)
-	c.srv.writePoller.remove(fd)
-	c.srv.conns.remove(fd, c)
-	closeFD(fd)
+	c.srv.readPoller.Remove(fd)
+	c.srv.writePoller.Remove(fd)
+	c.srv.conns.Remove(fd, c)
+	netpoll.Close(fd)
 	c.releaseSecurityLocked()
 	c.fd = -1
 	c.queue = nil

@@ -18,7 +18,7 @@
 //     connections never wait behind a burst of closing ones. A failed epoll
 //     re-arm drops the connection through the normal close path; a failed
 //     epoll_wait is fatal (Server.Err, and Serve returns it). The system
-//     calls on kpush's own descriptors go through sysCalls, which tests
+//     calls on kpush's own descriptors go through netpoll.Sys, which tests
 //     replace to inject faults.
 //   - Publishers (the Kafka consumer, through Server.Publish) only append to
 //     per-connection queues, which are bounded in bytes and messages; when a

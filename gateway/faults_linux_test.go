@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -16,22 +14,23 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/client"
+	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Failures that cannot be provoked from outside, injected through sysCalls.
+// Failures that cannot be provoked from outside, injected through netpoll.Sys.
 
-// faultySys is sysCalls on the kernel, with failures switched on by tests.
+// faultySys is netpoll.Sys on the kernel, with failures switched on by tests.
 type faultySys struct {
-	realSys
+	netpoll.RealSys
 	mu      sync.Mutex
 	ctlFail func(epfd, op int) error // nil: no failure
 	waitErr error
 	dupErr  error
 }
 
-func (f *faultySys) epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+func (f *faultySys) EpollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
 	f.mu.Lock()
 	fail := f.ctlFail
 	f.mu.Unlock()
@@ -40,27 +39,27 @@ func (f *faultySys) epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
 			return err
 		}
 	}
-	return f.realSys.epollCtl(epfd, op, fd, ev)
+	return f.RealSys.EpollCtl(epfd, op, fd, ev)
 }
 
-func (f *faultySys) epollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
+func (f *faultySys) EpollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
 	f.mu.Lock()
 	err := f.waitErr
 	f.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	return f.realSys.epollWait(epfd, events, msec)
+	return f.RealSys.EpollWait(epfd, events, msec)
 }
 
-func (f *faultySys) dupCloexec(fd uintptr) (int, error) {
+func (f *faultySys) DupCloexec(fd uintptr) (int, error) {
 	f.mu.Lock()
 	err := f.dupErr
 	f.mu.Unlock()
 	if err != nil {
 		return -1, err
 	}
-	return f.realSys.dupCloexec(fd)
+	return f.RealSys.DupCloexec(fd)
 }
 
 func (f *faultySys) set(fn func(f *faultySys)) {
@@ -83,12 +82,11 @@ func startFaultGateway(t *testing.T, mutate func(*Config)) *faultGateway {
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, router.New(), reg, nil)
+	f := &faultySys{}
+	srv, err := newServer(cfg, router.New(), reg, nil, f)
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)
 	}
-	f := &faultySys{}
-	srv.sys, srv.readPoller.sys, srv.writePoller.sys = f, f, f
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +120,7 @@ func TestReadRearmFailureClosesConnection(t *testing.T) {
 	if got := g.gauge("kpush_subscriptions"); got != 2 {
 		t.Fatalf("kpush_subscriptions = %v, want 2", got)
 	}
-	readEpfd := g.srv.readPoller.epfd
+	readEpfd := g.srv.readPoller.FD()
 	g.sys.set(func(f *faultySys) {
 		f.ctlFail = func(epfd, op int) error {
 			if epfd == readEpfd && op == syscall.EPOLL_CTL_MOD {
@@ -164,10 +162,10 @@ func TestWriteRearmFailureClosesConnection(t *testing.T) {
 	if f, err := c.Read(); err != nil || f.Op != "ok" || f.ID != id {
 		t.Fatalf("subscribe: %+v %v", f, err)
 	}
-	for _, sc := range g.srv.conns.snapshot() {
+	for _, sc := range g.srv.conns.Snapshot() {
 		sc.setSendBuffer(t, 4096)
 	}
-	writeEpfd := g.srv.writePoller.epfd
+	writeEpfd := g.srv.writePoller.FD()
 	g.sys.set(func(f *faultySys) {
 		f.ctlFail = func(epfd, op int) error {
 			if epfd == writeEpfd && op != syscall.EPOLL_CTL_DEL {

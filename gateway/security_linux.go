@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -349,6 +347,6 @@ func (c *conn) releaseSecurityLocked() {
 	c.srv.slots.Add(-1)
 	c.srv.perIP.release(c.ip)
 	if c.tls != nil {
-		c.tls.link.release()
+		c.tls.link.Release()
 	}
 }
