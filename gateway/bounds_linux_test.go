@@ -88,7 +88,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 		return g.metric("kpush_connection_closes_total", "reason", "slow_consumer") == 1
 	})
 	sc.mu.Lock()
-	queued := sc.queuedBytes
+	queued := sc.out.bytes
 	sc.mu.Unlock()
 	if queued > maxQueue+len(wire.CloseFrame(CloseSlowConsumer, "slow consumer")) {
 		t.Fatalf("%d bytes queued after the close, bound %d", queued, maxQueue)

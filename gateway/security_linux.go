@@ -294,7 +294,7 @@ func (s *Server) refresh(c *conn, req *Request) {
 			kept = append(kept, ch)
 		} else {
 			revoked = append(revoked, ch)
-			c.dropResumeLocked(ch) // a read-back in flight delivers nothing
+			c.out.dropResume(ch) // a read-back in flight delivers nothing
 		}
 	}
 	clear(c.subs[len(kept):])

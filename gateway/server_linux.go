@@ -36,6 +36,7 @@ type Server struct {
 	log    *slog.Logger
 
 	metrics     *metrics
+	policy      policyCounters // the outbound queues' counters, on metrics
 	conns       *netpoll.Registry[conn]
 	work        *netpoll.WorkQueue[conn]
 	readPoller  *netpoll.Poller
@@ -127,6 +128,12 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	s.metrics = m
+	s.policy = policyCounters{
+		compactions: m.slowConsumers.WithLabelValues("conflate"),
+		abandoned:   m.slowConsumers.WithLabelValues("abandon_resume"),
+		conflated:   m.conflated,
+		snapshots:   m.snapshots,
+	}
 	if err := s.initSecurity(reg); err != nil {
 		return nil, err
 	}
@@ -479,15 +486,14 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 			if c.flags&flagClosing != 0 && c.flags&flagClosed == 0 && now > c.closeAt {
 				toCut = append(toCut, c)
 			}
-			if c.flags&flagRecent == 0 && len(c.queue) == 0 && cap(c.queue) > 0 {
-				c.queue = nil // idle: give the queue's memory back
+			if c.flags&flagRecent == 0 && len(c.out.frames) == 0 && cap(c.out.frames) > 0 {
+				c.out.frames = nil // idle: give the queue's memory back
 			}
 			c.flags &^= flagRecent
 			// A connection whose queue is full gets no ping: it is
 			// behind already, and the idle timeout covers it.
-			if pingNow && c.flags&(flagClosing|flagClosed) == 0 && c.fitsLocked(1, len(ping.Data)) {
-				c.queue = append(c.queue, ping)
-				c.queuedBytes += len(ping.Data)
+			if pingNow && c.flags&(flagClosing|flagClosed) == 0 && c.out.fits(c.bounds(), 1, len(ping.Data)) {
+				c.out.add(ping)
 				c.scheduleLocked()
 			}
 			c.mu.Unlock()

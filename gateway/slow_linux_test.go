@@ -104,8 +104,8 @@ func (c *conn) setSendBuffer(t *testing.T, n int) {
 func (s *pushServer) maxQueue() (frames, bytes int) {
 	for _, c := range s.conns.Snapshot() {
 		c.mu.Lock()
-		if c.queuedBytes > bytes {
-			frames, bytes = len(c.queue)+c.held, c.queuedBytes
+		if c.out.bytes > bytes {
+			frames, bytes = len(c.out.frames)+c.out.held, c.out.bytes
 		}
 		c.mu.Unlock()
 	}

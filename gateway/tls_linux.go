@@ -54,20 +54,20 @@ func (c *conn) flushTLS(w *worker) {
 		}
 		var oldest int64
 		if !link.Pending() {
-			if len(c.queue) == 0 {
+			if len(c.out.frames) == 0 {
 				c.endFlushLocked()
 				return
 			}
 			// Gather plaintext; frames are immutable, but the bytes are
 			// copied because TLS records span frames.
 			plain := w.rbuf[:0]
-			for i, f := range c.queue {
-				if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
-					f = c.markSkippedLocked(i) // "skipped":N, before it is copied
+			for i, f := range c.out.frames {
+				if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
 				b := f.Data
 				if i == 0 {
-					b = b[c.head:]
+					b = b[c.out.head:]
 				}
 				room := cap(plain) - len(plain)
 				if room == 0 {
@@ -81,7 +81,7 @@ func (c *conn) flushTLS(w *worker) {
 					oldest = f.Timestamp
 				}
 			}
-			c.consumeLocked(len(plain))
+			c.out.consume(len(plain))
 			c.mu.Unlock()
 			// Only this worker writes (flagFlushing); the reading worker
 			// may add an alert concurrently, which crypto/tls serialises.

@@ -110,7 +110,7 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 		}
 		r.c.mu.Lock()
 		waiting := r.c.flags&flagWaitOut != 0
-		idle := r.c.flags&flagFlushing == 0 && len(r.c.queue) == 0
+		idle := r.c.flags&flagFlushing == 0 && len(r.c.out.frames) == 0
 		r.c.mu.Unlock()
 		switch {
 		case waiting:
