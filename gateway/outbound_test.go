@@ -234,50 +234,60 @@ func TestOutboundResumeSeam(t *testing.T) {
 	checkBytes(t, &o)
 }
 
+// replay is an outbound queue with channel r being read back from offset 10
+// of partition 0; r's last record, for a snapshot, is at offset 20.
+type replay struct {
+	o    outbound
+	st   *chanResume
+	pc   *policyCounters
+	b    queueBounds
+	last *router.Frame
+}
+
+func startReplay(maxMessages int) *replay {
+	r := &replay{pc: newPolicyCounters(), b: queueBounds{messages: maxMessages, bytes: 1 << 20}, last: rec("r", 20, false)}
+	r.st = r.o.startReplay("r", []partPos{{0, 10}}, r.last)
+	return r
+}
+
 // TestOutboundResumeOverflow: held frames that overflow the bounds give the
 // resume up, not the connection; the read-back then answers
 // recovered:false with nothing replayed and no snapshot.
 func TestOutboundResumeOverflow(t *testing.T) {
-	pc := newPolicyCounters()
-	b := queueBounds{messages: 3, bytes: 1 << 20}
-	var o outbound
-	last := rec("r", 20, false)
-	st := o.startReplay("r", []partPos{{0, 10}}, last)
+	r := startReplay(3)
+	o, st, pc := &r.o, r.st, r.pc
 	for off := int64(21); off <= 23; off++ {
-		o.enqueue(rec("r", off, false), b, pc)
+		o.enqueue(rec("r", off, false), r.b, pc)
 	}
-	if r := o.enqueue(rec("r", 24, false), b, pc); r != pushQueued {
-		t.Fatalf("r@24 past the bounds while replaying: %d, want queued live (resume abandoned)", r)
+	if res := o.enqueue(rec("r", 24, false), r.b, pc); res != pushQueued {
+		t.Fatalf("r@24 past the bounds while replaying: %d, want queued live (resume abandoned)", res)
 	}
 	if count(t, pc.abandoned) != 1 || o.held != 0 || !st.lossy || st.replaying {
 		t.Fatalf("abandoned %v, held %d, lossy %v, replaying %v", count(t, pc.abandoned), o.held, st.lossy, st.replaying)
 	}
-	checkBytes(t, &o)
-	complete, _ := o.finishResume("r", st, []*router.Frame{rec("r", 11, false)}, []partPos{{0, 10}}, true, last, b, pc)
+	checkBytes(t, o)
+	complete, _ := o.finishResume("r", st, []*router.Frame{rec("r", 11, false)}, []partPos{{0, 10}}, true, r.last, r.b, pc)
 	if complete || count(t, pc.snapshots) != 0 {
 		t.Fatalf("complete %v, snapshots %v; want false and none", complete, count(t, pc.snapshots))
 	}
-	if got, want := describe(&o), "r@24"; got != want {
+	if got, want := describe(o), "r@24"; got != want {
 		t.Fatalf("queue %q, want %q", got, want)
 	}
-	checkBytes(t, &o)
+	checkBytes(t, o)
 }
 
 // TestOutboundFailedResumeSnapshot: a read-back that could not be complete
 // sends the channel's last record, marked "snap":true, when it is newer
 // than the client's position, then the held live frames.
 func TestOutboundFailedResumeSnapshot(t *testing.T) {
-	pc := newPolicyCounters()
-	b := queueBounds{messages: 100, bytes: 1 << 20}
-	var o outbound
-	last := rec("r", 20, false)
-	st := o.startReplay("r", []partPos{{0, 10}}, last)
-	o.enqueue(rec("r", 21, false), b, pc)
-	complete, queued := o.finishResume("r", st, nil, []partPos{{0, 10}}, false, last, b, pc)
-	if complete || !queued || count(t, pc.snapshots) != 1 {
-		t.Fatalf("complete %v queued %v snapshots %v", complete, queued, count(t, pc.snapshots))
+	r := startReplay(100)
+	o := &r.o
+	o.enqueue(rec("r", 21, false), r.b, r.pc)
+	complete, queued := o.finishResume("r", r.st, nil, []partPos{{0, 10}}, false, r.last, r.b, r.pc)
+	if complete || !queued || count(t, r.pc.snapshots) != 1 {
+		t.Fatalf("complete %v queued %v snapshots %v", complete, queued, count(t, r.pc.snapshots))
 	}
-	if got, want := describe(&o), "r@20+snap r@21"; got != want {
+	if got, want := describe(o), "r@20+snap r@21"; got != want {
 		t.Fatalf("queue %q, want %q", got, want)
 	}
 	// A connection closing drops the resume and every pending frame but
@@ -285,8 +295,8 @@ func TestOutboundFailedResumeSnapshot(t *testing.T) {
 	o.inflight = 1
 	o.dropResume("r")
 	o.dropPending()
-	if got, want := describe(&o), "r@20+snap"; got != want {
+	if got, want := describe(o), "r@20+snap"; got != want {
 		t.Fatalf("after dropPending: %q, want %q", got, want)
 	}
-	checkBytes(t, &o)
+	checkBytes(t, o)
 }
