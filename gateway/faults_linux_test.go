@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,8 +14,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/client"
 	"github.com/kpush/kpush/gateway/internal/netpoll"
-	"github.com/kpush/kpush/router"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Failures that cannot be provoked from outside, injected through netpoll.Sys.
@@ -77,35 +74,11 @@ type faultGateway struct {
 
 func startFaultGateway(t *testing.T, mutate func(*Config)) *faultGateway {
 	t.Helper()
-	cfg := Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond, Workers: 4}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	reg := prometheus.NewRegistry()
 	f := &faultySys{}
-	srv, err := newServer(cfg, router.New(), reg, nil, f)
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g := &faultGateway{sys: f, done: make(chan error, 1)}
-	go func() { g.done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	g := serveGateway(t, secConfig(mutate), serveOptions{sys: f, before: func() {
 		f.set(func(f *faultySys) { f.ctlFail, f.waitErr, f.dupErr = nil, nil, nil })
-		cancel()
-		select {
-		case <-g.done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	<-srv.Ready()
-	g.secGateway = &secGateway{srv: srv, reg: reg, addr: ln.Addr().String(), url: "ws://" + ln.Addr().String() + "/ws"}
-	return g
+	}})
+	return &faultGateway{secGateway: &secGateway{srv: g.srv, reg: g.reg, addr: g.addr, url: g.url}, sys: f, done: g.done}
 }
 
 // TestReadRearmFailureClosesConnection: a connection whose descriptor epoll
