@@ -16,17 +16,27 @@ type Config struct {
 	// later are always read from their first offset, so nothing produced to
 	// them is missed.
 	Start string `yaml:"start"`
+	// Isolation is the Kafka isolation level kpush reads with:
+	// "read_committed" (the default) delivers a record of a transaction
+	// only once the transaction has committed, never one of an aborted
+	// transaction, and nothing of a partition past a transaction still open
+	// there (the last stable offset); "read_uncommitted" delivers every
+	// record as soon as it is written. Resume read-backs follow the same
+	// rule. Control records (transaction markers) are never delivered.
+	Isolation string `yaml:"isolation"`
 	// MetadataInterval bounds how long a routed topic created, or a
 	// partition added, while kpush runs goes unread: it is read from its
 	// first offset within this interval (plus one round trip). Metadata is
 	// refreshed every half interval or sooner; at most 10s.
 	MetadataInterval time.Duration `yaml:"metadata_interval"`
-	// FetchMaxWait is how long the broker may hold a fetch open when a
-	// partition has nothing new. Fetches ask for one byte at least, so a
+	// FetchMaxWait is how long the broker may hold a fetch open when its
+	// partitions have nothing new. Fetches ask for one byte at least, so a
 	// new record ends the wait at once: this bounds idle round trips (two
-	// per second per partition at 500ms), not latency.
+	// per second per broker at 500ms: one request covers every routed
+	// partition a broker leads), not latency.
 	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
-	// FetchMaxBytes caps one fetch response per partition, which kpush
+	// FetchMaxBytes caps one fetch response per partition (a request for n
+	// partitions asks for at most n times this), which kpush
 	// holds in memory while it routes the records. A partition that is
 	// behind gets this much per round trip; at the 4 MiB default (about
 	// 25,000 records of 100 bytes) the per-fetch overhead no longer shows
@@ -42,6 +52,12 @@ type Config struct {
 	// partition (its channel's and the other channels' sharing the
 	// partition). A resume that would need more answers recovered:false.
 	ReplayMaxScanned int `yaml:"replay_max_scanned"`
+	// ReadyTimeout bounds how long start-up waits for Kafka before the pod
+	// reports ready anyway: /readyz is 200 once every partition known at
+	// start has answered a first fetch, or once this much time has passed.
+	// Kafka faults after that show in metrics and the status endpoint, not
+	// in readiness: every pod shares them.
+	ReadyTimeout time.Duration `yaml:"ready_timeout"`
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -55,6 +71,9 @@ func (c *Config) SetDefaults() {
 	if c.Start == "" {
 		c.Start = "latest"
 	}
+	if c.Isolation == "" {
+		c.Isolation = ReadCommitted
+	}
 	dur := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
 			*v = d
@@ -65,6 +84,7 @@ func (c *Config) SetDefaults() {
 	dur(&c.RetryBackoff, 100*time.Millisecond)
 	dur(&c.RetryBackoffMax, 5*time.Second)
 	dur(&c.DialTimeout, 5*time.Second)
+	dur(&c.ReadyTimeout, 30*time.Second)
 	if c.FetchMaxBytes == 0 {
 		c.FetchMaxBytes = 4 << 20
 	}
@@ -87,6 +107,9 @@ func (c *Config) Validate() error {
 	if c.Start != "latest" && c.Start != "earliest" {
 		bad("start", "%q must be latest or earliest", c.Start)
 	}
+	if c.Isolation != ReadCommitted && c.Isolation != ReadUncommitted {
+		bad("isolation", "%q must be read_committed or read_uncommitted", c.Isolation)
+	}
 	if c.MetadataInterval < 100*time.Millisecond || c.MetadataInterval > 10*time.Second {
 		bad("metadata_interval", "%s must be between 100ms and 10s (new topics and partitions are found within it)", c.MetadataInterval)
 	}
@@ -101,6 +124,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("dial_timeout", "must be positive")
+	}
+	if c.ReadyTimeout < 0 || c.ReadyTimeout > 10*time.Minute {
+		bad("ready_timeout", "%s must be between 0 (the default, 30s) and 10m", c.ReadyTimeout)
 	}
 	if c.ReplayMaxScanned < 0 {
 		bad("replay_max_scanned", "must be positive, got %d", c.ReplayMaxScanned)

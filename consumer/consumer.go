@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,10 @@ type Message struct {
 	// truncated or recreated log). Epochs are unique within the process and
 	// never reused.
 	Epoch uint64
+	// Reset marks the first record of its channel after the partition's
+	// log went back (truncated, or its topic recreated): offsets from here
+	// on may repeat ones delivered before, for different records.
+	Reset bool
 }
 
 // epochs hands out continuity epochs; 0 is never used.
@@ -58,12 +63,16 @@ type Consumer struct {
 	log   *slog.Logger
 	m     *metrics
 	wake  chan struct{} // asks Run to read metadata now (routes changed)
+	// committed is kafka.isolation == read_committed.
+	committed bool
 
-	client    *kafka.Client
-	transport *kafka.Transport
-	// stop ends the transport's background goroutines; Run calls it when
-	// it returns.
-	stop context.CancelFunc
+	// kc is the kafka-go client in use; SetRoutes replaces it when the set
+	// of routed topics changes (its metadata cache holds those topics only).
+	kc atomic.Pointer[kafkaClient]
+	// base is the parent context of every client's transport; Run cancels
+	// it (baseStop) when it returns, ending their background goroutines.
+	base     context.Context
+	baseStop context.CancelFunc
 
 	mu         sync.Mutex // guards partitions, stopping, fresh, metadataOK
 	partitions map[topicPartition]*partState
@@ -75,6 +84,30 @@ type Consumer struct {
 	// appear later start at their first offset.
 	fresh      map[string]bool
 	metadataOK bool
+	// gone holds routed topics being read that metadata says no longer
+	// exist (deleted); logged once when they go and once when they return.
+	gone map[string]bool
+
+	// runStart is when Run began (Unix nanoseconds, 0 before); started
+	// latches once start-up has finished (see Started).
+	runStart atomic.Int64
+	started  atomic.Bool
+	// stallLimit, when set (tests), replaces stallAfter's bound.
+	stallLimit time.Duration
+	// leaders maps each partition of the routed topics to the broker that
+	// leads it, as the last metadata read said; groups has the fetch group
+	// of each such broker (see fetchGroup). Guarded by mu.
+	leaders map[topicPartition]int
+	groups  map[int]*fetchGroup
+	// retired holds clients replaced by SetRoutes until requests begun on
+	// them have ended (Run closes them). Guarded by mu.
+	retired []*kafkaClient
+
+	resetMu sync.Mutex // guards resetBelow
+	// resetBelow is, per partition, the highest next offset of a log that
+	// was replaced (truncated, or its topic recreated): positions below it
+	// may name records of the old log, so Replay refuses them.
+	resetBelow map[topicPartition]int64
 }
 
 // routeTable is the routes in force, indexed by topic. It is never modified
@@ -102,11 +135,58 @@ type topicPartition struct {
 	partition int
 }
 
-// partState is what readiness and metrics know of one partition reader.
+// Partition reader states, the label values of kpush_consumer_partitions
+// and the status endpoint's "state".
+const (
+	// StatusStarting: no fetch has been answered yet.
+	StatusStarting = "starting"
+	// StatusReading: the last fetch was answered.
+	StatusReading = "reading"
+	// StatusError: requests for the partition are failing (broker
+	// unreachable, no leader, ...); retried with backoff.
+	StatusError = "error"
+	// StatusDeleted: the partition's topic was deleted; it is read from its
+	// first offset if it is created again.
+	StatusDeleted = "deleted"
+)
+
+// statuses are the states in the order of their numbers in partState.
+var statuses = [...]string{StatusStarting, StatusReading, StatusError, StatusDeleted}
+
+// partState is what readiness, metrics and the status endpoint know of one
+// partition reader. Written by the reader, read by anyone.
 type partState struct {
-	healthy atomic.Bool
-	next    atomic.Int64       // next offset to read
-	cancel  context.CancelFunc // stops the reader; set before it starts
+	st     atomic.Int32 // index into statuses
+	since  atomic.Int64 // Unix nanoseconds of the last change of st
+	beat   atomic.Int64 // Unix nanoseconds the reader's loop last turned
+	err    atomic.Pointer[string]
+	next   atomic.Int64       // next offset to read
+	cancel context.CancelFunc // stops the reader; set before it starts
+}
+
+func newPartState(cancel context.CancelFunc) *partState {
+	ps := &partState{cancel: cancel}
+	now := time.Now().UnixNano()
+	ps.since.Store(now)
+	ps.beat.Store(now)
+	ps.next.Store(-1)
+	return ps
+}
+
+func (ps *partState) status() string { return statuses[ps.st.Load()] }
+
+// set records the reader's state and, for StatusError, why.
+func (ps *partState) set(status string, err error) {
+	n := int32(slices.Index(statuses[:], status))
+	if err != nil {
+		msg := err.Error()
+		ps.err.Store(&msg)
+	} else {
+		ps.err.Store(nil)
+	}
+	if ps.st.Swap(n) != n {
+		ps.since.Store(time.Now().UnixNano())
+	}
 }
 
 // New returns a Consumer for routes (already checked with ValidateRoutes).
@@ -129,12 +209,17 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 	}
 	c := &Consumer{
 		cfg:        cfg,
+		committed:  cfg.Isolation == ReadCommitted,
 		sink:       sink,
 		log:        log,
 		wake:       make(chan struct{}, 1),
 		partitions: make(map[topicPartition]*partState),
 		stopping:   make(map[topicPartition]*partState),
 		fresh:      make(map[string]bool),
+		gone:       make(map[string]bool),
+		leaders:    make(map[topicPartition]int),
+		groups:     make(map[int]*fetchGroup),
+		resetBelow: make(map[topicPartition]int64),
 	}
 	t := newRouteTable(routes)
 	c.table.Store(t)
@@ -146,32 +231,86 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		return nil, fmt.Errorf("consumer: register metrics: %w", err)
 	}
 	c.m = m
-	var ctx context.Context
-	ctx, c.stop = context.WithCancel(context.Background())
-	c.client, c.transport = c.newClient(ctx)
+	c.base, c.baseStop = context.WithCancel(context.Background())
+	c.kc.Store(c.newClient(t.topics))
 	return c, nil
 }
 
-// newClient returns the kafka-go client the partition readers and Replay
-// share. Its transport keeps one connection per concurrent request to each
-// broker and a cache of cluster metadata; its background goroutines stop
-// when ctx ends.
-func (c *Consumer) newClient(ctx context.Context) (*kafka.Client, *kafka.Transport) {
+// kafkaClient is a kafka-go client with its own transport: connections
+// (one per concurrent request to each broker) and a metadata cache of the
+// routed topics.
+type kafkaClient struct {
+	*kafka.Client
+	transport *kafka.Transport
+	topics    string             // the routed topics it caches, sorted, joined by ","
+	stop      context.CancelFunc // ends the transport's background goroutines
+	retireAt  time.Time          // set when retired: no request begun before can still run
+}
+
+// newClient returns a client whose metadata cache holds topics only, so
+// kpush never asks for the whole cluster's metadata. The transport answers
+// Metadata requests from the cache and refreshes it at random times less
+// than MetadataTTL apart: discover reads it every half interval, so a
+// routed topic or partition that appears is read within metadata_interval
+// (plus one round trip), and fetches route to leaders through the same
+// cache. Its goroutines stop when Run returns.
+func (c *Consumer) newClient(topics []string) *kafkaClient {
+	ctx, stop := context.WithCancel(c.base)
+	sorted := slices.Sorted(slices.Values(topics))
 	t := &kafka.Transport{
-		ClientID:    c.cfg.ClientID,
-		DialTimeout: c.cfg.DialTimeout,
-		IdleTimeout: 30 * time.Second,
-		// The transport answers Metadata requests from its cache and
-		// refreshes that cache at random times less than MetadataTTL apart.
-		// discover reads the cache every half interval, so a topic or
-		// partition that appears is read within metadata_interval (plus one
-		// round trip) of appearing, and Fetch routes to its leader through
-		// the same cache. The cache holds every topic (no MetadataTopics):
-		// SetRoutes may route a topic at any time, and it must be there.
-		MetadataTTL: c.cfg.MetadataInterval / 2,
-		Context:     ctx,
+		ClientID:       c.cfg.ClientID,
+		DialTimeout:    c.cfg.DialTimeout,
+		IdleTimeout:    30 * time.Second,
+		MetadataTTL:    c.cfg.MetadataInterval / 2,
+		MetadataTopics: sorted,
+		Context:        ctx,
 	}
-	return &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: t}, t
+	return &kafkaClient{
+		Client:    &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: t},
+		transport: t,
+		topics:    strings.Join(sorted, ","),
+		stop:      stop,
+	}
+}
+
+// close ends the client's goroutines and connections.
+func (k *kafkaClient) close() {
+	k.stop()
+	k.transport.CloseIdleConnections()
+}
+
+// useTopicsLocked switches to a client caching topics if the current one caches
+// others. The old one is closed by Run once every request that may have
+// begun on it has reached its deadline. Caller holds c.mu.
+func (c *Consumer) useTopicsLocked(topics []string) {
+	if strings.Join(slices.Sorted(slices.Values(topics)), ",") == c.kc.Load().topics {
+		return
+	}
+	old := c.kc.Swap(c.newClient(topics))
+	// The longest request deadline: a fetch (fetch_max_wait + dial_timeout
+	// + 10s); a replay's or a listing's is shorter.
+	old.retireAt = time.Now().Add(c.cfg.FetchMaxWait + c.cfg.DialTimeout + 15*time.Second)
+	c.retired = append(c.retired, old)
+}
+
+// closeRetired closes the retired clients whose requests have all ended,
+// or all of them.
+func (c *Consumer) closeRetired(all bool) {
+	c.mu.Lock()
+	var done []*kafkaClient
+	keep := c.retired[:0]
+	for _, k := range c.retired {
+		if all || time.Now().After(k.retireAt) {
+			done = append(done, k)
+		} else {
+			keep = append(keep, k)
+		}
+	}
+	c.retired = keep
+	c.mu.Unlock()
+	for _, k := range done {
+		k.close()
+	}
 }
 
 // Ready reports whether metadata has been read and every known partition of
@@ -183,7 +322,7 @@ func (c *Consumer) Ready() bool {
 		return false
 	}
 	for _, p := range c.partitions {
-		if !p.healthy.Load() {
+		if p.status() != StatusReading {
 			return false
 		}
 	}
@@ -195,10 +334,14 @@ func (c *Consumer) Ready() bool {
 // after that fails at once). Call it once.
 func (c *Consumer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	defer c.transport.CloseIdleConnections()
-	defer c.stop()
+	c.runStart.Store(time.Now().UnixNano())
+	defer func() {
+		c.closeRetired(true)
+		c.kc.Load().close()
+		c.baseStop()
+	}()
 	defer wg.Wait()
-	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start)
+	c.log.Info("consumer starting", "brokers", c.cfg.Brokers, "topics", c.table.Load().topics, "start", c.cfg.Start, "isolation", c.cfg.Isolation)
 	backoff := c.newBackoff()
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -213,6 +356,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		c.closeRetired(false)
 		found, err := c.discover(ctx)
 		if err != nil {
 			c.setMetadataOK(false)
@@ -233,7 +377,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				start = kafka.LastOffset
 			}
 			pctx, cancel := context.WithCancel(ctx)
-			ps := &partState{cancel: cancel}
+			ps := newPartState(cancel)
 			c.mu.Lock()
 			_, routed := c.table.Load().byTopic[tp.topic]
 			if routed { // not unrouted by SetRoutes since discover
@@ -256,6 +400,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				r.run(pctx, start)
 			}()
 		}
+		c.startGroups(ctx, &wg)
 		c.setMetadataOK(true)
 		t.Reset(c.cfg.MetadataInterval / 2)
 	}
@@ -279,7 +424,7 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
 	table := c.table.Load()
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: table.topics})
+	md, err := c.kc.Load().Metadata(ctx, &kafka.MetadataRequest{Topics: table.topics})
 	if err != nil {
 		return nil, fmt.Errorf("consumer: metadata for %v: %w", table.topics, err)
 	}
@@ -290,18 +435,37 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 	// gets a reader, and only topics the request asked for stop being fresh.
 	routed := c.table.Load().byTopic
 	waiting := map[string]bool{} // topics with a partition whose old reader is still stopping
+	// known: topics the answer says exist, or do not exist. A topic with
+	// another error (no leader yet, ...) stays fresh, so a start-up
+	// metadata error never makes start: latest read it from its beginning.
+	known := map[string]bool{}
 	for _, t := range md.Topics {
+		if t.Error == nil || errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			known[t.Name] = true
+		}
 		if t.Error != nil {
 			if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
 				c.log.Warn("consumer: topic metadata error", "topic", t.Name, "err", t.Error)
+			} else if !c.gone[t.Name] && c.readingLocked(t.Name) {
+				c.gone[t.Name] = true
+				c.log.Warn("consumer: routed topic deleted; its partitions are not read until it is created again, then from their first offset", "topic", t.Name)
 			}
 			continue
 		}
 		if _, ok := routed[t.Name]; !ok {
 			continue
 		}
+		if c.gone[t.Name] {
+			delete(c.gone, t.Name)
+			c.log.Info("consumer: routed topic created again; reading it from its first offset", "topic", t.Name)
+		}
 		for _, p := range t.Partitions {
 			tp := topicPartition{t.Name, p.ID}
+			if p.Error == nil && p.Leader.Host != "" {
+				c.leaders[tp] = p.Leader.ID
+			} else {
+				delete(c.leaders, tp)
+			}
 			_, reading := c.partitions[tp]
 			_, stopping := c.stopping[tp]
 			if stopping {
@@ -313,7 +477,7 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		}
 	}
 	for _, topic := range table.topics {
-		if !waiting[topic] {
+		if known[topic] && !waiting[topic] {
 			delete(c.fresh, topic)
 		}
 	}
@@ -327,6 +491,48 @@ func (c *Consumer) discover(ctx context.Context) ([]newPartition, error) {
 		return a.tp.partition - b.tp.partition
 	})
 	return found, nil
+}
+
+// startGroups starts a fetch group for every broker that leads a routed
+// partition and has none yet; wg tracks their goroutines.
+func (c *Consumer) startGroups(ctx context.Context, wg *sync.WaitGroup) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, leader := range c.leaders {
+		if _, ok := c.groups[leader]; ok {
+			continue
+		}
+		g := newFetchGroup(c, leader)
+		c.groups[leader] = g
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.run(ctx)
+		}()
+	}
+}
+
+// groupOf returns the fetch group of tp's leader, or nil if it is not
+// known yet.
+func (c *Consumer) groupOf(tp topicPartition) *fetchGroup {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	leader, ok := c.leaders[tp]
+	if !ok {
+		return nil
+	}
+	return c.groups[leader]
+}
+
+// readingLocked reports whether topic has partition readers. Caller holds
+// c.mu.
+func (c *Consumer) readingLocked(topic string) bool {
+	for tp := range c.partitions {
+		if tp.topic == topic {
+			return true
+		}
+	}
+	return false
 }
 
 // backoff is exponential with jitter: the n-th delay is uniform in
@@ -350,3 +556,49 @@ func (b *backoff) next() time.Duration {
 }
 
 func (b *backoff) reset() { b.failures = 0 }
+
+// peek is the most the next delay can be.
+func (b *backoff) peek() time.Duration {
+	d := b.min << min(b.failures, 20)
+	if d > b.max || d <= 0 {
+		d = b.max
+	}
+	return d
+}
+
+// noteReset records that tp's log was replaced while from was its next
+// offset.
+func (c *Consumer) noteReset(tp topicPartition, from int64) {
+	c.resetMu.Lock()
+	defer c.resetMu.Unlock()
+	if from > c.resetBelow[tp] {
+		c.resetBelow[tp] = from
+	}
+}
+
+// resetAbove reports whether a read-back of tp from offset may span a
+// reset: offset-1 (the client's position) was below the old log's next
+// offset, so the client may hold a record of the old log.
+func (c *Consumer) resetAbove(tp topicPartition, offset int64) bool {
+	c.resetMu.Lock()
+	defer c.resetMu.Unlock()
+	below, ok := c.resetBelow[tp]
+	return ok && offset <= below
+}
+
+// topicGone reports whether the cluster's metadata says topic does not
+// exist. Metadata errors count as "not known to be gone".
+func (c *Consumer) topicGone(ctx context.Context, topic string) bool {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
+	defer cancel()
+	md, err := c.kc.Load().Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return false
+	}
+	for _, t := range md.Topics {
+		if t.Name == topic {
+			return errors.Is(t.Error, kafka.UnknownTopicOrPartition)
+		}
+	}
+	return true
+}

@@ -11,6 +11,8 @@ type metrics struct {
 	skipped *prometheus.CounterVec
 	errors  *prometheus.CounterVec
 	lag     *prometheus.GaugeVec
+	resets  *prometheus.CounterVec
+	fetches prometheus.Counter
 
 	replays       *prometheus.CounterVec
 	replayScanned prometheus.Counter
@@ -58,9 +60,17 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 			Name: "kpush_consumer_lag",
 			Help: "Records between the partition's high watermark and the next offset kpush reads.",
 		}, []string{"topic", "partition"}),
+		fetches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_consumer_fetch_requests_total",
+			Help: "Fetch requests sent to brokers (live reads and resume read-backs). While idle, each partition is fetched about once per kafka.fetch_max_wait.",
+		}),
+		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_consumer_resets_total",
+			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again). Offsets after a reset may repeat ones delivered before.",
+		}, []string{"reason"}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_replays_total",
-			Help: "Partition read-backs for resuming clients, by result (complete, gone, limit, stopped, no_route, ambiguous, error).",
+			Help: "Partition read-backs for resuming clients, by result (complete, gone, reset, limit, stopped, no_route, ambiguous, error).",
 		}, []string{"result"}),
 		replayScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kpush_consumer_replay_records_scanned_total",
@@ -73,23 +83,29 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 	m.skipRead = m.skipped.WithLabelValues("read_error")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.replays, m.replayScanned,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.fetches, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
-			Help: "1 when every routed partition is being read without error.",
+			Help: "1 when every routed partition is being read without error; 0 while any is starting, failing or deleted (see kpush_consumer_partitions{state} and /status). Not part of readiness.",
 		}, func() float64 {
 			if c.Ready() {
 				return 1
 			}
 			return 0
 		}),
+		partitionsCollector{c},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kpush_consumer_partitions",
-			Help: "Partitions of routed topics being read.",
+			Name: "kpush_consumer_stalled_partitions",
+			Help: "Partition readers whose loop has not turned for longer than any Kafka request or backoff can take: a fault of this pod, not of Kafka. Non-zero fails /healthz (liveness).",
+		}, func() float64 { return float64(len(c.Stalled())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kpush_consumer_started",
+			Help: "1 once Kafka start-up has finished (every partition known at start answered a fetch) or kafka.ready_timeout passed.",
 		}, func() float64 {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			return float64(len(c.partitions))
+			if c.Started() {
+				return 1
+			}
+			return 0
 		}),
 	} {
 		if err := reg.Register(col); err != nil {
@@ -97,4 +113,26 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// partitionsCollector exposes kpush_consumer_partitions{state}: the
+// partition readers by state, counted when scraped.
+type partitionsCollector struct{ c *Consumer }
+
+var partitionsDesc = prometheus.NewDesc("kpush_consumer_partitions",
+	"Partitions of routed topics with a reader, by state: starting (no fetch answered yet), reading, error (requests failing, retried), deleted (the topic was deleted; read from its first offset if created again).",
+	[]string{"state"}, nil)
+
+func (p partitionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- partitionsDesc }
+
+func (p partitionsCollector) Collect(ch chan<- prometheus.Metric) {
+	var n [len(statuses)]int
+	p.c.mu.Lock()
+	for _, ps := range p.c.partitions {
+		n[ps.st.Load()]++
+	}
+	p.c.mu.Unlock()
+	for i, st := range statuses {
+		ch <- prometheus.MustNewConstMetric(partitionsDesc, prometheus.GaugeValue, float64(n[i]), st)
+	}
 }

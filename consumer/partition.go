@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // partReader reads one partition in offset order and hands its records to
@@ -17,6 +18,7 @@ type partReader struct {
 	tp     topicPartition
 	state  *partState
 	router *recordRouter
+	filter txnFilter
 	m      *partMetrics
 	log    *slog.Logger
 }
@@ -36,6 +38,11 @@ func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
 // kafka.LastOffset) until ctx ends. After a failed request it retries with
 // backoff from the next offset it has not delivered, so a broker restart
 // neither skips nor repeats a record.
+//
+// A log that goes back under it (truncated by an unclean leader election,
+// or its topic deleted and created again) is a reset: counted, logged, and
+// the records that follow get a new continuity epoch, the first of each
+// channel marked Reset, and Replay refuses read-backs from before it.
 func (r *partReader) run(ctx context.Context, start int64) {
 	defer r.m.drop()
 	backoff := r.c.newBackoff()
@@ -43,46 +50,87 @@ func (r *partReader) run(ctx context.Context, start int64) {
 	// A reader's first record may follow a hole (it started at the log's
 	// end, or its topic was routed before): a new continuity epoch.
 	r.router.epoch = nextEpoch()
-	// retry marks the partition unhealthy, counts and logs err, and waits
-	// out the backoff; it returns false if ctx ended meanwhile.
-	retry := func(op string, err error) bool {
-		r.state.healthy.Store(false)
-		r.c.m.errors.WithLabelValues(op).Inc()
-		d := backoff.next()
-		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in", d.String())
-		t := time.NewTimer(d)
+	wait := func() bool {
+		t := time.NewTimer(backoff.next())
 		defer t.Stop()
 		select {
 		case <-t.C:
+			r.state.beat.Store(time.Now().UnixNano())
 			return true
 		case <-ctx.Done():
 			return false
 		}
 	}
+	// retry marks the partition failing, counts and logs err, and waits
+	// out the backoff; it returns false if ctx ended meanwhile.
+	retry := func(op string, err error) bool {
+		r.state.set(StatusError, err)
+		r.c.m.errors.WithLabelValues(op).Inc()
+		r.log.Warn("consumer: request failed; retrying", "op", op, "offset", offset, "err", err, "retry_in_max", backoff.peek().String())
+		return wait()
+	}
+	// deleted is true once the partition's topic was seen deleted: it is
+	// read again, from its first offset, once it exists again.
+	deleted := false
+	// goneSince is when a fetch first found the topic gone, while that
+	// is not yet confirmed.
+	var goneSince time.Time
 	for ctx.Err() == nil {
-		if offset < 0 {
+		r.state.beat.Store(time.Now().UnixNano())
+		if offset < 0 || deleted {
 			first, last, err := r.c.offsetRange(ctx, r.tp)
 			if err != nil {
-				if ctx.Err() != nil || !retry("list_offsets", err) {
+				if ctx.Err() != nil {
+					return
+				}
+				if deleted && r.c.topicGone(ctx, r.tp.topic) {
+					if !wait() {
+						return
+					}
+					continue
+				}
+				if !retry("list_offsets", err) {
 					return
 				}
 				continue
 			}
-			if offset == kafka.FirstOffset {
+			switch {
+			case deleted:
+				// The topic was created again: a new log. Read all of it.
+				deleted = false
+				r.reset(ResetRecreated, offset, first)
 				offset = first
-			} else {
+			case offset == kafka.FirstOffset:
+				offset = first
+			default:
 				offset = last
 			}
 			r.state.next.Store(offset)
 		}
-		resp, err := r.c.fetch(ctx, r.tp, offset)
-		if err == nil && resp.Error != nil {
-			err = fmt.Errorf("consumer: fetch %s[%d] at %d: %w", r.tp.topic, r.tp.partition, offset, resp.Error)
-		}
+		resp, err := r.c.fetch(ctx, r.state, r.tp, offset)
+		r.state.beat.Store(time.Now().UnixNano())
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if unknownTopic(err) && r.c.topicGone(ctx, r.tp.topic) {
+				// Deleted only if metadata still says so after a refresh: a
+				// topic just created can look gone for a moment, and taking
+				// that for a deletion would read it again from its start.
+				if goneSince.IsZero() {
+					goneSince = time.Now()
+				}
+				if time.Since(goneSince) >= r.c.cfg.MetadataInterval/2 {
+					deleted, goneSince = true, time.Time{}
+					r.state.set(StatusDeleted, nil)
+					r.log.Debug("consumer: topic deleted; waiting for it to be created again", "offset", offset)
+				}
+				if !wait() {
+					return
+				}
+				continue
+			}
+			goneSince = time.Time{}
 			op := "fetch"
 			if errors.Is(err, kafka.OffsetOutOfRange) {
 				next, rerr := r.outOfRange(ctx, offset)
@@ -103,29 +151,49 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			}
 			continue
 		}
-		next := r.dispatch(resp.Records, offset)
-		if next == offset && resp.HighWatermark > offset {
+		next := r.dispatch(resp, offset)
+		if end := resp.end(r.c.committed); next == offset && end > offset {
 			// The broker answered at once with bytes that hold no record at
 			// or after offset (nothing kafka-go can decode). Fetching again
 			// would spin; back off and say so.
-			if !retry("fetch", fmt.Errorf("consumer: fetch %s[%d] at %d: no record below the high watermark %d", r.tp.topic, r.tp.partition, offset, resp.HighWatermark)) {
+			if !retry("fetch", fmt.Errorf("consumer: fetch %s[%d] at %d: no record below the end of the log %d", r.tp.topic, r.tp.partition, offset, end)) {
 				return
 			}
 			continue
 		}
-		if !r.state.healthy.Load() {
+		if r.state.status() != StatusReading {
 			if backoff.failures > 0 {
 				r.log.Info("consumer: partition readable again", "offset", offset, "after_failures", backoff.failures)
 			}
-			r.state.healthy.Store(true)
+			r.state.set(StatusReading, nil)
 		}
 		backoff.reset()
 		offset = next
 		r.state.next.Store(offset)
-		if resp.HighWatermark >= offset {
-			r.m.lag.Set(float64(resp.HighWatermark - offset))
+		if resp.highWatermark >= offset {
+			r.m.lag.Set(float64(resp.highWatermark - offset))
 		}
 	}
+}
+
+// Reset reasons, the label values of kpush_consumer_resets_total.
+const (
+	// ResetTruncated: the log now ends before the next offset to read (an
+	// unclean leader election truncated it).
+	ResetTruncated = "truncated"
+	// ResetRecreated: the topic was deleted and created again.
+	ResetRecreated = "recreated"
+)
+
+// reset records that the partition's log went back: reading continues at
+// to, where from was the next offset of the old log.
+func (r *partReader) reset(reason string, from, to int64) {
+	r.c.m.resets.WithLabelValues(reason).Inc()
+	r.log.Warn("consumer: partition log reset; records from here on may reuse offsets already delivered",
+		"reason", reason, "offset", from, "new_offset", to)
+	r.router.epoch = nextEpoch()
+	r.router.markReset()
+	r.c.noteReset(r.tp, from)
 }
 
 // outOfRange decides where to continue after the broker said offset is not
@@ -145,8 +213,9 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 	case offset > last:
 		// The log now ends before records already delivered (it was
 		// truncated, e.g. by an unclean leader election). Continue from
-		// its end: going back would deliver offsets a second time.
-		r.log.Warn("consumer: the log ends before the next offset; continuing from its end", "offset", offset, "end", last)
+		// its end, telling clients the offsets that follow may repeat
+		// ones they saw.
+		r.reset(ResetTruncated, offset, last)
 		return last, nil
 	default:
 		// Back in range (a leader change raced the fetch).
@@ -154,13 +223,22 @@ func (r *partReader) outOfRange(ctx context.Context, offset int64) (int64, error
 	}
 }
 
-// dispatch routes every data record of records at or after offset and
-// returns the next offset to fetch. It takes the routes in force now, so a
-// SetRoutes applies from the next fetch.
-func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
+// unknownTopic reports whether err says the topic or partition does not
+// exist (on the broker, or in the client's metadata cache, which keeps a
+// deleted routed topic as an entry without partitions).
+func unknownTopic(err error) bool {
+	return errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.UnknownTopicID) ||
+		errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition)
+}
+
+// dispatch routes every deliverable record of a fetch response at or
+// after offset and returns the next offset to fetch. It takes the routes in
+// force now, so a SetRoutes applies from the next fetch.
+func (r *partReader) dispatch(resp *fetched, offset int64) int64 {
 	r.router.routes = r.c.table.Load().byTopic[r.tp.topic]
+	r.filter.reset(r.c.committed, resp.aborted)
 	n := 0
-	next, _ := walk(r.c.m, records, offset, func(rec *kafka.Record) bool {
+	next, _ := walk(r.c.m, &r.filter, resp.records, offset, func(rec *kafka.Record) bool {
 		n++
 		r.router.route(rec)
 		return true
@@ -171,27 +249,21 @@ func (r *partReader) dispatch(records kafka.RecordReader, offset int64) int64 {
 	return next
 }
 
-// fetch reads from offset, waiting up to fetch_max_wait for a first record.
-func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (*kafka.FetchResponse, error) {
+// fetch reads from offset: through the fetch group of the partition's
+// leader, in one request with the leader's other partitions, until there is
+// something new (see fetchGroup.fetch); or alone, waiting up to
+// fetch_max_wait for a first record, while the leader is not known.
+func (c *Consumer) fetch(ctx context.Context, ps *partState, tp topicPartition, offset int64) (*fetched, error) {
+	if g := c.groupOf(tp); g != nil {
+		// The group's requests have deadlines and it answers every call
+		// of a failed one.
+		return g.fetch(ctx, ps, tp, offset)
+	}
 	// The deadline covers a dial, the broker's wait and the transfer; a
 	// broker that dies mid-request fails it at once (the connection resets).
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchMaxWait+c.cfg.DialTimeout+10*time.Second)
 	defer cancel()
-	resp, err := c.client.Fetch(ctx, &kafka.FetchRequest{
-		Topic:     tp.topic,
-		Partition: tp.partition,
-		Offset:    offset,
-		// MinBytes 1: the broker answers as soon as one record is there,
-		// so latency is not traded for batching; under load each answer
-		// still carries everything up to MaxBytes.
-		MinBytes: 1,
-		MaxBytes: int64(c.cfg.FetchMaxBytes),
-		MaxWait:  c.cfg.FetchMaxWait,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer: fetch %s[%d] at %d: %w", tp.topic, tp.partition, offset, err)
-	}
-	return resp, nil
+	return c.fetchPartition(ctx, tp, offset, c.cfg.FetchMaxWait)
 }
 
 // offsetRange returns the partition's first retained offset and its end
@@ -199,7 +271,7 @@ func (c *Consumer) fetch(ctx context.Context, tp topicPartition, offset int64) (
 func (c *Consumer) offsetRange(ctx context.Context, tp topicPartition) (first, last int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
 	defer cancel()
-	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+	res, err := c.kc.Load().ListOffsets(ctx, &kafka.ListOffsetsRequest{
 		Topics: map[string][]kafka.OffsetRequest{tp.topic: {
 			kafka.FirstOffsetOf(tp.partition),
 			kafka.LastOffsetOf(tp.partition),

@@ -11,6 +11,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
 // recordingSink keeps a copy of every message (the consumer reuses the
@@ -58,6 +59,88 @@ func data(recs ...kafka.Record) kafka.RecordReader {
 
 func control(offset int64) kafka.RecordReader {
 	return &protocol.ControlBatch{Records: kafka.NewRecordReader(kr(offset, "\x00\x00\x00\x01", "\x00\x00\x00\x00\x00\x00"))}
+}
+
+// txn is a batch of a transactional producer.
+func txn(pid int64, recs ...kafka.Record) kafka.RecordReader {
+	return &protocol.RecordBatch{Attributes: protocol.Transactional, BaseOffset: recs[0].Offset, ProducerID: pid, Records: kafka.NewRecordReader(recs...)}
+}
+
+// marker is a transaction marker of producer pid: commit or abort.
+func marker(pid, offset int64, commit bool) kafka.RecordReader {
+	key := "\x00\x00\x00\x00"
+	if commit {
+		key = "\x00\x00\x00\x01"
+	}
+	return &protocol.ControlBatch{Attributes: protocol.Transactional | protocol.Control, BaseOffset: offset, ProducerID: pid,
+		Records: kafka.NewRecordReader(kr(offset, key, "\x00\x00\x00\x00\x00\x00"))}
+}
+
+// Under read_committed, records of aborted transactions are never
+// delivered, whatever the batches around them; under read_uncommitted all
+// data records are.
+func TestDispatchTransactions(t *testing.T) {
+	routes := []Route{{Topic: "t", Channel: "c", Format: FormatBytes}}
+	abortedAt := func(pid, first int64) fetchAPI.ResponseTransaction {
+		return fetchAPI.ResponseTransaction{ProducerID: pid, FirstOffset: first}
+	}
+	cases := []struct {
+		name      string
+		isolation string
+		from      int64
+		records   kafka.RecordReader
+		aborted   []fetchAPI.ResponseTransaction
+		next      int64
+		want      string // offsets:values delivered
+	}{
+		{"commit", ReadCommitted, 0,
+			stream(txn(7, kr(0, "", "a"), kr(1, "", "b")), marker(7, 2, true)), nil, 3, "0:a 1:b"},
+		{"abort", ReadCommitted, 0,
+			stream(txn(7, kr(0, "", "a"), kr(1, "", "b")), marker(7, 2, false), data(kr(3, "", "plain"))),
+			[]fetchAPI.ResponseTransaction{abortedAt(7, 0)}, 4, "3:plain"},
+		{"two producers interleaved, one aborted", ReadCommitted, 0,
+			stream(txn(7, kr(0, "", "x1")), txn(8, kr(1, "", "y1")), txn(7, kr(2, "", "x2")), txn(8, kr(3, "", "y2")),
+				marker(8, 4, false), marker(7, 5, true)),
+			[]fetchAPI.ResponseTransaction{abortedAt(8, 1)}, 6, "0:x1 2:x2"},
+		{"aborted then a new transaction of the same producer", ReadCommitted, 0,
+			stream(txn(7, kr(0, "", "gone")), marker(7, 1, false), txn(7, kr(2, "", "kept")), marker(7, 3, true)),
+			[]fetchAPI.ResponseTransaction{abortedAt(7, 0)}, 4, "2:kept"},
+		{"fetch starting inside an aborted transaction", ReadCommitted, 1,
+			stream(txn(7, kr(0, "", "a"), kr(1, "", "b")), marker(7, 2, false), txn(7, kr(3, "", "c"))),
+			[]fetchAPI.ResponseTransaction{abortedAt(7, 0)}, 4, "3:c"},
+		{"read_uncommitted delivers aborted records, never markers", ReadUncommitted, 0,
+			stream(txn(7, kr(0, "", "a")), marker(7, 1, false)),
+			[]fetchAPI.ResponseTransaction{abortedAt(7, 0)}, 2, "0:a"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			sink := sinkFunc(func(m *Message) { got = append(got, fmt.Sprintf("%d:%s", m.Offset, m.Value)) })
+			c, err := New(Config{Isolation: tc.isolation}, routes, sink, prometheus.NewRegistry(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := c.newPartReader(topicPartition{"t", 0}, &partState{})
+			if next := r.dispatch(&fetched{records: tc.records, aborted: tc.aborted}, tc.from); next != tc.next {
+				t.Errorf("next offset %d, want %d", next, tc.next)
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("delivered %q, want %q", strings.Join(got, " "), tc.want)
+			}
+		})
+	}
+}
+
+func TestIsolationConfig(t *testing.T) {
+	c := Config{}
+	c.SetDefaults()
+	if c.Isolation != ReadCommitted {
+		t.Fatalf("default isolation %q, want read_committed", c.Isolation)
+	}
+	c.Isolation = "serializable"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.isolation") {
+		t.Fatalf("Validate() = %v, want an error naming kafka.isolation", err)
+	}
 }
 
 func TestDispatch(t *testing.T) {
@@ -135,7 +218,7 @@ func TestDispatch(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sink := &recordingSink{}
 			r := newTestReader(t, tc.routes, sink)
-			if next := r.dispatch(tc.records, tc.from); next != tc.next {
+			if next := r.dispatch(&fetched{records: tc.records}, tc.from); next != tc.next {
 				t.Errorf("next offset %d, want %d", next, tc.next)
 			}
 			var got []string
@@ -167,7 +250,7 @@ func TestDispatchReusesMessage(t *testing.T) {
 		values = append(values, string(m.Value))
 	})
 	r := newTestReader(t, []Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink)
-	r.dispatch(stream(data(kr(0, "", "first"), kr(1, "", "second"))), 0)
+	r.dispatch(&fetched{records: stream(data(kr(0, "", "first"), kr(1, "", "second")))}, 0)
 	if len(seen) != 2 || seen[0] != seen[1] {
 		t.Fatalf("got %d messages, want the same *Message twice", len(seen))
 	}
@@ -204,7 +287,44 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 		batch := stream(data(recs...))
 		b.StartTimer()
-		r.dispatch(batch, int64(i*n))
+		r.dispatch(&fetched{records: batch}, int64(i*n))
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+}
+
+// After a reset the first record of each channel is marked Reset and has a
+// new epoch; later records are not marked; Replay refuses positions below
+// the old log's next offset.
+func TestResetMarksFirstRecordPerChannel(t *testing.T) {
+	sink := &recordingSink{}
+	r := newTestReader(t, []Route{{Topic: "t", Channel: "c.{key}", Format: FormatBytes}}, sink)
+	r.router.epoch = nextEpoch()
+	r.dispatch(&fetched{records: stream(data(kr(0, "a", "1"), kr(1, "b", "2")))}, 0)
+	before := r.router.epoch
+	r.reset(ResetRecreated, 2, 0)
+	r.dispatch(&fetched{records: stream(data(kr(0, "a", "x"), kr(1, "a", "y"), kr(2, "b", "z")))}, 0)
+	var got []string
+	for _, m := range sink.msgs {
+		got = append(got, fmt.Sprintf("%s@%d:%v", m.Channel, m.Offset, m.Reset))
+		if m.Offset >= 0 && string(m.Value) >= "x" && m.Epoch == before {
+			t.Errorf("record %s@%d after the reset kept the old epoch", m.Channel, m.Offset)
+		}
+	}
+	if want := "c.a@0:false c.b@1:false c.a@0:true c.a@1:false c.b@2:true"; strings.Join(got, " ") != want {
+		t.Fatalf("delivered %q, want %q", strings.Join(got, " "), want)
+	}
+	if v := counterValue(r.c.m.resets.WithLabelValues(ResetRecreated)); v != 1 {
+		t.Errorf("resets{reason=recreated} = %v, want 1", v)
+	}
+	for _, tc := range []struct {
+		after int64
+		spans bool
+	}{{-1, true}, {0, true}, {1, true}, {2, false}, {10, false}} {
+		if got := r.c.resetAbove(r.tp, tc.after+1); got != tc.spans {
+			t.Errorf("read-back after %d spans the reset = %v, want %v", tc.after, got, tc.spans)
+		}
+	}
+	if r.c.resetAbove(topicPartition{"t", 4}, 0) {
+		t.Error("a partition without a reset refuses read-backs")
+	}
 }

@@ -41,6 +41,7 @@ func (c *Consumer) SetRoutes(routes []Route) error {
 			delete(c.fresh, topic)
 		}
 	}
+	c.useTopicsLocked(t.topics)
 	for tp, ps := range c.partitions {
 		if _, ok := t.byTopic[tp.topic]; !ok {
 			ps.cancel()

@@ -13,6 +13,7 @@ import (
 const (
 	ReplayComplete  = "complete"
 	ReplayGone      = "gone"      // records deleted by retention, the position past the log's end, or no such partition
+	ReplayReset     = "reset"     // the partition's log was replaced (truncated or recreated) after the position
 	ReplayLimit     = "limit"     // kafka.replay_max_scanned reached
 	ReplayStopped   = "stopped"   // the caller's emit stopped it, or its context ended
 	ReplayNoRoute   = "no_route"  // no route produces the channel
@@ -22,7 +23,7 @@ const (
 
 // Replay reads partition p of the topic that produces channel ch back from
 // offset after+1 up to the partition's high watermark as its first fetch
-// sees it, and calls emit, in offset order, with every record routed to ch.
+// sees it (the last stable offset under read_committed), and calls emit, in offset order, with every record routed to ch.
 // It stops when emit returns false, after kafka.replay_max_scanned records,
 // or when ctx ends. It reports whether every such record was emitted, and
 // why not (one of the Replay* results). The Message handed to emit is
@@ -54,6 +55,11 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	}
 	tp := topicPartition{topic, int(p)}
 	offset := after + 1
+	if c.resetAbove(tp, offset) {
+		// The position may name a record of a log that is gone, and the
+		// offsets after it records of the new one: never stitch the two.
+		return false, ReplayReset, nil
+	}
 	end := int64(-1) // the high watermark when the replay began
 	scanned := 0
 	stalls := 0
@@ -64,23 +70,14 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 		}
 	})
 	rr.only, rr.live = ch, false
+	var filter txnFilter
 	for {
 		if ctx.Err() != nil {
 			return false, ReplayStopped, nil
 		}
 		fctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout+5*time.Second)
-		resp, err := c.client.Fetch(fctx, &kafka.FetchRequest{
-			Topic:     topic,
-			Partition: int(p),
-			Offset:    offset,
-			MinBytes:  1,
-			MaxBytes:  int64(c.cfg.FetchMaxBytes),
-			MaxWait:   50 * time.Millisecond,
-		})
+		resp, err := c.fetchPartition(fctx, tp, offset, 50*time.Millisecond)
 		cancel()
-		if err == nil && resp.Error != nil {
-			err = resp.Error
-		}
 		if err != nil {
 			if errors.Is(err, kafka.OffsetOutOfRange) || errors.Is(err, kafka.UnknownTopicOrPartition) {
 				// Deleted by retention, or a partition that does not
@@ -93,17 +90,20 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			return false, ReplayError, fmt.Errorf("consumer: replay %s[%d] at %d: %w", topic, p, offset, err)
 		}
 		if end < 0 {
-			end = resp.HighWatermark
+			// Under read_committed the read-back ends at the last stable
+			// offset: what follows is delivered live once committed.
+			end = resp.end(c.committed)
 			if offset > end {
 				return false, ReplayGone, nil
 			}
 		}
 		if offset >= end {
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		}
 		start := offset
 		result, routed := "", 0
-		next, _ := walk(c.m, resp.Records, offset, func(rec *kafka.Record) bool {
+		filter.reset(c.committed, resp.aborted)
+		next, _ := walk(c.m, &filter, resp.records, offset, func(rec *kafka.Record) bool {
 			if rec.Offset >= end {
 				result = ReplayComplete
 				return false
@@ -123,13 +123,13 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 		c.m.replayScanned.Add(float64(routed))
 		switch result {
 		case ReplayComplete:
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		case ReplayLimit, ReplayStopped:
 			return false, result, nil
 		}
 		offset = next
 		if offset >= end {
-			return true, ReplayComplete, nil
+			return c.replayDone(tp, after)
 		}
 		if offset == start {
 			// Nothing readable at this offset (a gap the broker keeps
@@ -141,4 +141,14 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 			stalls = 0
 		}
 	}
+}
+
+// replayDone is the result of a read-back of tp after position after that
+// reached its end: complete, unless a reset of the partition was found
+// while it ran.
+func (c *Consumer) replayDone(tp topicPartition, after int64) (bool, string, error) {
+	if c.resetAbove(tp, after+1) {
+		return false, ReplayReset, nil
+	}
+	return true, ReplayComplete, nil
 }

@@ -2,14 +2,12 @@ package consumer
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
 
 	"github.com/kpush/kpush/router"
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
 )
 
 // maxInterned bounds the channel names one recordRouter keeps interned.
@@ -34,6 +32,10 @@ type recordRouter struct {
 	// epoch is stamped on every Message (Message.Epoch); the partition
 	// reader replaces it whenever its read has a hole.
 	epoch uint64
+	// resetPending, while non-nil, holds the channels that have had a
+	// record since the last reset: the first record of any other channel
+	// is marked Message.Reset. It stops marking after maxInterned channels.
+	resetPending map[string]bool
 
 	key, value []byte
 	chbuf      []byte
@@ -104,9 +106,21 @@ func (r *recordRouter) route(rec *kafka.Record) {
 			Route:     rt,
 			Epoch:     r.epoch,
 		}
+		if r.resetPending != nil && !r.resetPending[ch] {
+			r.msg.Reset = true
+			if r.resetPending[ch] = true; len(r.resetPending) >= maxInterned {
+				r.resetPending = nil
+			}
+		}
 		r.deliver(&r.msg)
 	}
 	r.headers = nil
+}
+
+// markReset marks the next record of every channel as the first after a
+// reset.
+func (r *recordRouter) markReset() {
+	r.resetPending = make(map[string]bool)
 }
 
 func (r *recordRouter) skip(c interface{ Inc() }) {
@@ -155,49 +169,4 @@ func readInto(dst []byte, b kafka.Bytes) ([]byte, error) {
 		return dst[:0], fmt.Errorf("consumer: read %d record bytes: %w", n, err)
 	}
 	return dst, nil
-}
-
-// walk calls fn, in offset order, with every data record of a fetch
-// response at or after offset, and returns the offset after the last record
-// it went past. Records of control batches (the commit and abort markers of
-// transactional producers) are stepped over without calling fn: were they
-// not, a log ending in a marker would be fetched again and again. When fn
-// returns false walk stops there and returns that record's offset, with
-// stopped set. Each record's pages go back to kafka-go's pool after fn.
-// A record that fails to decode ends the walk (counted in m); the next
-// fetch starts again after the last good one.
-func walk(m *metrics, records kafka.RecordReader, offset int64, fn func(*kafka.Record) bool) (next int64, stopped bool) {
-	batches := []kafka.RecordReader{records}
-	if s, ok := records.(*protocol.RecordStream); ok {
-		batches = s.Records
-	}
-	for _, batch := range batches {
-		_, control := batch.(*protocol.ControlBatch)
-		for {
-			rec, err := batch.ReadRecord()
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					m.errDecode.Inc()
-					return offset, false
-				}
-				break
-			}
-			// Compressed batches may start before the fetch offset.
-			if rec.Offset >= offset && !control && !fn(rec) {
-				closeBytes(rec.Key)
-				closeBytes(rec.Value)
-				return rec.Offset, true
-			}
-			closeBytes(rec.Key)
-			closeBytes(rec.Value)
-			offset = max(offset, rec.Offset+1)
-		}
-	}
-	return offset, false
-}
-
-func closeBytes(b kafka.Bytes) {
-	if b != nil {
-		b.Close()
-	}
 }

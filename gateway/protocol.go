@@ -218,6 +218,11 @@ type Message struct {
 	// Skipped is how many older records of the channel conflation dropped
 	// before this one.
 	Skipped int64
+	// Reset marks the first record of the channel after its partition's
+	// log went back (truncated, or its topic recreated): sent as
+	// "reset":true, it tells the client that offsets from here on may
+	// repeat ones it has seen, for different records.
+	Reset bool
 	// Conflate lets a connection that falls behind keep only the newest
 	// pending record of this channel (the route's slow: conflate).
 	Conflate bool
@@ -238,6 +243,9 @@ func EncodeMessage(m *Message) *router.Frame {
 	if m.Skipped > 0 {
 		n += len(`,"skipped":`) + 20
 	}
+	if m.Reset {
+		n += len(`,"reset":true`)
+	}
 	hl := wire.ServerHeaderLen(n) // upper bound on the final length's header size
 	buf := make([]byte, hl, hl+n)
 	b := append(buf, `{"op":"msg","ch":"`...)
@@ -254,6 +262,9 @@ func EncodeMessage(m *Message) *router.Frame {
 	if m.Skipped > 0 {
 		b = append(b, `,"skipped":`...)
 		b = strconv.AppendInt(b, m.Skipped, 10)
+	}
+	if m.Reset {
+		b = append(b, `,"reset":true`...)
 	}
 	if m.Binary {
 		b = append(b, `,"enc":"base64","data":"`...)

@@ -110,6 +110,8 @@ func TestEncodeMessage(t *testing.T) {
 			`{"op":"msg","ch":"b","p":0,"o":0,"ts":1,"enc":"base64","data":"` + base64.StdEncoding.EncodeToString([]byte{0, 0xff}) + `"}`},
 		{"snapshot skipped", Message{Channel: "c", Offset: 9, Data: []byte(`1`), Snapshot: true, Skipped: 3},
 			`{"op":"msg","ch":"c","p":0,"o":9,"ts":0,"snap":true,"skipped":3,"data":1}`},
+		{"reset", Message{Channel: "c", Offset: 0, Data: []byte(`1`), Reset: true},
+			`{"op":"msg","ch":"c","p":0,"o":0,"ts":0,"reset":true,"data":1}`},
 		{"16-bit length", Message{Channel: "c", Data: []byte(`"` + strings.Repeat("y", 300) + `"`)},
 			`{"op":"msg","ch":"c","p":0,"o":0,"ts":0,"data":"` + strings.Repeat("y", 300) + `"}`},
 		{"64-bit length", Message{Channel: "c", Data: []byte(big)},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,6 +42,9 @@ type app struct {
 	gwLn    net.Listener
 	adminLn net.Listener
 	admin   *http.Server
+
+	// serving is set once Run hands the listener to the gateway.
+	serving atomic.Bool
 
 	shutdownOnce sync.Once
 }
@@ -212,6 +217,7 @@ func toGateway(m *consumer.Message) *gateway.Message {
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
 		Epoch:     m.Epoch,
+		Reset:     m.Reset,
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
 		Conflate:  m.Route.Slow == consumer.SlowConflate,
@@ -231,19 +237,20 @@ func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, e
 func (a *app) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
-	mux.HandleFunc("/healthz", healthz(a.gw.Err))
+	mux.HandleFunc("/healthz", healthz(a.gw.Err, a.consumer.Stalled))
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		switch {
-		case a.gw.Draining():
+		ready, why := a.ready()
+		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "draining")
-		case !a.consumer.Ready():
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready: not every routed Kafka partition is being read")
-		default:
-			fmt.Fprintln(w, "ready")
 		}
+		fmt.Fprintln(w, why)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.status())
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -253,10 +260,12 @@ func (a *app) adminHandler() http.Handler {
 	return mux
 }
 
-// healthz answers the liveness probe: 200 while failed returns nil, 503
-// once the gateway can no longer serve its sockets (its epoll failed; the
-// process is then on its way out with a non-zero status).
-func healthz(failed func() error) http.HandlerFunc {
+// healthz answers the liveness probe: 503 once this pod cannot recover by
+// itself, so the orchestrator restarts it and its clients move to pods that
+// deliver. Two faults are this pod's own: the gateway's epoll failed (the
+// process is then on its way out with a non-zero status), or a partition
+// reader stopped turning while the partition is readable.
+func healthz(failed func() error, stalled func() []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := failed(); err != nil {
@@ -264,8 +273,56 @@ func healthz(failed func() error) http.HandlerFunc {
 			fmt.Fprintln(w, "failed:", err)
 			return
 		}
+		if st := stalled(); len(st) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "consumer stalled: partition readers not turning: %s\n", strings.Join(st, " "))
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	}
+}
+
+// ready answers /readyz: this pod can serve. Kafka faults after start-up
+// are shared by every pod and show in metrics and /status instead.
+func (a *app) ready() (bool, string) {
+	switch {
+	case a.gw.Draining():
+		return false, "draining"
+	case !a.serving.Load():
+		return false, "not ready: the WebSocket listener is not serving yet"
+	case !a.consumer.Started():
+		return false, "not ready: Kafka start-up has not finished (at most kafka.ready_timeout)"
+	}
+	return true, "ready"
+}
+
+// statusReport is what /status answers.
+type statusReport struct {
+	Ready        bool   `json:"ready"`
+	Readiness    string `json:"readiness"`
+	KafkaStarted bool   `json:"kafka_started"`
+	// Partitions counts partition readers by state.
+	Partitions map[string]int `json:"partitions"`
+	// NotReading lists the partitions not being read, and why.
+	NotReading []consumer.PartitionStatus `json:"not_reading"`
+	// Stalled lists partition readers that stopped turning (fails /healthz).
+	Stalled []string `json:"stalled"`
+}
+
+func (a *app) status() *statusReport {
+	ready, why := a.ready()
+	s := &statusReport{Ready: ready, Readiness: why, KafkaStarted: a.consumer.Started(),
+		Partitions: map[string]int{}, NotReading: []consumer.PartitionStatus{}, Stalled: a.consumer.Stalled()}
+	if s.Stalled == nil {
+		s.Stalled = []string{}
+	}
+	for _, p := range a.consumer.Status() {
+		s.Partitions[p.State]++
+		if p.State != consumer.StatusReading || p.Stalled {
+			s.NotReading = append(s.NotReading, p)
+		}
+	}
+	return s
 }
 
 // Run serves until ctx ends (hard stop) or Shutdown finishes draining.
@@ -287,6 +344,7 @@ func (a *app) Run(ctx context.Context) error {
 	start("admin", func() error { return a.admin.Serve(a.adminLn) })
 	start("consumer", func() error { return a.consumer.Run(ctx) })
 	start("config", func() error { a.reloader.run(ctx); return nil })
+	a.serving.Store(true)
 	start("gateway", func() error {
 		err := a.gw.Serve(ctx, a.gwLn)
 		cancel() // the gateway ending (drained) ends the rest

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpush/kpush/consumer"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -41,10 +42,30 @@ var benchTopic struct {
 }
 
 const (
-	benchPartitions = 4
 	benchValueBytes = 100
 	benchKeys       = 1000
 )
+
+// benchPartitions is the partitions of each bench topic:
+// KPUSH_BENCH_PARTITIONS, 4 by default.
+func benchPartitions() int32 {
+	if n, err := strconv.Atoi(os.Getenv("KPUSH_BENCH_PARTITIONS")); err == nil && n > 0 {
+		return int32(n)
+	}
+	return 4
+}
+
+// benchRoutes routes topic to ticks.{key} and, with KPUSH_BENCH_TOPICS=n,
+// n-1 more topics of as many partitions that stay idle: kpush reads them
+// all (the 2 topics x 64 partitions measurement of cmd/kpush-bench/README.md).
+func benchRoutes(b *testing.B, k *testKafka, topic string) []consumer.Route {
+	routes := tickRoute(topic)
+	n, _ := strconv.Atoi(os.Getenv("KPUSH_BENCH_TOPICS"))
+	for i := 1; i < n; i++ {
+		routes = append(routes, consumer.Route{Topic: k.topic(b, "bench-idle", benchPartitions()), Channel: fmt.Sprintf("idle%d.{key}", i), Format: consumer.FormatJSON})
+	}
+	return routes
+}
 
 func benchRecords() int {
 	if s := os.Getenv("KPUSH_BENCH_RECORDS"); s != "" {
@@ -60,7 +81,7 @@ func benchRecords() int {
 // benchKeys symbols.
 func fillBenchTopic(b *testing.B, k *testKafka) (string, int) {
 	benchTopic.once.Do(func() {
-		name := k.topic(b, "bench", benchPartitions)
+		name := k.topic(b, "bench", benchPartitions())
 		n := benchRecords()
 		cl, err := kgo.NewClient(
 			kgo.SeedBrokers(k.brokers...),
@@ -84,7 +105,7 @@ func fillBenchTopic(b *testing.B, k *testKafka) (string, int) {
 			keys[i] = fmt.Appendf(nil, "S%03d", i)
 		}
 		for i := range n {
-			r := &kgo.Record{Topic: name, Partition: int32(i % benchPartitions), Key: keys[i%benchKeys], Value: benchValue(benchValueBytes, i, 0)}
+			r := &kgo.Record{Topic: name, Partition: int32(i) % benchPartitions(), Key: keys[i%benchKeys], Value: benchValue(benchValueBytes, i, 0)}
 			cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()
@@ -132,13 +153,14 @@ func BenchmarkKafkaConsume(b *testing.B) {
 	}
 	k := startKafka(b)
 	topic, n := fillBenchTopic(b, k)
+	routes := benchRoutes(b, k, topic)
 	b.ReportAllocs()
 	b.ResetTimer()
 	var elapsed time.Duration
 	var cpu float64
 	for range b.N {
 		cpu0, start := cpuSeconds(), time.Now()
-		a := startApp(b, k, tickRoute(topic), func(c *Config) {
+		a := startApp(b, k, routes, func(c *Config) {
 			benchConfig(c)
 			c.Kafka.Start = "earliest"
 		})
@@ -178,8 +200,8 @@ func BenchmarkKafkaLatency(b *testing.B) {
 		measured = 5 * rate // records
 	)
 	k := startKafka(b)
-	topic := k.topic(b, "latency", benchPartitions)
-	a := startApp(b, k, tickRoute(topic), benchConfig)
+	topic := k.topic(b, "latency", benchPartitions())
+	a := startApp(b, k, benchRoutes(b, k, topic), benchConfig)
 	c := dial(b, a.wsURL)
 	c.subscribe(b, "ticks.LAT")
 	b.ResetTimer()

@@ -49,6 +49,7 @@ type Frame struct {
 	Enc       string          `json:"enc,omitempty"`
 	Snap      bool            `json:"snap,omitempty"`
 	Skipped   int64           `json:"skipped,omitempty"`
+	Reset     bool            `json:"reset,omitempty"`
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 	Recovered map[string]bool `json:"recovered,omitempty"`
