@@ -40,6 +40,10 @@
 // reload): readers of newly routed topics start, readers of topics no longer
 // routed stop, and the others use the new routes from their next fetch.
 //
+// Place in kpush: the start of the record's path (consumer → router →
+// gateway). Of kpush it imports only router, for the channel name rule
+// (router.ValidChannel); cmd/kpush wires its Sink to the gateway's Publish.
+//
 // Concurrency: Run owns every goroutine it starts and returns after they
 // stop (kafka-go's transport goroutines end when Run returns); SetRoutes and
 // Replay are safe to call while it runs. Sink.Deliver is called concurrently

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -11,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/wire"
 )
 
 // TestUnreadRepliesAreBounded: a client that keeps sending requests and
@@ -53,7 +52,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	// The 101 is written before the server registers the connection.
 	var sc *conn
 	waitUntil(t, "the client's connection to be registered", func() bool {
-		for _, x := range g.srv.conns.snapshot() {
+		for _, x := range g.srv.conns.Snapshot() {
 			if x.ip == "127.0.0.2" {
 				sc = x
 			}
@@ -89,9 +88,9 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 		return g.metric("kpush_connection_closes_total", "reason", "slow_consumer") == 1
 	})
 	sc.mu.Lock()
-	queued := sc.queuedBytes
+	queued := sc.out.bytes
 	sc.mu.Unlock()
-	if queued > maxQueue+len(closeFrame(CloseSlowConsumer, "slow consumer")) {
+	if queued > maxQueue+len(wire.CloseFrame(CloseSlowConsumer, "slow consumer")) {
 		t.Fatalf("%d bytes queued after the close, bound %d", queued, maxQueue)
 	}
 	// Once closing, the server reads on (and discards) until the close

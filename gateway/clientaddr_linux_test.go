@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -19,8 +17,6 @@ import (
 	"time"
 
 	"github.com/kpush/kpush/gateway/client"
-	"github.com/kpush/kpush/router"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // lockedBuffer is a log destination safe for concurrent writers.
@@ -41,41 +37,10 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startSecGatewayLog is startSecGateway with a logger.
-func startSecGatewayLog(t testing.TB, log *slog.Logger, mutate func(*Config)) *secGateway {
-	t.Helper()
-	cfg := Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond, Workers: 4}
-	mutate(&cfg)
-	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, router.New(), reg, log)
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	<-srv.Ready()
-	g := &secGateway{srv: srv, reg: reg, addr: ln.Addr().String()}
-	g.url = "ws://" + g.addr + "/ws"
-	return g
-}
-
 // connIPs returns the client addresses of the open connections, sorted.
 func (g *secGateway) connIPs() []string {
 	var ips []string
-	for _, c := range g.srv.conns.snapshot() {
+	for _, c := range g.srv.conns.Snapshot() {
 		ips = append(ips, c.ip)
 	}
 	slices.Sort(ips)

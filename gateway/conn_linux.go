@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -9,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/internal/netpoll"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 )
 
@@ -28,18 +28,11 @@ type conn struct {
 	tls *tlsState // nil for plain ws; set before the conn is registered
 	sec connSec   // token grant, expiry and request rate (security_linux.go)
 
-	mu          sync.Mutex
-	queue       []*router.Frame        // guarded by mu; frames waiting to be written
-	queuedBytes int                    // guarded by mu; bytes in queue not yet written
-	head        int                    // guarded by mu; bytes of queue[0] already written
-	inflight    int                    // guarded by mu; frames at the queue front handed to a writev in progress
-	flags       connFlags              // guarded by mu
-	closeAt     int64                  // guarded by mu; coarse ms after which a closing conn is cut
-	subs        []string               // guarded by mu; channels subscribed to
-	conflated   map[string]int64       // guarded by mu; channel → records dropped by conflation
-	seen        map[string]struct{}    // guarded by mu; scratch for compactLocked
-	resume      map[string]*chanResume // guarded by mu; channels replaying or with floors
-	held        int                    // guarded by mu; live frames held for replays
+	mu      sync.Mutex
+	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
+	flags   connFlags // guarded by mu
+	closeAt int64     // guarded by mu; coarse ms after which a closing conn is cut
+	subs    []string  // guarded by mu; channels subscribed to
 
 	// Read state, touched only by the worker running onReadable; epoll's
 	// one-shot arming guarantees there is at most one.
@@ -65,21 +58,15 @@ var _ router.Sink = (*conn)(nil)
 // with a shard lock held, so it only appends and schedules; it never writes.
 // Frames of a channel being resumed go through its resume state first
 // (resume_linux.go); a full queue applies the route's slow-consumer policy
-// (slow_linux.go).
+// (outbound.go).
 func (c *conn) Enqueue(f *router.Frame) bool {
 	c.mu.Lock()
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		c.mu.Unlock()
 		return false
 	}
-	ok, handled := true, false
-	if c.resume != nil {
-		handled, ok = c.resumeFilterLocked(f)
-	}
-	if !handled {
-		ok = c.queueLocked(f)
-	}
-	queued := c.queuedBytes
+	ok := c.queueLocked(f)
+	queued := c.out.bytes
 	c.mu.Unlock()
 	if !ok {
 		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
@@ -105,16 +92,38 @@ func (c *conn) sendLocked(b []byte) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
-	if !c.fitsLocked(1, len(b)) {
+	if !c.out.fits(c.bounds(), 1, len(b)) {
 		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer: replies not read", "ip", c.ip, "queued_bytes", c.queuedBytes)
+		c.srv.log.Debug("closing slow consumer: replies not read", "ip", c.ip, "queued_bytes", c.out.bytes)
 		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
 		return
 	}
-	c.queue = append(c.queue, &router.Frame{Data: b})
-	c.queuedBytes += len(b)
+	c.out.add(&router.Frame{Data: b})
 	c.flags |= flagRecent
 	c.scheduleLocked()
+}
+
+// queueLocked passes a live frame to the outbound queue (its channel's
+// resume state, then the bounds and the route's slow-consumer policy) and
+// schedules a flush when it was queued. It returns false when the
+// connection must be closed as a slow consumer. Caller holds c.mu.
+func (c *conn) queueLocked(f *router.Frame) bool {
+	switch c.out.enqueue(f, c.bounds(), &c.srv.policy) {
+	case pushRefused:
+		return false
+	case pushQueued:
+		c.flags |= flagRecent
+		c.scheduleLocked()
+	case pushReplaced:
+		c.flags |= flagRecent
+	}
+	return true
+}
+
+// bounds returns the connection's queue limits, as they are now.
+func (c *conn) bounds() queueBounds {
+	lim := c.srv.lim()
+	return queueBounds{messages: lim.MaxQueueMessages, bytes: lim.MaxQueueBytes}
 }
 
 // scheduleLocked hands the conn to a worker for flushing unless one is
@@ -124,7 +133,7 @@ func (c *conn) scheduleLocked() {
 		return
 	}
 	c.flags |= flagFlushing
-	c.srv.work.push(task{c: c, kind: taskFlush})
+	c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 }
 
 // flush writes as much of the queue as the socket takes, with one writev per
@@ -140,7 +149,7 @@ func (c *conn) flush(w *worker) {
 			c.abandonFlushLocked()
 			return
 		}
-		if len(c.queue) == 0 {
+		if len(c.out.frames) == 0 {
 			c.endFlushLocked()
 			return
 		}
@@ -148,16 +157,16 @@ func (c *conn) flush(w *worker) {
 		// can be written after it is released.
 		iov := w.iov[:0]
 		var oldest int64
-		for i, f := range c.queue {
-			if len(iov) == maxIovecs {
+		for i, f := range c.out.frames {
+			if len(iov) == netpoll.MaxIovecs {
 				break
 			}
-			if f.Conflate && c.conflated != nil && (i > 0 || c.head == 0) {
-				f = c.markSkippedLocked(i) // "skipped":N, before it is on the wire
+			if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
 			}
 			b := f.Data
 			if i == 0 {
-				b = b[c.head:]
+				b = b[c.out.head:]
 			}
 			if len(b) == 0 {
 				continue
@@ -166,22 +175,22 @@ func (c *conn) flush(w *worker) {
 				oldest = f.Timestamp
 			}
 			iov = append(iov, syscall.Iovec{})
-			setIovec(&iov[len(iov)-1], b)
+			netpoll.SetIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
-		c.inflight = len(iov)
+		c.out.inflight = len(iov)
 		c.mu.Unlock()
 
-		n, err := writev(c.fd, iov)
+		n, err := netpoll.Writev(c.fd, iov)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
-		c.inflight = 0
+		c.out.inflight = 0
 		if err != nil {
 			c.writeFailedLocked(err)
 			return
 		}
-		c.consumeLocked(n)
+		c.out.consume(n)
 		c.mu.Unlock()
 		if oldest > 0 {
 			w.observeLatency(oldest)
@@ -216,7 +225,7 @@ func (c *conn) abandonFlushLocked() {
 func (c *conn) requeueFlush() {
 	c.mu.Lock()
 	if c.flags&flagClosed == 0 {
-		c.srv.work.push(task{c: c, kind: taskFlush})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 	} else {
 		c.flags &^= flagFlushing
 		c.releaseIfIdleLocked()
@@ -228,10 +237,10 @@ func (c *conn) requeueFlush() {
 // waits for EPOLLOUT, any other error drops the connection. Caller holds
 // c.mu, which is released.
 func (c *conn) writeFailedLocked(err error) {
-	if isWouldBlock(err) {
+	if netpoll.IsWouldBlock(err) {
 		c.flags = c.flags&^flagFlushing | flagWaitOut
 		if c.flags&flagClosed == 0 {
-			if err := c.srv.writePoller.rearm(c.fd, c.gen); err != nil {
+			if err := c.srv.writePoller.Rearm(c.fd, c.gen); err != nil {
 				c.flags &^= flagWaitOut
 				c.mu.Unlock()
 				c.pollerFailed("rearm for writing", err)
@@ -257,28 +266,6 @@ func (c *conn) pollerFailed(op string, err error) {
 	c.abort()
 }
 
-// consumeLocked drops n written bytes from the front of the queue. Caller
-// holds c.mu.
-func (c *conn) consumeLocked(n int) {
-	c.queuedBytes -= n
-	i := 0
-	for i < len(c.queue) {
-		rest := len(c.queue[i].Data) - c.head
-		if n < rest {
-			c.head += n
-			break
-		}
-		n -= rest
-		c.head = 0
-		i++
-	}
-	if i > 0 {
-		k := copy(c.queue, c.queue[i:])
-		clear(c.queue[k:])
-		c.queue = c.queue[:k]
-	}
-}
-
 // onWritable is called when the socket drained after a full buffer.
 func (c *conn) onWritable() {
 	c.mu.Lock()
@@ -286,7 +273,7 @@ func (c *conn) onWritable() {
 	if c.flags&flagClosed == 0 {
 		c.flags |= flagFlushing
 		c.mu.Unlock()
-		c.srv.work.push(task{c: c, kind: taskFlush})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Flush})
 		return
 	}
 	c.releaseIfIdleLocked()
@@ -311,9 +298,9 @@ func (c *conn) onReadable(w *worker) {
 	if alive && c.flags&flagClosed == 0 {
 		if c.tls != nil && !c.tls.drained {
 			// crypto/tls may hold records epoll cannot see: read again.
-			c.srv.work.push(task{c: c, kind: taskRead})
+			c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 		} else {
-			rearmErr = c.srv.readPoller.rearm(c.fd, c.gen)
+			rearmErr = c.srv.readPoller.Rearm(c.fd, c.gen)
 		}
 	}
 	c.releaseIfIdleLocked()
@@ -344,10 +331,10 @@ func (c *conn) readFrames(w *worker) bool {
 	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
-			f, k, err := parseFrame(buf[used:n], maxPayload)
+			f, k, err := wire.ParseClientFrame(buf[used:n], maxPayload)
 			if err != nil {
 				code := ws.StatusProtocolError
-				if err == errFrameTooLarge {
+				if err == wire.ErrFrameTooLarge {
 					code = ws.StatusMessageTooBig
 				}
 				c.srv.metrics.clientErrors.WithLabelValues(closeReason(code)).Inc()
@@ -368,7 +355,7 @@ func (c *conn) readFrames(w *worker) bool {
 		}
 		m, err := c.read(buf[n:])
 		if err != nil {
-			if isWouldBlock(err) {
+			if netpoll.IsWouldBlock(err) {
 				break
 			}
 			return false
@@ -387,20 +374,20 @@ func (c *conn) readFrames(w *worker) bool {
 
 // handleFrame acts on one frame. It returns false once the connection is
 // closing.
-func (c *conn) handleFrame(f inFrame) bool {
-	if c.msg != nil && (f.op == ws.OpText || f.op == ws.OpBinary) {
+func (c *conn) handleFrame(f wire.ClientFrame) bool {
+	if c.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
 		// RFC 6455 §5.4: only control frames may be interleaved with the
 		// fragments of a message.
 		c.srv.metrics.clientErrors.WithLabelValues(closeReason(ws.StatusProtocolError)).Inc()
 		c.closeWith(ws.StatusProtocolError, "data frame inside a fragmented message", true)
 		return false
 	}
-	switch f.op {
+	switch f.Op {
 	case ws.OpPing:
 		if ok, alive := c.allowRequest(nil); !ok {
 			return alive
 		}
-		c.send(serverFrame(ws.OpPong, f.payload))
+		c.send(wire.ServerFrame(ws.OpPong, f.Payload))
 		return true
 	case ws.OpPong:
 		return true
@@ -414,7 +401,7 @@ func (c *conn) handleFrame(f inFrame) bool {
 			c.abort()
 			return false
 		}
-		code, fail, why := checkCloseBody(f.payload)
+		code, fail, why := wire.CheckCloseBody(f.Payload)
 		if fail != 0 {
 			c.srv.metrics.clientErrors.WithLabelValues(closeReason(fail)).Inc()
 			c.closeWith(fail, why, true)
@@ -428,25 +415,25 @@ func (c *conn) handleFrame(f inFrame) bool {
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
 		return false
 	case ws.OpText:
-		if !f.fin {
-			c.msg = append(make([]byte, 0, len(f.payload)*2), f.payload...)
+		if !f.Fin {
+			c.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
 			c.msgOp = ws.OpText
 			return true
 		}
-		return c.handleText(f.payload)
+		return c.handleText(f.Payload)
 	case ws.OpContinuation:
 		if c.msg == nil {
-			c.closeWith(ws.StatusProtocolError, errFrameBadResume.Error(), true)
+			c.closeWith(ws.StatusProtocolError, wire.ErrFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.payload) > c.srv.lim().MaxMessageBytes {
+		if len(c.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
 			c.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
-			c.closeWith(ws.StatusMessageTooBig, errFrameTooLarge.Error(), true)
+			c.closeWith(ws.StatusMessageTooBig, wire.ErrFrameTooLarge.Error(), true)
 			return false
 		}
-		c.msg = append(c.msg, f.payload...)
-		if !f.fin {
+		c.msg = append(c.msg, f.Payload...)
+		if !f.Fin {
 			return true
 		}
 		msg := c.msg
@@ -481,22 +468,13 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 		return
 	}
 	c.flags |= flagClosing
-	for ch := range c.resume {
-		c.dropResumeLocked(ch)
+	for ch := range c.out.resume {
+		c.out.dropResume(ch)
 	}
-	if dropPending && len(c.queue) > 0 {
-		// Keep what a writev in progress is writing and the rest of a
-		// frame already partly on the wire: the stream must stay whole.
-		keep := c.protectedLocked()
-		for _, f := range c.queue[keep:] {
-			c.queuedBytes -= len(f.Data)
-		}
-		clear(c.queue[keep:])
-		c.queue = c.queue[:keep]
+	if dropPending {
+		c.out.dropPending()
 	}
-	cf := closeFrame(code, reason)
-	c.queue = append(c.queue, &router.Frame{Data: cf})
-	c.queuedBytes += len(cf)
+	c.out.add(&router.Frame{Data: wire.CloseFrame(code, reason)})
 	c.closeAt = c.srv.clock.Load() + closeGraceMS
 	c.scheduleLocked()
 	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
@@ -506,7 +484,7 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 	if len(c.subs) > 0 {
 		// closeWith may run inside Enqueue, under a router shard lock,
 		// so the router is left to a worker (see dropSubscriptions).
-		c.srv.work.push(task{c: c, kind: taskUnsubscribe})
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Closing})
 	}
 }
 
@@ -569,17 +547,17 @@ func (c *conn) releaseIfIdleLocked() {
 		return
 	}
 	fd := c.fd
-	c.srv.readPoller.remove(fd)
-	c.srv.writePoller.remove(fd)
-	c.srv.conns.remove(fd, c)
-	closeFD(fd)
+	c.srv.readPoller.Remove(fd)
+	c.srv.writePoller.Remove(fd)
+	c.srv.conns.Remove(fd, c)
+	netpoll.Close(fd)
 	c.releaseSecurityLocked()
 	c.fd = -1
-	c.queue = nil
-	c.queuedBytes = 0
-	c.resume = nil
-	c.held = 0
-	c.conflated = nil
+	c.out.frames = nil
+	c.out.bytes = 0
+	c.out.resume = nil
+	c.out.held = 0
+	c.out.conflated = nil
 	c.partial = nil
 	c.msg = nil
 }

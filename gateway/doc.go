@@ -1,5 +1,26 @@
 // Package gateway is kpush's WebSocket connection layer and client protocol.
 //
+// Where things are. The transport (epoll, descriptors, the registry, the
+// worker queue, the TLS bridge) is package gateway/internal/netpoll; the
+// frame codec and protocol v1's types are package gateway/wire. This
+// package builds connections and sessions on them:
+//   - handshake.go, clientaddr*.go, proxyproto.go: the upgrade, its checks
+//     and the real client address;
+//   - protocol.go: request parsing, replies, EncodeMessage (a record
+//     encoded once as a complete frame);
+//   - outbound.go: a connection's queue of frames, its bounds, the
+//     slow-consumer policy (conflation) and the resume seam's per-channel
+//     state; portable, unit-tested without a socket (outbound_test.go);
+//   - conn_linux.go, tls_linux.go: reading frames and flushing the queue of
+//     one connection; closing it;
+//   - session_linux.go, security_linux.go, resume_linux.go: subscribe and
+//     unsubscribe, tokens, grants and refresh, resumes read back from Kafka;
+//   - server_linux.go, metrics_linux.go: the Server, its workers, ticker,
+//     drain and metrics.
+//
+// Every Linux-only file is named _linux.go and carries no build tag; on
+// other systems New returns an error (server_other.go).
+//
 // Connections are accepted on a TCP listener and upgraded with gobwas/ws's
 // zero-copy upgrader; plain HTTP requests to other paths go to an optional
 // http.Handler (the demo page). Once upgraded, on Linux, a connection leaves
@@ -14,15 +35,15 @@
 //   - Workers read and parse frames, answer requests, and flush queued
 //     frames with one writev per round. A connection is read by at most one
 //     worker at a time (one-shot epoll arming) and flushed by at most one.
-//     Flushes are served ahead of reads (workers.go), so frames for open
-//     connections never wait behind a burst of closing ones. A failed epoll
+//     Flushes are served ahead of reads (netpoll.WorkQueue), so frames
+//     for open connections never wait behind a burst of closing ones. A failed epoll
 //     re-arm drops the connection through the normal close path; a failed
 //     epoll_wait is fatal (Server.Err, and Serve returns it). The system
-//     calls on kpush's own descriptors go through sysCalls, which tests
+//     calls on kpush's own descriptors go through netpoll.Sys, which tests
 //     replace to inject faults.
 //   - Publishers (the Kafka consumer, through Server.Publish) only append to
 //     per-connection queues, which are bounded in bytes and messages; when a
-//     record does not fit, its route's policy applies (slow_linux.go): close
+//     record does not fit, its route's policy applies (outbound.go): close
 //     with 4008, or conflate to the newest pending record per channel.
 //   - A subscribe with since resumes from Kafka positions (resume_linux.go,
 //     which explains the seam): from the router's per-channel history under
@@ -36,7 +57,7 @@
 // Security (README.md, "Security"): with TLS configured, the TLS handshake
 // and the upgrade run in the handshake goroutine and the connection is then
 // detached like a plain one, crypto/tls reading and writing through a
-// non-blocking adapter (tls_linux.go), so an idle wss connection holds no
+// non-blocking adapter (netpoll.TLSLink), so an idle wss connection holds no
 // goroutine either. Tokens are verified at the upgrade (package auth) and
 // subscriptions checked against their grants; expiry is enforced by the
 // same ticker. Limits on hostile clients answer with an HTTP status before

@@ -1,12 +1,9 @@
-//go:build linux
-
 package gateway
 
 import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,22 +13,21 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/client"
-	"github.com/kpush/kpush/router"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/kpush/kpush/gateway/internal/netpoll"
 )
 
-// Failures that cannot be provoked from outside, injected through sysCalls.
+// Failures that cannot be provoked from outside, injected through netpoll.Sys.
 
-// faultySys is sysCalls on the kernel, with failures switched on by tests.
+// faultySys is netpoll.Sys on the kernel, with failures switched on by tests.
 type faultySys struct {
-	realSys
+	netpoll.RealSys
 	mu      sync.Mutex
 	ctlFail func(epfd, op int) error // nil: no failure
 	waitErr error
 	dupErr  error
 }
 
-func (f *faultySys) epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+func (f *faultySys) EpollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
 	f.mu.Lock()
 	fail := f.ctlFail
 	f.mu.Unlock()
@@ -40,27 +36,27 @@ func (f *faultySys) epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
 			return err
 		}
 	}
-	return f.realSys.epollCtl(epfd, op, fd, ev)
+	return f.RealSys.EpollCtl(epfd, op, fd, ev)
 }
 
-func (f *faultySys) epollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
+func (f *faultySys) EpollWait(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
 	f.mu.Lock()
 	err := f.waitErr
 	f.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	return f.realSys.epollWait(epfd, events, msec)
+	return f.RealSys.EpollWait(epfd, events, msec)
 }
 
-func (f *faultySys) dupCloexec(fd uintptr) (int, error) {
+func (f *faultySys) DupCloexec(fd uintptr) (int, error) {
 	f.mu.Lock()
 	err := f.dupErr
 	f.mu.Unlock()
 	if err != nil {
 		return -1, err
 	}
-	return f.realSys.dupCloexec(fd)
+	return f.RealSys.DupCloexec(fd)
 }
 
 func (f *faultySys) set(fn func(f *faultySys)) {
@@ -78,36 +74,11 @@ type faultGateway struct {
 
 func startFaultGateway(t *testing.T, mutate func(*Config)) *faultGateway {
 	t.Helper()
-	cfg := Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond, Workers: 4}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, router.New(), reg, nil)
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
 	f := &faultySys{}
-	srv.sys, srv.readPoller.sys, srv.writePoller.sys = f, f, f
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g := &faultGateway{sys: f, done: make(chan error, 1)}
-	go func() { g.done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	g := serveGateway(t, secConfig(mutate), serveOptions{sys: f, before: func() {
 		f.set(func(f *faultySys) { f.ctlFail, f.waitErr, f.dupErr = nil, nil, nil })
-		cancel()
-		select {
-		case <-g.done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	<-srv.Ready()
-	g.secGateway = &secGateway{srv: srv, reg: reg, addr: ln.Addr().String(), url: "ws://" + ln.Addr().String() + "/ws"}
-	return g
+	}})
+	return &faultGateway{secGateway: &secGateway{srv: g.srv, reg: g.reg, addr: g.addr, url: g.url}, sys: f, done: g.done}
 }
 
 // TestReadRearmFailureClosesConnection: a connection whose descriptor epoll
@@ -122,7 +93,7 @@ func TestReadRearmFailureClosesConnection(t *testing.T) {
 	if got := g.gauge("kpush_subscriptions"); got != 2 {
 		t.Fatalf("kpush_subscriptions = %v, want 2", got)
 	}
-	readEpfd := g.srv.readPoller.epfd
+	readEpfd := g.srv.readPoller.FD()
 	g.sys.set(func(f *faultySys) {
 		f.ctlFail = func(epfd, op int) error {
 			if epfd == readEpfd && op == syscall.EPOLL_CTL_MOD {
@@ -164,10 +135,10 @@ func TestWriteRearmFailureClosesConnection(t *testing.T) {
 	if f, err := c.Read(); err != nil || f.Op != "ok" || f.ID != id {
 		t.Fatalf("subscribe: %+v %v", f, err)
 	}
-	for _, sc := range g.srv.conns.snapshot() {
+	for _, sc := range g.srv.conns.Snapshot() {
 		sc.setSendBuffer(t, 4096)
 	}
-	writeEpfd := g.srv.writePoller.epfd
+	writeEpfd := g.srv.writePoller.FD()
 	g.sys.set(func(f *faultySys) {
 		f.ctlFail = func(epfd, op int) error {
 			if epfd == writeEpfd && op != syscall.EPOLL_CTL_DEL {

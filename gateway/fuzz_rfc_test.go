@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -44,22 +43,3 @@ func FuzzRequestHead(f *testing.F) {
 
 const upgradeRequestSeed = "GET /ws HTTP/1.1\r\nHost: kpush\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 	"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-
-// FuzzCloseBody: any close frame body is either echoed with a code valid on
-// the wire or fails the connection with 1002 or 1007.
-func FuzzCloseBody(f *testing.F) {
-	for _, s := range [][]byte{nil, {3}, {0x03, 0xe8}, {0x03, 0xed}, {0x0f, 0xa0, 'o', 'k'}, {0x03, 0xe8, 0xff}} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		echo, fail, why := checkCloseBody(b)
-		switch {
-		case fail == 0 && (!validWireCode(echo) || why != ""):
-			t.Fatalf("%x: echoes %d", b, echo)
-		case fail == 0 && len(b) >= 2 && !utf8.Valid(b[2:]):
-			t.Fatalf("%x: accepted a reason that is not UTF-8", b)
-		case fail != 0 && (echo != 0 || (fail != ws.StatusProtocolError && fail != ws.StatusInvalidFramePayloadData)):
-			t.Fatalf("%x: echo %d, fail %d", b, echo, fail)
-		}
-	})
-}

@@ -61,43 +61,6 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
-// FuzzParseFrame: no byte sequence crashes the frame parser; what it returns
-// stays inside the input and within the limits.
-func FuzzParseFrame(f *testing.F) {
-	mask := []byte{1, 2, 3, 4}
-	for _, s := range [][]byte{
-		append([]byte{0x81, 0x85}, append(mask, []byte("hello")...)...),
-		append([]byte{0x89, 0x80}, mask...),
-		{0x81, 0xfe, 0x00, 0x10},
-		{0x82, 0xff, 0, 0, 0, 0, 0, 0, 0x10, 0},
-		{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'},
-		{0xf1, 0x80},
-		{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8},
-	} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		const max = 1024
-		in := bytes.Clone(b)
-		fr, n, err := parseFrame(in, max)
-		if err != nil {
-			if n != 0 {
-				t.Fatalf("error %v with n=%d", err, n)
-			}
-			return
-		}
-		if n == 0 {
-			return // incomplete
-		}
-		if n > len(b) || len(fr.payload) > max || len(fr.payload) > n {
-			t.Fatalf("n=%d payload=%d of %d bytes", n, len(fr.payload), len(b))
-		}
-		if fr.op.IsControl() && (len(fr.payload) > 125 || !fr.fin) {
-			t.Fatalf("control frame op %d fin %v len %d accepted", fr.op, fr.fin, len(fr.payload))
-		}
-	})
-}
-
 // FuzzHandshakeToken: the three token transports never crash and never
 // return a token the input did not hold.
 func FuzzHandshakeToken(f *testing.F) {

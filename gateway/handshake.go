@@ -198,8 +198,8 @@ func lingerClose(c net.Conn) {
 			raw = x.Conn
 		case *tls.Conn:
 			raw = x.NetConn()
-		case interface{ handshakeConn() net.Conn }:
-			raw = x.handshakeConn()
+		case interface{ HandshakeConn() net.Conn }:
+			raw = x.HandshakeConn()
 		default:
 			unwrapped = true
 		}

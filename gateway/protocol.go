@@ -8,39 +8,33 @@ import (
 	"strconv"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 )
 
 // Protocol v1: one JSON object per text frame. See README.md for the full
 // description.
 
-// Error codes sent in {"op":"error"} replies.
+// Error codes sent in {"op":"error"} replies, close codes kpush adds to
+// RFC 6455's, and the request type: protocol v1's names live in package
+// wire, shared with the client and the load generator; these are the
+// gateway's names for them.
 const (
-	CodeBadRequest           = "bad_request"
-	CodeUnknownOp            = "unknown_op"
-	CodeInvalidChannel       = "invalid_channel"
-	CodeTooManySubscriptions = "too_many_subscriptions"
-	CodeForbidden            = "forbidden"
-	CodeRateLimited          = "rate_limited"
-	CodeInvalidToken         = "invalid_token"
-	CodeInternal             = "internal"
-)
+	CodeBadRequest           = wire.CodeBadRequest
+	CodeUnknownOp            = wire.CodeUnknownOp
+	CodeInvalidChannel       = wire.CodeInvalidChannel
+	CodeTooManySubscriptions = wire.CodeTooManySubscriptions
+	CodeForbidden            = wire.CodeForbidden
+	CodeRateLimited          = wire.CodeRateLimited
+	CodeInvalidToken         = wire.CodeInvalidToken
+	CodeInternal             = wire.CodeInternal
 
-// Close codes used by kpush beyond RFC 6455's.
-const (
-	CloseTokenExpired ws.StatusCode = 4001
-	CloseSlowConsumer ws.StatusCode = 4008
+	CloseTokenExpired = wire.CloseTokenExpired
+	CloseSlowConsumer = wire.CloseSlowConsumer
 )
 
 // Request is a parsed client request.
-type Request struct {
-	Op       string                      `json:"op"`
-	ID       int64                       `json:"id"`
-	Channels []string                    `json:"channels,omitempty"`
-	Since    map[string]map[string]int64 `json:"since,omitempty"`
-	Snapshot bool                        `json:"snapshot,omitempty"`
-	Token    string                      `json:"token,omitempty"`
-}
+type Request = wire.Request
 
 // ProtocolError is a request the server answers with an error reply.
 type ProtocolError struct {
@@ -182,7 +176,7 @@ func okFrame(id int64, recovered map[string]bool) []byte {
 		b = append(b, '}')
 	}
 	b = append(b, '}')
-	return serverFrame(ws.OpText, b)
+	return wire.ServerFrame(ws.OpText, b)
 }
 
 func pongFrame(id int64) []byte {
@@ -190,7 +184,7 @@ func pongFrame(id int64) []byte {
 	b = append(b, `{"op":"pong","id":`...)
 	b = strconv.AppendInt(b, id, 10)
 	b = append(b, '}')
-	return serverFrame(ws.OpText, b)
+	return wire.ServerFrame(ws.OpText, b)
 }
 
 func errorFrame(id int64, code, msg string) []byte {
@@ -203,7 +197,7 @@ func errorFrame(id int64, code, msg string) []byte {
 	b = append(b, `","message":`...)
 	b = append(b, m...)
 	b = append(b, '}')
-	return serverFrame(ws.OpText, b)
+	return wire.ServerFrame(ws.OpText, b)
 }
 
 // Message describes one record to encode as a msg frame.
@@ -252,7 +246,7 @@ func EncodeMessage(m *Message) *router.Frame {
 	if m.Reset {
 		n += len(`,"reset":true`)
 	}
-	hl := serverHeaderLen(n) // upper bound on the final length's header size
+	hl := wire.ServerHeaderLen(n) // upper bound on the final length's header size
 	buf := make([]byte, hl, hl+n)
 	b := append(buf, `{"op":"msg","ch":"`...)
 	b = append(b, m.Channel...)
@@ -283,9 +277,9 @@ func EncodeMessage(m *Message) *router.Frame {
 	}
 	payload := len(b) - hl
 	// The real header may be shorter than the reserved one: shift the start.
-	real := serverHeaderLen(payload)
+	real := wire.ServerHeaderLen(payload)
 	start := hl - real
-	putServerHeader(b[start:hl], ws.OpText, payload)
+	wire.PutServerHeader(b[start:hl], ws.OpText, payload)
 	return &router.Frame{
 		Channel:   m.Channel,
 		Partition: m.Partition,

@@ -172,36 +172,3 @@ func maskedFrame(fin bool, op ws.OpCode, payload []byte) []byte {
 	_ = ws.WriteFrame(&buf, f)
 	return buf.Bytes()
 }
-
-func TestParseFrame(t *testing.T) {
-	text := maskedFrame(true, ws.OpText, []byte(`{"op":"ping","id":1}`))
-	f, n, err := parseFrame(text, 4096)
-	if err != nil || n != len(text) || f.op != ws.OpText || !f.fin || string(f.payload) != `{"op":"ping","id":1}` {
-		t.Fatalf("parseFrame(text) = %+v, %d, %v", f, n, err)
-	}
-	// Every proper prefix is incomplete, not an error.
-	full := maskedFrame(true, ws.OpText, bytes.Repeat([]byte("a"), 300))
-	for i := 0; i < len(full); i++ {
-		if _, n, err := parseFrame(append([]byte(nil), full[:i]...), 4096); n != 0 || err != nil {
-			t.Fatalf("prefix %d: n=%d err=%v, want incomplete", i, n, err)
-		}
-	}
-	unmasked := []byte{0x81, 0x01, 'x'}
-	bad := []struct {
-		name string
-		b    []byte
-		want error
-	}{
-		{"unmasked", unmasked, errFrameUnmasked},
-		{"rsv", append([]byte{0xc1}, text[1:]...), errFrameRSV},
-		{"reserved opcode", append([]byte{0x83}, text[1:]...), errFrameOpcode},
-		{"too large", maskedFrame(true, ws.OpText, bytes.Repeat([]byte("a"), 5000)), errFrameTooLarge},
-		{"fragmented ping", maskedFrame(false, ws.OpPing, nil), errFrameControl},
-		{"huge length", []byte{0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0}, errFrameLength},
-	}
-	for _, tc := range bad {
-		if _, _, err := parseFrame(tc.b, 4096); err != tc.want {
-			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.want)
-		}
-	}
-}

@@ -1,12 +1,9 @@
-//go:build linux
-
 package gateway
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -23,32 +20,9 @@ type pushServer struct {
 
 func startPushServer(t testing.TB, cfg Config, rp Replayer) *pushServer {
 	t.Helper()
-	cfg.Listen = "127.0.0.1:0"
 	cfg.DrainTimeout = time.Second
-	s, err := New(cfg, router.New(), nil, nil)
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
-	if rp != nil {
-		s.SetReplayer(rp)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	<-s.Ready()
-	return &pushServer{Server: s, url: "ws://" + ln.Addr().String() + s.cfg.Path}
+	g := serveGateway(t, cfg, serveOptions{replayer: rp})
+	return &pushServer{Server: g.srv, url: g.url}
 }
 
 // publish sends one record of ch whose data carries its offset.

@@ -1,10 +1,7 @@
-//go:build linux
-
 package gateway
 
 import (
 	"context"
-	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -59,211 +56,16 @@ import (
 // record is newer than the client's position, it is sent first, marked
 // "snap":true, so a last-value client is current again at once.
 
-// partPos is a position in one partition: the client has every record up to
-// and including offset after.
-type partPos struct {
-	p     int32
-	after int64
-}
-
-// chanResume is a connection's resume state for one channel. It is guarded
-// by the conn's mu.
-type chanResume struct {
-	replaying bool            // a read-back runs; live frames are held
-	held      []*router.Frame // live frames held meanwhile, in arrival order
-	lossy     bool            // conflation dropped held frames
-	last      *router.Frame   // the channel's last frame when the subscription began
-	floors    []partPos       // drop live frames at or below these offsets
-	parts     []partPos       // the client's positions, while replaying
-}
-
-// below reports whether f is at or below its partition's floor, and forgets
-// the floor once a frame passes it.
-func (st *chanResume) below(f *router.Frame) bool {
-	for i := range st.floors {
-		if st.floors[i].p != f.Partition {
-			continue
-		}
-		if f.Offset <= st.floors[i].after {
-			return true
-		}
-		st.floors = slices.Delete(st.floors, i, i+1)
-		return false
-	}
-	return false
-}
-
-func (st *chanResume) raise(p int32, o int64) {
-	for i := range st.floors {
-		if st.floors[i].p == p {
-			st.floors[i].after = max(st.floors[i].after, o)
-			return
-		}
-	}
-	st.floors = append(st.floors, partPos{p, o})
-}
-
-// resumeFilterLocked applies f's channel's resume state. It reports whether
-// f was taken care of (dropped as already delivered, or held), and, if so,
-// whether the connection kept up. Caller holds c.mu.
-func (c *conn) resumeFilterLocked(f *router.Frame) (handled, ok bool) {
-	st := c.resume[f.Channel]
-	if st == nil {
-		return false, true
-	}
-	if st.below(f) {
-		return true, true
-	}
-	if !st.replaying {
-		if len(st.floors) == 0 {
-			delete(c.resume, f.Channel)
-		}
-		return false, true
-	}
-	return true, c.holdLocked(st, f)
-}
-
-// holdLocked keeps a live frame aside while its channel is read back. Held
-// frames count against the queue bounds; when they overflow them, the
-// resume of the channel gives up (see abandonReplayLocked) rather than the
-// connection. It returns false when the connection must be closed as a slow
-// consumer. Caller holds c.mu.
-func (c *conn) holdLocked(st *chanResume, f *router.Frame) bool {
-	if !c.fitsLocked(1, len(f.Data)) {
-		c.compactLocked()
-	}
-	if !c.fitsLocked(1, len(f.Data)) {
-		if !f.Conflate {
-			c.abandonReplayLocked(st)
-			if st.below(f) {
-				return true
-			}
-			return c.queueLocked(f)
-		}
-		// Keep only the newest held frame; the resume can no longer be
-		// complete.
-		c.srv.metrics.conflated.Add(float64(len(st.held)))
-		c.releaseHeldLocked(st)
-		st.lossy = true
-	}
-	st.held = append(st.held, f)
-	c.held++
-	c.queuedBytes += len(f.Data)
-	return true
-}
-
-// abandonReplayLocked gives up a channel's resume whose held live frames no
-// longer fit the connection's bounds: they are dropped, the live stream goes
-// straight to the queue from now on (above the client's positions), and the
-// read-back, when it ends, answers recovered:false with nothing replayed
-// and no snapshot (it would be older than live frames already sent). Caller
-// holds c.mu.
-func (c *conn) abandonReplayLocked(st *chanResume) {
-	c.releaseHeldLocked(st)
-	st.lossy = true
-	st.replaying = false
-	st.floors = append(st.floors[:0], st.parts...)
-	c.srv.metrics.slowConsumers.WithLabelValues("abandon_resume").Inc()
-}
-
-// releaseHeldLocked drops st's held frames. Caller holds c.mu.
-func (c *conn) releaseHeldLocked(st *chanResume) {
-	for _, h := range st.held {
-		c.queuedBytes -= len(h.Data)
-	}
-	c.held -= len(st.held)
-	clear(st.held)
-	st.held = st.held[:0]
-}
-
-// dropResumeLocked forgets ch's resume state (on unsubscribe). Caller holds
-// c.mu.
-func (c *conn) dropResumeLocked(ch string) {
-	if st := c.resume[ch]; st != nil {
-		c.releaseHeldLocked(st)
-		delete(c.resume, ch)
-	}
-}
-
-// finishResumeLocked queues what resumes ch: the replayed frames (when ok),
-// or the snapshot for a failed resume, then the live frames held meanwhile,
-// and leaves the floors in place. st is nil when nothing was held (served
-// from memory). It returns whether the resume was complete. Caller holds
-// c.mu.
+// finishResumeLocked queues what resumes ch (outbound.finishResume) and
+// schedules a flush for it. It returns whether the resume was complete.
+// Caller holds c.mu.
 func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Frame, parts []partPos, ok bool, last *router.Frame) bool {
-	if st == nil {
-		st = &chanResume{}
-	}
-	if st.lossy {
-		ok = false
-	}
-	if ok {
-		n := 0
-		for _, f := range frames {
-			n += len(f.Data)
-		}
-		ok = c.fitsLocked(len(frames), n)
-	}
-	st.floors = append(st.floors[:0], parts...)
-	if !ok {
-		frames = frames[:0]
-		if last != nil && !st.lossy && newerThan(last, parts) {
-			frames = append(frames, markFrame(last, `"snap":true`))
-			c.srv.metrics.snapshots.Inc()
-		}
-	}
-	for _, f := range frames {
-		c.queue = append(c.queue, unmeasured(f))
-		c.queuedBytes += len(f.Data)
-		st.raise(f.Partition, f.Offset)
-	}
-	held := st.held
-	st.held, st.replaying = nil, false
-	c.held -= len(held)
-	for _, h := range held {
-		if st.below(h) {
-			c.queuedBytes -= len(h.Data)
-			continue
-		}
-		c.queue = append(c.queue, h) // its bytes are counted already
-	}
-	if len(st.floors) > 0 {
-		if c.resume == nil {
-			c.resume = make(map[string]*chanResume)
-		}
-		c.resume[ch] = st
-	} else {
-		delete(c.resume, ch)
-	}
-	if len(frames) > 0 || len(held) > 0 {
+	ok, queued := c.out.finishResume(ch, st, frames, parts, ok, last, c.bounds(), &c.srv.policy)
+	if queued {
 		c.flags |= flagRecent
 		c.scheduleLocked()
 	}
 	return ok
-}
-
-// unmeasured returns f for a frame sent from history, a read-back or a
-// snapshot: a copy without Timestamp, so that the delivery latency metric
-// (Kafka timestamp to socket write) measures live records only. Data is
-// shared.
-func unmeasured(f *router.Frame) *router.Frame {
-	if f.Timestamp == 0 {
-		return f
-	}
-	cp := *f
-	cp.Timestamp = 0
-	return &cp
-}
-
-// newerThan reports whether f is past the client's position in its
-// partition (or in a partition the client has no position for).
-func newerThan(f *router.Frame, parts []partPos) bool {
-	for _, pp := range parts {
-		if pp.p == f.Partition {
-			return f.Offset > pp.after
-		}
-	}
-	return true
 }
 
 // parsePositions turns a request's since entry into positions sorted by
@@ -331,11 +133,7 @@ func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.Vie
 		s.countResume("memory", ok, len(mem))
 		return nil
 	}
-	st := &chanResume{replaying: true, last: v.Last(), parts: parts}
-	if c.resume == nil {
-		c.resume = make(map[string]*chanResume)
-	}
-	c.resume[ch] = st
+	st := c.out.startReplay(ch, parts, v.Last())
 	return &resumeChan{ch: ch, st: st, parts: parts, kafka: kafka, mem: mem}
 }
 
@@ -506,7 +304,7 @@ func (s *Server) resumeLive(j *resumeJob, rc *resumeChan) bool {
 	if j.finished || c.flags&(flagClosing|flagClosed) != 0 {
 		return false
 	}
-	return rc == nil || c.resume[rc.ch] == rc.st
+	return rc == nil || c.out.resume[rc.ch] == rc.st
 }
 
 // completeResume delivers a finished job: per channel the replayed frames
@@ -527,7 +325,7 @@ func (s *Server) completeResume(j *resumeJob) {
 		return
 	}
 	for _, rc := range j.chans {
-		if c.resume[rc.ch] != rc.st {
+		if c.out.resume[rc.ch] != rc.st {
 			j.recovered[rc.ch] = false // unsubscribed or revoked meanwhile
 			continue
 		}
@@ -557,7 +355,7 @@ func (s *Server) expireResume(j *resumeJob) {
 		return
 	}
 	for _, rc := range j.chans {
-		if c.resume[rc.ch] != rc.st {
+		if c.out.resume[rc.ch] != rc.st {
 			j.recovered[rc.ch] = false
 			continue
 		}

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -13,6 +11,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -295,7 +294,7 @@ func (s *Server) refresh(c *conn, req *Request) {
 			kept = append(kept, ch)
 		} else {
 			revoked = append(revoked, ch)
-			c.dropResumeLocked(ch) // a read-back in flight delivers nothing
+			c.out.dropResume(ch) // a read-back in flight delivers nothing
 		}
 	}
 	clear(c.subs[len(kept):])
@@ -325,7 +324,7 @@ func refreshedFrame(id int64, revoked []string) []byte {
 		b = append(b, ']')
 	}
 	b = append(b, '}')
-	return serverFrame(ws.OpText, b)
+	return wire.ServerFrame(ws.OpText, b)
 }
 
 // closeRejectReason is the kpush_rejected_total reason for a close caused
@@ -348,6 +347,6 @@ func (c *conn) releaseSecurityLocked() {
 	c.srv.slots.Add(-1)
 	c.srv.perIP.release(c.ip)
 	if c.tls != nil {
-		c.tls.link.release()
+		c.tls.link.Release()
 	}
 }

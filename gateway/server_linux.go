@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -21,6 +19,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/internal/netpoll"
+	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -36,12 +36,12 @@ type Server struct {
 	log    *slog.Logger
 
 	metrics     *metrics
-	conns       *registry
-	work        *workQueue
-	readPoller  *poller
-	writePoller *poller
+	policy      policyCounters // the outbound queues' counters, on metrics
+	conns       *netpoll.Registry[conn]
+	work        *netpoll.WorkQueue[conn]
+	readPoller  *netpoll.Poller
+	writePoller *netpoll.Poller
 	clock       atomic.Int64 // coarse time in Unix ms, advanced by the ticker
-	gen         atomic.Uint32
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -58,7 +58,7 @@ type Server struct {
 
 	handshakes chan struct{}         // semaphore bounding handshakes in progress
 	hsShare    *handshakeShare       // handshakes in progress per client address
-	sys        sysCalls              // epoll and dup; replaced by tests to inject faults
+	sys        netpoll.Sys           // epoll and dup; replaced by tests to inject faults
 	fatal      chan error            // a poller failed: Serve must end (capacity 2)
 	fatalErr   atomic.Pointer[error] // the first such failure, for Err
 
@@ -80,6 +80,12 @@ type Server struct {
 
 // New returns a Server. It does not listen until Run.
 func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+	return newServer(cfg, rt, reg, log, netpoll.RealSys{})
+}
+
+// newServer is New with the system calls on kpush's own descriptors made
+// through sys (tests inject faults with it).
+func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Logger, sys netpoll.Sys) (*Server, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -100,8 +106,8 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		cfg:        cfg,
 		router:     rt,
 		log:        log,
-		conns:      newRegistry(),
-		work:       newWorkQueue(),
+		conns:      netpoll.NewRegistry[conn](),
+		work:       netpoll.NewWorkQueue[conn](),
 		httpConns:  make(chan net.Conn),
 		ready:      make(chan struct{}),
 		stop:       make(chan struct{}),
@@ -109,7 +115,7 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		done:       make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		hsShare:    newHandshakeShare(cfg.MaxHandshakes),
-		sys:        realSys{},
+		sys:        sys,
 		fatal:      make(chan error, 2),
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 	}
@@ -122,17 +128,23 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 		return nil, fmt.Errorf("gateway: register metrics: %w", err)
 	}
 	s.metrics = m
+	s.policy = policyCounters{
+		compactions: m.slowConsumers.WithLabelValues("conflate"),
+		abandoned:   m.slowConsumers.WithLabelValues("abandon_resume"),
+		conflated:   m.conflated,
+		snapshots:   m.snapshots,
+	}
 	if err := s.initSecurity(reg); err != nil {
 		return nil, err
 	}
 	if err := s.initClientAddrs(reg); err != nil {
 		return nil, err
 	}
-	if s.readPoller, err = newPoller(syscall.EPOLLIN | syscall.EPOLLRDHUP); err != nil {
+	if s.readPoller, err = netpoll.NewPoller(syscall.EPOLLIN|syscall.EPOLLRDHUP, s.sys); err != nil {
 		return nil, err
 	}
-	if s.writePoller, err = newPoller(syscall.EPOLLOUT); err != nil {
-		s.readPoller.release()
+	if s.writePoller, err = netpoll.NewPoller(syscall.EPOLLOUT, s.sys); err != nil {
+		s.readPoller.Release()
 		return nil, err
 	}
 	return s, nil
@@ -160,7 +172,7 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Connections returns the number of open connections.
-func (s *Server) Connections() int { return s.conns.count() }
+func (s *Server) Connections() int { return s.conns.Count() }
 
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
@@ -221,8 +233,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for i := 0; i < s.cfg.Workers; i++ {
 		goTracked(func() { s.runWorker() })
 	}
-	goTracked(func() { s.pollerDone("read", s.readPoller.wait(s.dispatchReadable)) })
-	goTracked(func() { s.pollerDone("write", s.writePoller.wait(s.dispatchWritable)) })
+	goTracked(func() { s.pollerDone("read", s.readPoller.Wait(s.dispatchReadable)) })
+	goTracked(func() { s.pollerDone("write", s.writePoller.Wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
@@ -260,14 +272,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.closeAll(ws.StatusGoingAway, "server shutting down")
 	s.waitConns(ctx, 2*time.Second)
 	_ = httpSrv.Close()
-	s.work.close()
-	s.readPoller.close()
-	s.writePoller.close()
+	s.work.Close()
+	s.readPoller.Close()
+	s.writePoller.Close()
 	cancel()
 	wg.Wait()
 	s.forceCloseAll()
-	s.readPoller.release()
-	s.writePoller.release()
+	s.readPoller.Release()
+	s.writePoller.Release()
 	return err
 }
 
@@ -362,7 +374,7 @@ type worker struct {
 	s     *Server
 	rbuf  []byte
 	iov   []syscall.Iovec
-	batch []task
+	batch []netpoll.Task[conn]
 }
 
 func (w *worker) observeLatency(tsMillis int64) {
@@ -384,35 +396,35 @@ func (s *Server) runWorker() {
 	w := &worker{
 		s:    s,
 		rbuf: make([]byte, readBufferSize(s.lim().MaxMessageBytes)),
-		iov:  make([]syscall.Iovec, 0, maxIovecs),
+		iov:  make([]syscall.Iovec, 0, netpoll.MaxIovecs),
 	}
 	for {
-		w.batch = s.work.popBatch(w.batch, 32)
+		w.batch = s.work.PopBatch(w.batch, 32)
 		if w.batch == nil {
 			return
 		}
 		for i, t := range w.batch {
-			switch t.kind {
-			case taskRead:
-				t.c.onReadable(w)
-			case taskFlush:
-				t.c.flush(w)
-			case taskUnsubscribe:
-				t.c.dropSubscriptions()
+			switch t.Kind {
+			case netpoll.Readable:
+				t.C.onReadable(w)
+			case netpoll.Flush:
+				t.C.flush(w)
+			case netpoll.Closing:
+				t.C.dropSubscriptions()
 			}
-			w.batch[i] = task{}
+			w.batch[i] = netpoll.Task[conn]{}
 		}
 	}
 }
 
 func (s *Server) dispatchReadable(fd int, gen uint32) {
-	if c := s.conns.get(fd); c != nil && c.gen == gen {
-		s.work.push(task{c: c, kind: taskRead})
+	if c := s.conns.Lookup(fd, gen); c != nil {
+		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
 }
 
 func (s *Server) dispatchWritable(fd int, gen uint32) {
-	if c := s.conns.get(fd); c != nil && c.gen == gen {
+	if c := s.conns.Lookup(fd, gen); c != nil {
 		c.onWritable()
 	}
 }
@@ -423,7 +435,7 @@ func (s *Server) runTicker(ctx context.Context) {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	ping := &router.Frame{Data: serverFrame(ws.OpPing, nil)}
+	ping := &router.Frame{Data: wire.ServerFrame(ws.OpPing, nil)}
 	var n int64
 	for {
 		select {
@@ -458,7 +470,7 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 	batch := make([]*conn, 0, sweepBatch)
 	var toIdle, toCut, toExpire []*conn
 	for next := 0; next >= 0; {
-		batch, next = s.conns.batch(next, batch)
+		batch, next = s.conns.Batch(next, batch)
 		for _, c := range batch {
 			if exp := c.sec.expiresAt.Load(); exp != 0 && now > exp {
 				toExpire = append(toExpire, c)
@@ -474,15 +486,14 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 			if c.flags&flagClosing != 0 && c.flags&flagClosed == 0 && now > c.closeAt {
 				toCut = append(toCut, c)
 			}
-			if c.flags&flagRecent == 0 && len(c.queue) == 0 && cap(c.queue) > 0 {
-				c.queue = nil // idle: give the queue's memory back
+			if c.flags&flagRecent == 0 && len(c.out.frames) == 0 && cap(c.out.frames) > 0 {
+				c.out.frames = nil // idle: give the queue's memory back
 			}
 			c.flags &^= flagRecent
 			// A connection whose queue is full gets no ping: it is
 			// behind already, and the idle timeout covers it.
-			if pingNow && c.flags&(flagClosing|flagClosed) == 0 && c.fitsLocked(1, len(ping.Data)) {
-				c.queue = append(c.queue, ping)
-				c.queuedBytes += len(ping.Data)
+			if pingNow && c.flags&(flagClosing|flagClosed) == 0 && c.out.fits(c.bounds(), 1, len(ping.Data)) {
+				c.out.add(ping)
 				c.scheduleLocked()
 			}
 			c.mu.Unlock()
@@ -516,7 +527,7 @@ func (s *Server) handshake(nc net.Conn) {
 		raw.Close()
 		return
 	}
-	var link *tlsLink
+	var link *netpoll.TLSLink
 	var tc *tls.Conn
 	if s.tlsConfig != nil {
 		var err error
@@ -593,7 +604,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
-	fd, err := detach(s.sys, raw)
+	fd, err := netpoll.Detach(s.sys, raw)
 	if err != nil {
 		s.metrics.handshakes.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not take over an upgraded socket; closing it", "err", err)
@@ -601,12 +612,12 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.gen.Add(1), ip: client.ip}
+	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip}
 	if len(rest) > 0 {
 		c.partial = append([]byte(nil), rest...) // frames sent with the request
 	}
 	if link != nil {
-		link.fd, link.Conn = fd, nil
+		link.Detach(fd)
 		c.tls = &tlsState{tc: tc, link: link}
 	}
 	if s.verifier != nil {
@@ -616,8 +627,8 @@ func (s *Server) handshake(nc net.Conn) {
 	// Spread first pings over the interval so they don't arrive in waves.
 	c.pingDue.Store(now + rand.Int64N(lim.PingInterval.Milliseconds()+1))
 	client.held, ua.slot = false, false // released with the descriptor (releaseIfIdleLocked)
-	s.conns.add(fd, c)
-	if err := s.readPoller.add(fd, c.gen); err != nil {
+	s.conns.Add(fd, c.gen, c)
+	if err := s.readPoller.Add(fd, c.gen); err != nil {
 		c.mu.Lock()
 		c.flags |= flagClosed | flagClosing
 		c.releaseIfIdleLocked()
@@ -631,7 +642,7 @@ func (s *Server) handshake(nc net.Conn) {
 		// Frames that arrived with the upgrade request are held in
 		// c.partial, and crypto/tls may hold more records; epoll would
 		// report neither.
-		s.work.push(task{c: c, kind: taskRead})
+		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
 	// A drain that began during this handshake must not miss the new conn.
 	if s.draining.Load() {
@@ -672,7 +683,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	defer close(s.drained)
 	s.stopAccepting()
-	conns := s.conns.snapshot()
+	conns := s.conns.Snapshot()
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
 	s.log.Info("gateway draining", "connections", len(conns), "window", s.cfg.DrainTimeout.String())
 	start := time.Now()
@@ -694,12 +705,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
 	}
 	s.waitConns(ctx, closeGraceMS*time.Millisecond+time.Second)
-	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond).String(), "left", s.conns.count())
+	s.log.Info("gateway drained", "took", time.Since(start).Round(time.Millisecond).String(), "left", s.conns.Count())
 	return ctx.Err()
 }
 
 func (s *Server) closeAll(code ws.StatusCode, reason string) {
-	for _, c := range s.conns.snapshot() {
+	for _, c := range s.conns.Snapshot() {
 		c.closeWith(code, reason, false)
 	}
 }
@@ -710,7 +721,7 @@ func (s *Server) waitConns(ctx context.Context, d time.Duration) {
 	defer deadline.Stop()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for s.conns.count() > 0 {
+	for s.conns.Count() > 0 {
 		select {
 		case <-t.C:
 		case <-deadline.C:
@@ -723,7 +734,7 @@ func (s *Server) waitConns(ctx context.Context, d time.Duration) {
 
 // forceCloseAll releases whatever is left once the workers have stopped.
 func (s *Server) forceCloseAll() {
-	for _, c := range s.conns.snapshot() {
+	for _, c := range s.conns.Snapshot() {
 		c.mu.Lock()
 		c.flags = c.flags&^(flagReading|flagFlushing|flagWaitOut) | flagClosed | flagClosing
 		subs := c.subs

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -7,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/router"
 )
 
@@ -133,35 +130,11 @@ func (s *Server) unsubscribe(c *conn, req *Request) {
 	clear(c.subs[len(kept):])
 	c.subs = kept
 	for _, ch := range gone {
-		c.dropResumeLocked(ch)
+		c.out.dropResume(ch)
 	}
 	c.mu.Unlock()
 	if len(gone) > 0 {
 		s.router.Unsubscribe(c, gone...)
 	}
 	c.send(okFrame(req.ID, nil))
-}
-
-// markFrame returns a copy of a msg frame with an extra member added right
-// after "op":"msg", e.g. `"snap":true` or `"skipped":3`.
-func markFrame(f *router.Frame, member string) *router.Frame {
-	const prefix = `{"op":"msg",`
-	rest := f.Payload[len(prefix):]
-	n := len(prefix) + len(member) + 1 + len(rest)
-	h := serverHeaderLen(n)
-	b := make([]byte, h, h+n)
-	putServerHeader(b, ws.OpText, n)
-	b = append(b, prefix...)
-	b = append(b, member...)
-	b = append(b, ',')
-	b = append(b, rest...)
-	return &router.Frame{
-		Channel:   f.Channel,
-		Partition: f.Partition,
-		Offset:    f.Offset,
-		Timestamp: f.Timestamp,
-		Data:      b,
-		Payload:   b[h:],
-		Conflate:  f.Conflate,
-	}
 }

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -81,7 +79,7 @@ func dialStalled(t *testing.T, srv *pushServer, chs ...string) *stalledClient {
 func (s *pushServer) newestConn(t *testing.T) *conn {
 	t.Helper()
 	var newest *conn
-	for _, c := range s.conns.snapshot() {
+	for _, c := range s.conns.Snapshot() {
 		if newest == nil || c.gen > newest.gen {
 			newest = c
 		}
@@ -104,10 +102,10 @@ func (c *conn) setSendBuffer(t *testing.T, n int) {
 // maxQueue returns the longest queue among the server's connections (the
 // stalled one's), in frames and bytes.
 func (s *pushServer) maxQueue() (frames, bytes int) {
-	for _, c := range s.conns.snapshot() {
+	for _, c := range s.conns.Snapshot() {
 		c.mu.Lock()
-		if c.queuedBytes > bytes {
-			frames, bytes = len(c.queue)+c.held, c.queuedBytes
+		if c.out.bytes > bytes {
+			frames, bytes = len(c.out.frames)+c.out.held, c.out.bytes
 		}
 		c.mu.Unlock()
 	}

@@ -26,6 +26,11 @@
 // The router keeps no reverse index: the sink (a gateway connection) knows the
 // channels it subscribed to and passes them to Unsubscribe when it closes.
 //
+// Place in kpush: the middle of the record's path (consumer → router →
+// gateway). The router imports neither the gateway nor the consumer
+// (cmd/kpush's TestPackageDependencies checks it); the gateway's
+// connections reach it only as Sinks.
+//
 // All methods are safe for concurrent use. Sink.Enqueue is called with a shard
 // lock held and must never block.
 package router

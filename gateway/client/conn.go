@@ -20,38 +20,14 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/kpush/kpush/gateway/wire"
 )
 
-// Frame is any server frame of protocol v1.
-type Frame struct {
-	Op        string          `json:"op"`
-	ID        int64           `json:"id,omitempty"`
-	Ch        string          `json:"ch,omitempty"`
-	P         int32           `json:"p"`
-	O         int64           `json:"o"`
-	TS        int64           `json:"ts,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
-	Enc       string          `json:"enc,omitempty"`
-	Snap      bool            `json:"snap,omitempty"`
-	Skipped   int64           `json:"skipped,omitempty"`
-	Reset     bool            `json:"reset,omitempty"`
-	Code      string          `json:"code,omitempty"`
-	Message   string          `json:"message,omitempty"`
-	Recovered map[string]bool `json:"recovered,omitempty"`
-	// Revoked lists the channels a refresh dropped because the new token
-	// no longer grants them.
-	Revoked []string `json:"revoked,omitempty"`
-}
+// Frame is any server frame of protocol v1 (package wire defines it).
+type Frame = wire.Frame
 
-// Request is a client request of protocol v1.
-type Request struct {
-	Op       string                      `json:"op"`
-	ID       int64                       `json:"id"`
-	Channels []string                    `json:"channels,omitempty"`
-	Since    map[string]map[string]int64 `json:"since,omitempty"`
-	Snapshot bool                        `json:"snapshot,omitempty"`
-	Token    string                      `json:"token,omitempty"`
-}
+// Request is a client request of protocol v1 (package wire defines it).
+type Request = wire.Request
 
 // CloseError is returned by Read when the server closes the connection.
 type CloseError = wsutil.ClosedError

@@ -19,6 +19,10 @@
 // counts duplicates (an offset not above the last one of the same
 // partition) and gaps (a "seq" that skips).
 //
+// Frames are parsed and built with package gateway/wire, the codec the
+// gateway itself uses; this package only reads protocol v1 payloads
+// (frames.go) and runs the loops (loop_linux.go, pool_linux.go).
+//
 // Concurrency: Pool methods are called from one controlling goroutine;
 // Stats, Latency and HandshakeLatency are safe from any goroutine. Loops
 // take commands through a locked queue and an eventfd wake-up, and share

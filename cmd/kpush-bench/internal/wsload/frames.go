@@ -2,84 +2,12 @@ package wsload
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"math"
 	"strconv"
 )
 
-// Server frame parsing over byte slices. kpush sends unfragmented,
-// unmasked frames; anything else is a protocol error for the benchmark.
-
-var (
-	errMasked     = errors.New("server frame is masked")
-	errFragmented = errors.New("fragmented server frame")
-	errTooLong    = errors.New("frame length does not fit in memory")
-)
-
-const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
-	opPong  = 0xa
-)
-
-// frameHeader parses one server frame header from b. It returns the opcode,
-// the header length and the payload length, or hdr == 0 when b holds only
-// part of the header.
-func frameHeader(b []byte) (op byte, hdr, n int, err error) {
-	if len(b) < 2 {
-		return 0, 0, 0, nil
-	}
-	if b[0]&0x80 == 0 || b[0]&0x0f == 0 {
-		return 0, 0, 0, errFragmented
-	}
-	if b[1]&0x80 != 0 {
-		return 0, 0, 0, errMasked
-	}
-	op = b[0] & 0x0f
-	switch l := b[1] & 0x7f; l {
-	case 126:
-		if len(b) < 4 {
-			return 0, 0, 0, nil
-		}
-		return op, 4, int(binary.BigEndian.Uint16(b[2:4])), nil
-	case 127:
-		if len(b) < 10 {
-			return 0, 0, 0, nil
-		}
-		u := binary.BigEndian.Uint64(b[2:10])
-		if u > 1<<30 {
-			return 0, 0, 0, errTooLong
-		}
-		return op, 10, int(u), nil
-	default:
-		return op, 2, int(l), nil
-	}
-}
-
-// appendClientFrame appends a masked, final client frame.
-func appendClientFrame(dst []byte, op byte, payload []byte, mask uint32) []byte {
-	dst = append(dst, 0x80|op)
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	var m [4]byte
-	binary.BigEndian.PutUint32(m[:], mask)
-	dst = append(dst, m[:]...)
-	start := len(dst)
-	dst = append(dst, payload...)
-	for i := range payload {
-		dst[start+i] ^= m[i&3]
-	}
-	return dst
-}
+// Frames are parsed and built by package wire (gateway/wire), the codec the
+// gateway itself uses; this file reads protocol v1 payloads.
 
 // msgFrame is what the benchmark reads from one {"op":"msg"} payload.
 type msgFrame struct {

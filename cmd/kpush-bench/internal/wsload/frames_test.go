@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway"
+	"github.com/kpush/kpush/gateway/wire"
 )
 
 // TestParseMsgReadsWhatKpushEncodes round-trips records through kpush's own
@@ -30,8 +32,8 @@ func TestParseMsgReadsWhatKpushEncodes(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := gateway.EncodeMessage(&tc.msg)
-			op, hdr, n, err := frameHeader(f.Data)
-			if err != nil || op != opText || hdr+n != len(f.Data) {
+			op, hdr, n, err := wire.ParseServerHeader(f.Data)
+			if err != nil || op != ws.OpText || hdr+n != len(f.Data) {
 				t.Fatalf("header: op %d hdr %d len %d err %v for a %d-byte frame", op, hdr, n, err, len(f.Data))
 			}
 			m, ok := parseMsg(f.Data[hdr:])
@@ -58,33 +60,6 @@ func TestAppendValueSize(t *testing.T) {
 		}
 		if !bytes.HasPrefix(v, []byte(`{"seq":123456,"t":1700000000123456789,"pad":"`)) || !bytes.HasSuffix(v, []byte(`"}`)) {
 			t.Errorf("size %d: malformed value %s", size, v)
-		}
-	}
-}
-
-func TestClientFrameIsMaskedAndRoundTrips(t *testing.T) {
-	for _, n := range []int{0, 125, 126, 65535, 65536} {
-		payload := bytes.Repeat([]byte("a"), n)
-		f := appendClientFrame(nil, opText, payload, 0x01020304)
-		if f[1]&0x80 == 0 {
-			t.Fatalf("len %d: mask bit not set", n)
-		}
-		var hdr int
-		switch {
-		case n < 126:
-			hdr = 2
-		case n <= 0xffff:
-			hdr = 4
-		default:
-			hdr = 10
-		}
-		mask := f[hdr : hdr+4]
-		got := f[hdr+4:]
-		for i := range got {
-			got[i] ^= mask[i&3]
-		}
-		if !bytes.Equal(got, payload) {
-			t.Fatalf("len %d: payload does not unmask to the original", n)
 		}
 	}
 }
@@ -137,7 +112,7 @@ func FuzzServerFrames(f *testing.F) {
 	f.Add([]byte{0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 1})
 	f.Add([]byte(`{"op":"msg","ch":"x","p":1,"o":2,"ts":3,"data":{"seq":-5,"t":"`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, hdr, n, err := frameHeader(b)
+		_, hdr, n, err := wire.ParseServerHeader(b)
 		if err == nil && hdr > 0 && (hdr > len(b) || n < 0) {
 			t.Fatalf("header %d of %d bytes, payload %d", hdr, len(b), n)
 		}

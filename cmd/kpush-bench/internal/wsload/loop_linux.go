@@ -1,5 +1,3 @@
-//go:build linux
-
 package wsload
 
 import (
@@ -11,7 +9,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
+	"github.com/kpush/kpush/gateway/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -447,7 +447,7 @@ func (l *loop) read(w *wconn) {
 		return
 	}
 	// A frame larger than the shared buffer needs a bigger one next time.
-	if _, hdr, plen, err := frameHeader(rest); err == nil && hdr > 0 && hdr+plen > len(l.buf) {
+	if _, hdr, plen, err := wire.ParseServerHeader(rest); err == nil && hdr > 0 && hdr+plen > len(l.buf) {
 		l.buf = make([]byte, 2*(hdr+plen))
 	}
 	w.in = append(w.in[:0], rest...)
@@ -470,16 +470,16 @@ func (l *loop) subscribe(w *wconn) bool {
 	}
 	b = append(b, "]}"...)
 	l.reqBuf = b
-	l.frameBuf = appendClientFrame(l.frameBuf[:0], opText, b, l.mask())
+	l.frameBuf = wire.AppendClientFrame(l.frameBuf[:0], ws.OpText, b, l.mask())
 	return l.write(w, l.frameBuf)
 }
 
-func (l *loop) mask() uint32 {
+func (l *loop) mask() [4]byte {
 	// xorshift64: masks need not be secret here, only present.
 	l.rng ^= l.rng << 13
 	l.rng ^= l.rng >> 7
 	l.rng ^= l.rng << 17
-	return uint32(l.rng)
+	return [4]byte{byte(l.rng), byte(l.rng >> 8), byte(l.rng >> 16), byte(l.rng >> 24)}
 }
 
 func (l *loop) becomeReady(w *wconn, now int64) {
@@ -497,7 +497,7 @@ func (l *loop) becomeReady(w *wconn, now int64) {
 func (l *loop) frames(w *wconn, data []byte, now int64) int {
 	used := 0
 	for {
-		op, hdr, n, err := frameHeader(data[used:])
+		op, hdr, n, err := wire.ParseServerHeader(data[used:])
 		if err != nil {
 			l.fail(w, "frame: "+err.Error())
 			return used
@@ -508,15 +508,15 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 		payload := data[used+hdr : used+hdr+n]
 		used += hdr + n
 		switch op {
-		case opText:
+		case ws.OpText:
 			l.text(w, payload, now)
-		case opPing:
+		case ws.OpPing:
 			l.stats.pings.Add(1)
-			l.frameBuf = appendClientFrame(l.frameBuf[:0], opPong, payload, l.mask())
+			l.frameBuf = wire.AppendClientFrame(l.frameBuf[:0], ws.OpPong, payload, l.mask())
 			if !l.write(w, l.frameBuf) {
 				return used
 			}
-		case opClose:
+		case ws.OpClose:
 			code := 1005
 			if len(payload) >= 2 {
 				code = int(payload[0])<<8 | int(payload[1])

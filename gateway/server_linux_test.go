@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -17,7 +15,6 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/client"
-	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -28,32 +25,11 @@ type testServer struct {
 	reg *prometheus.Registry
 }
 
-// startServer runs a gateway on a random loopback port.
+// startServer runs a gateway on a random loopback port (serveGateway).
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
-	cfg.Listen = "127.0.0.1:0"
-	reg := prometheus.NewRegistry()
-	s, err := New(cfg, router.New(), reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	<-s.Ready()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("gateway did not stop")
-		}
-	})
-	return &testServer{Server: s, url: "ws://" + ln.Addr().String() + s.cfg.Path, reg: reg}
+	g := serveGateway(t, cfg, serveOptions{})
+	return &testServer{Server: g.srv, url: g.url, reg: g.reg}
 }
 
 func dialT(t *testing.T, url string, h http.Header) *client.Conn {

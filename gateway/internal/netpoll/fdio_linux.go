@@ -1,6 +1,4 @@
-//go:build linux
-
-package gateway
+package netpoll
 
 import (
 	"fmt"
@@ -14,42 +12,42 @@ import (
 // kpush's own epoll, which is what lets an idle connection cost a few
 // hundred bytes and no goroutine.
 
-const maxIovecs = 1024 // IOV_MAX on Linux
+const MaxIovecs = 1024 // IOV_MAX on Linux
 
-// detach takes the socket out of c, which is closed, and returns a
+// Detach takes the socket out of c, which is closed, and returns a
 // non-blocking, close-on-exec duplicate descriptor of it. On error c may
 // still be open: the caller closes it.
-func detach(sys sysCalls, c net.Conn) (int, error) {
+func Detach(sys Sys, c net.Conn) (int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return -1, fmt.Errorf("gateway: %T has no raw descriptor", c)
+		return -1, fmt.Errorf("netpoll: %T has no raw descriptor", c)
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return -1, fmt.Errorf("gateway: raw connection: %w", err)
+		return -1, fmt.Errorf("netpoll: raw connection: %w", err)
 	}
 	fd := -1
 	var dupErr error
 	if err := raw.Control(func(s uintptr) {
-		fd, dupErr = sys.dupCloexec(s)
+		fd, dupErr = sys.DupCloexec(s)
 	}); err != nil {
-		return -1, fmt.Errorf("gateway: raw control: %w", err)
+		return -1, fmt.Errorf("netpoll: raw control: %w", err)
 	}
 	if dupErr != nil {
-		return -1, fmt.Errorf("gateway: dup socket: %w", dupErr)
+		return -1, fmt.Errorf("netpoll: dup socket: %w", dupErr)
 	}
 	// Closing the net.Conn releases Go's descriptor and poller entry; the
 	// socket itself lives on through the duplicate.
 	_ = c.Close()
 	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
-		return -1, fmt.Errorf("gateway: set non-blocking: %w", err)
+		return -1, fmt.Errorf("netpoll: set non-blocking: %w", err)
 	}
 	return fd, nil
 }
 
-// writev writes the buffers in one system call.
-func writev(fd int, iov []syscall.Iovec) (int, error) {
+// Writev writes the buffers in one system call.
+func Writev(fd int, iov []syscall.Iovec) (int, error) {
 	if len(iov) == 0 {
 		return 0, nil
 	}
@@ -65,12 +63,15 @@ func writev(fd int, iov []syscall.Iovec) (int, error) {
 	}
 }
 
-func setIovec(v *syscall.Iovec, b []byte) {
+// SetIovec points v at b, which must not be empty.
+func SetIovec(v *syscall.Iovec, b []byte) {
 	v.Base = &b[0]
 	v.SetLen(len(b))
 }
 
-func readFD(fd int, b []byte) (int, error) {
+// Read reads from fd, retrying on EINTR; syscall.EAGAIN means the socket
+// is empty.
+func Read(fd int, b []byte) (int, error) {
 	for {
 		n, err := syscall.Read(fd, b)
 		if err == syscall.EINTR {
@@ -80,6 +81,9 @@ func readFD(fd int, b []byte) (int, error) {
 	}
 }
 
-func closeFD(fd int) { _ = syscall.Close(fd) }
+// Close closes fd; the error is of no use once the connection is gone.
+func Close(fd int) { _ = syscall.Close(fd) }
 
-func isWouldBlock(err error) bool { return err == syscall.EAGAIN }
+// IsWouldBlock reports whether err means the socket is full (on write) or
+// empty (on read).
+func IsWouldBlock(err error) bool { return err == syscall.EAGAIN }

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -9,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/router"
 	"golang.org/x/sys/unix"
 )
@@ -35,8 +34,8 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		srv.readPoller.release()
-		srv.writePoller.release()
+		srv.readPoller.Release()
+		srv.writePoller.Release()
 	})
 	var fd int
 	var peer io.ReadCloser
@@ -65,7 +64,7 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if fd, err = detach(realSys{}, server); err != nil {
+		if fd, err = netpoll.Detach(netpoll.RealSys{}, server); err != nil {
 			tb.Fatal(err)
 		}
 		peer = client
@@ -76,12 +75,12 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		_, _ = io.Copy(io.Discard, peer)
 	}()
 	tb.Cleanup(func() {
-		closeFD(fd)
+		netpoll.Close(fd)
 		peer.Close()
 		<-drained
 	})
 	c := &conn{srv: srv, fd: fd, gen: 1}
-	w := &worker{s: srv, rbuf: make([]byte, 1024), iov: make([]syscall.Iovec, 0, maxIovecs)}
+	w := &worker{s: srv, rbuf: make([]byte, 1024), iov: make([]syscall.Iovec, 0, netpoll.MaxIovecs)}
 	return &writerRig{srv: srv, c: c, w: w}
 }
 
@@ -104,14 +103,14 @@ func (f fdReader) Close() error { return syscall.Close(int(f)) }
 // and waits out a full socket buffer the way the write poller would.
 func (r *writerRig) flushQueued(tb testing.TB) {
 	for {
-		r.w.batch = r.srv.work.popBatchNow(r.w.batch, 32)
+		r.w.batch = r.srv.work.TryPopBatch(r.w.batch, 32)
 		for i, t := range r.w.batch {
-			t.c.flush(r.w)
-			r.w.batch[i] = task{}
+			t.C.flush(r.w)
+			r.w.batch[i] = netpoll.Task[conn]{}
 		}
 		r.c.mu.Lock()
 		waiting := r.c.flags&flagWaitOut != 0
-		idle := r.c.flags&flagFlushing == 0 && len(r.c.queue) == 0
+		idle := r.c.flags&flagFlushing == 0 && len(r.c.out.frames) == 0
 		r.c.mu.Unlock()
 		switch {
 		case waiting:
@@ -124,18 +123,6 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 			return
 		}
 	}
-}
-
-// popBatchNow is popBatch without waiting: the benchmark runs the worker's
-// part itself.
-func (q *workQueue) popBatchNow(dst []task, max int) []task {
-	q.mu.Lock()
-	empty := q.flushes.len()+q.others.len() == 0
-	q.mu.Unlock()
-	if empty {
-		return dst[:0]
-	}
-	return q.popBatch(dst, max)
 }
 
 func benchFrame() *router.Frame {

@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -86,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_connections",
 			Help: "Open WebSocket connections.",
-		}, func() float64 { return float64(s.conns.count()) }),
+		}, func() float64 { return float64(s.conns.Count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_subscriptions",
 			Help: "Current (connection, channel) subscriptions.",

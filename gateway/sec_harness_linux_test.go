@@ -1,5 +1,3 @@
-//go:build linux
-
 package gateway
 
 import (
@@ -12,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -21,12 +20,10 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/client"
-	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// A gateway on a random loopback port with its own router and registry,
-// for the security tests. Clients are real WebSocket clients.
+// A gateway for the security tests (serveGateway).
 
 type secGateway struct {
 	srv  *Server
@@ -37,38 +34,24 @@ type secGateway struct {
 
 func startSecGateway(t testing.TB, mutate func(*Config)) *secGateway {
 	t.Helper()
-	cfg := Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond, Workers: 4}
+	return startSecGatewayLog(t, nil, mutate)
+}
+
+// startSecGatewayLog is startSecGateway with a logger.
+func startSecGatewayLog(t testing.TB, log *slog.Logger, mutate func(*Config)) *secGateway {
+	t.Helper()
+	g := serveGateway(t, secConfig(mutate), serveOptions{log: log})
+	return &secGateway{srv: g.srv, reg: g.reg, addr: g.addr, url: g.url}
+}
+
+// secConfig is the security tests' configuration: a short drain, four
+// workers, and what mutate changes.
+func secConfig(mutate func(*Config)) Config {
+	cfg := Config{DrainTimeout: 200 * time.Millisecond, Workers: 4}
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, router.New(), reg, nil)
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	<-srv.Ready()
-	scheme := "ws"
-	if cfg.TLS.Enabled() {
-		scheme = "wss"
-	}
-	g := &secGateway{srv: srv, reg: reg, addr: ln.Addr().String()}
-	g.url = scheme + "://" + g.addr + "/ws"
-	return g
+	return cfg
 }
 
 // rejected reads kpush_rejected_total{reason} from the registry.
