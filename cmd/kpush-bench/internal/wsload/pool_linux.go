@@ -27,7 +27,11 @@ type Config struct {
 	Loops int
 	// SourceAddrs spreads connections over 127.0.0.1 ... 127.0.0.N when the
 	// target is on loopback; 0 means one address per 20,000 connections
-	// opened at once, at least 4.
+	// opened at once, at least 4, and enough that no address has more than
+	// 64 handshakes in flight: kpush gives one address at most an eighth of
+	// gateway.max_handshakes (128 of the default 1024) once half of them are
+	// in use, and closes what is over, as a storm from real clients on many
+	// addresses would never see.
 	SourceAddrs int
 	// MaxInFlight bounds connections that are connecting, upgrading or
 	// waiting for their subscribe reply, over all loops; 0 means 256.
@@ -108,7 +112,7 @@ func (p *Pool) Open(n int, subs func(i int) []int32) {
 	perLoop := make([][]*wconn, len(p.loops))
 	srcs := p.cfg.SourceAddrs
 	if srcs <= 0 {
-		srcs = max(4, (int(p.nextID)+n)/20000+1)
+		srcs = max(4, (int(p.nextID)+n)/20000+1, (p.cfg.MaxInFlight+63)/64)
 	}
 	for i := 0; i < n; i++ {
 		id := p.nextID
