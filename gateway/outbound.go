@@ -272,13 +272,15 @@ type chanResume struct {
 }
 
 // below reports whether f is at or below its partition's floor, and forgets
-// the floor once a frame passes it.
+// the floor once a frame passes it, or once the partition's log was
+// replaced (f.Reset): the floor is a position in the old log, and the new
+// log's records under it were never delivered.
 func (st *chanResume) below(f *router.Frame) bool {
 	for i := range st.floors {
 		if st.floors[i].p != f.Partition {
 			continue
 		}
-		if f.Offset <= st.floors[i].after {
+		if f.Offset <= st.floors[i].after && !f.Reset {
 			return true
 		}
 		st.floors = slices.Delete(st.floors, i, i+1)

@@ -300,3 +300,34 @@ func TestOutboundFailedResumeSnapshot(t *testing.T) {
 	}
 	checkBytes(t, o)
 }
+
+// TestOutboundFloorForgottenOnReset: after a resume, live frames at or
+// below the client's position are dropped as already delivered, except once
+// the partition's log was replaced: the first frame of the new log
+// (Reset) and those after it are new records under old positions, and go
+// out.
+func TestOutboundFloorForgottenOnReset(t *testing.T) {
+	pc := newPolicyCounters()
+	b := queueBounds{messages: 100, bytes: 1 << 20}
+	var o outbound
+	st := o.startReplay("r", []partPos{{0, 10}}, nil)
+	if complete, _ := o.finishResume("r", st, []*router.Frame{rec("r", 11, false)}, []partPos{{0, 10}}, true, nil, b, pc); !complete {
+		t.Fatal("resume not complete")
+	}
+	if r := o.enqueue(rec("r", 11, false), b, pc); r != pushAside {
+		t.Fatalf("live r@11 at the floor: %d, want dropped", r)
+	}
+	// The topic was recreated: its new log starts at 0.
+	first := rec("r", 0, false)
+	first.Reset = true
+	if r := o.enqueue(first, b, pc); r != pushQueued {
+		t.Fatalf("first frame of the new log (reset) r@0: %d, want queued", r)
+	}
+	if r := o.enqueue(rec("r", 1, false), b, pc); r != pushQueued {
+		t.Fatalf("new log r@1 after the reset: %d, want queued", r)
+	}
+	if got, want := describe(&o), "r@11 r@0 r@1"; got != want {
+		t.Fatalf("queue %q, want %q", got, want)
+	}
+	checkBytes(t, &o)
+}

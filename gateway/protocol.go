@@ -286,6 +286,7 @@ func EncodeMessage(m *Message) *router.Frame {
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
 		Epoch:     m.Epoch,
+		Reset:     m.Reset,
 		Data:      b[start:],
 		Payload:   b[hl:],
 		Conflate:  m.Conflate,

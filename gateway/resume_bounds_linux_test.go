@@ -273,3 +273,32 @@ func TestRefreshRevokesResume(t *testing.T) {
 		t.Fatalf("revoked channel delivered %v live", offsets(got))
 	}
 }
+
+// TestResumeFillingTheQueueLeavesRoomForItsOK: a read-back that would fill
+// the queue to its bound exactly answers recovered:false, and its ok reply
+// arrives; the ok never finds the queue full and closes the connection
+// as a slow consumer (4008).
+func TestResumeFillingTheQueueLeavesRoomForItsOK(t *testing.T) {
+	rp := newFakeReplayer(true, span(1, 8)...)
+	s := startPushServer(t, Config{MaxQueueMessages: 8}, rp)
+	c := dialPush(t, s.url, nil)
+	id, err := c.Send(&client.Request{Op: "subscribe", Channels: []string{"full"},
+		Since: map[string]map[string]int64{"full": {"0": 0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp.waitStarted(t)
+	close(rp.release)
+	f := c.next(t)
+	if f.Op != "ok" || f.ID != id {
+		t.Fatalf("got %+v, want the subscribe's ok (8 records and the ok do not fit 8 messages)", f)
+	}
+	if want := map[string]bool{"full": false}; fmt.Sprint(f.Recovered) != fmt.Sprint(want) {
+		t.Fatalf("recovered %v, want %v", f.Recovered, want)
+	}
+	// The connection is open and live.
+	s.publish("full", 0, 9, nil, false)
+	if f := c.next(t); f.Op != "msg" || f.Ch != "full" {
+		t.Fatalf("after the resume: %+v, want the live record", f)
+	}
+}

@@ -58,14 +58,30 @@ import (
 
 // finishResumeLocked queues what resumes ch (outbound.finishResume) and
 // schedules a flush for it. It returns whether the resume was complete.
-// Caller holds c.mu.
-func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Frame, parts []partPos, ok bool, last *router.Frame) bool {
-	ok, queued := c.out.finishResume(ch, st, frames, parts, ok, last, c.bounds(), &c.srv.policy)
+// reserve is the size of the request's ok reply, which follows: the resume
+// leaves room for it in the queue's bounds, so a read-back that fills the
+// queue answers recovered:false rather than have its own ok reply close the
+// connection as a slow consumer. Caller holds c.mu.
+func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Frame, parts []partPos, ok bool, last *router.Frame, reserve int) bool {
+	b := c.bounds()
+	b.messages--
+	b.bytes -= reserve
+	ok, queued := c.out.finishResume(ch, st, frames, parts, ok, last, b, &c.srv.policy)
 	if queued {
 		c.flags |= flagRecent
 		c.scheduleLocked()
 	}
 	return ok
+}
+
+// okReserve is the longest the ok reply to a resume of channels can be
+// (every verdict false, the longer word).
+func okReserve(id int64, channels map[string]bool) int {
+	all := make(map[string]bool, len(channels))
+	for ch := range channels {
+		all[ch] = false
+	}
+	return len(okFrame(id, all))
 }
 
 // parsePositions turns a request's since entry into positions sorted by
@@ -93,6 +109,7 @@ type resumeJob struct {
 	id        int64 // request id, for the ok reply
 	deadline  time.Time
 	recovered map[string]bool // verdicts so far (channels served from memory)
+	reserve   int             // okReserve of the request
 	chans     []*resumeChan
 	timer     *time.Timer // fires expireResume at the deadline
 	finished  bool        // guarded by c.mu; the ok reply was sent
@@ -113,7 +130,7 @@ type resumeChan struct {
 // Subscribe callback (shard lock held): it serves the channel from the
 // history, or registers it for a read-back and returns the job entry.
 // recovered receives the verdict of a channel served at once.
-func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.View, recovered map[string]bool) *resumeChan {
+func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.View, recovered map[string]bool, reserve int) *resumeChan {
 	var mem []*router.Frame
 	var kafka []partPos
 	for _, pp := range parts {
@@ -128,7 +145,7 @@ func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.Vie
 		return nil
 	}
 	if len(kafka) == 0 {
-		ok := c.finishResumeLocked(ch, nil, mem, parts, true, v.Last())
+		ok := c.finishResumeLocked(ch, nil, mem, parts, true, v.Last(), reserve)
 		recovered[ch] = ok
 		s.countResume("memory", ok, len(mem))
 		return nil
@@ -330,7 +347,7 @@ func (s *Server) completeResume(j *resumeJob) {
 			continue
 		}
 		frames := append(rc.mem, rc.out...)
-		ok := c.finishResumeLocked(rc.ch, rc.st, frames, rc.parts, rc.ok, rc.st.last)
+		ok := c.finishResumeLocked(rc.ch, rc.st, frames, rc.parts, rc.ok, rc.st.last, j.reserve)
 		j.recovered[rc.ch] = ok
 		s.countResume("kafka", ok, len(frames))
 	}
@@ -359,7 +376,7 @@ func (s *Server) expireResume(j *resumeJob) {
 			j.recovered[rc.ch] = false
 			continue
 		}
-		c.finishResumeLocked(rc.ch, rc.st, nil, rc.parts, false, rc.st.last)
+		c.finishResumeLocked(rc.ch, rc.st, nil, rc.parts, false, rc.st.last, j.reserve)
 		j.recovered[rc.ch] = false
 		s.countResume("kafka", false, 0)
 	}

@@ -63,11 +63,13 @@ func (s *Server) subscribe(c *conn, req *Request) {
 	// recovered answers every channel the request gave a position for; a
 	// channel this connection already had is live without a gap.
 	var recovered map[string]bool
+	reserve := 0
 	if len(req.Since) > 0 {
 		recovered = make(map[string]bool, len(req.Since))
 		for ch := range req.Since {
 			recovered[ch] = true
 		}
+		reserve = okReserve(req.ID, recovered)
 	}
 	var job *resumeJob
 	for _, ch := range fresh {
@@ -77,9 +79,9 @@ func (s *Server) subscribe(c *conn, req *Request) {
 			// Runs under the channel's shard lock, before any later
 			// frame: see the seam in resume_linux.go.
 			before = func(v router.View) {
-				if rc := s.resumeChannel(c, ch, parts, v, recovered); rc != nil {
+				if rc := s.resumeChannel(c, ch, parts, v, recovered, reserve); rc != nil {
 					if job == nil {
-						job = &resumeJob{c: c, id: req.ID, deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered}
+						job = &resumeJob{c: c, id: req.ID, deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered, reserve: reserve}
 					}
 					job.chans = append(job.chans, rc)
 				}

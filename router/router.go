@@ -21,6 +21,10 @@ type Frame struct {
 	// partition between them read; a changed Epoch marks a possible hole.
 	// 0 means unknown (treated as its own epoch).
 	Epoch uint64
+	// Reset marks the first frame of the channel after its partition's log
+	// was replaced (a recreated topic, a truncated log): offsets at or
+	// below positions from before it name other records.
+	Reset bool
 
 	// Data is the complete wire form (a WebSocket frame, header included),
 	// written to every subscriber as it is.
