@@ -25,8 +25,9 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
-	tls *tlsState // nil for plain ws; set before the conn is registered
-	sec connSec   // token grant, expiry and request rate (security_linux.go)
+	tls *tlsState  // nil for plain ws; set before the conn is registered
+	sse *sseStream // nil for a WebSocket; an event stream's position (sse_linux.go); guarded by mu
+	sec connSec    // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
 	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
@@ -163,6 +164,9 @@ func (c *conn) flush(w *worker) {
 			}
 			if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
+			}
+			if c.sse != nil {
+				f = c.sseFrameLocked(i, f)
 			}
 			b := f.Data
 			if i == 0 {
@@ -317,6 +321,9 @@ func (c *conn) onReadable(w *worker) {
 // returns false when the connection must be dropped without a close
 // handshake (EOF, socket error).
 func (c *conn) readFrames(w *worker) bool {
+	if c.sse != nil {
+		return c.sseDiscard(w)
+	}
 	maxPayload := c.srv.lim().MaxMessageBytes
 	if size := readBufferSize(maxPayload); len(w.rbuf) < size {
 		w.rbuf = make([]byte, size) // max_message_bytes was raised by a reload
@@ -552,6 +559,9 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.conns.Remove(fd, c)
 	netpoll.Close(fd)
 	c.releaseSecurityLocked()
+	if c.sse != nil {
+		c.srv.metrics.sseConns.Add(-1)
+	}
 	c.fd = -1
 	c.out.frames = nil
 	c.out.bytes = 0

@@ -548,6 +548,10 @@ func (s *Server) handshake(nc net.Conn) {
 		nc.Close()
 		return
 	}
+	if !isWS && s.sseRequested(pc) {
+		s.serveSSE(nc, raw, pc, client, link, tc, deadline)
+		return
+	}
 	if !isWS {
 		select {
 		case s.httpConns <- pc:
