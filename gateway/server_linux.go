@@ -554,7 +554,7 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if !isWS {
 		select {
-		case s.httpConns <- pc:
+		case s.httpConns <- s.carryHTTP(pc, raw, link, tc, client):
 		case <-s.stop:
 			nc.Close()
 		}
@@ -763,6 +763,10 @@ func (s *Server) Publish(m *Message, keep *router.Retention) int {
 // fallbackHandler serves plain HTTP on the WebSocket port.
 func (s *Server) fallbackHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == s.cfg.SSEPath && s.cfg.SSEPath != sseOff {
+			s.serveSSEHTTP(w, r) // an event stream after other requests
+			return
+		}
 		if r.URL.Path == s.cfg.Path {
 			// A request for the WebSocket path on a kept-alive HTTP
 			// connection: the upgrade is only taken as the first request

@@ -63,12 +63,11 @@ type sseRequest struct {
 	badID  error    // the Last-Event-ID given could not be used
 }
 
-// serveSSE serves an event stream request on the handshake goroutine: its
-// checks are those of an upgrade (draining, max_connections, the address's
-// share, the token, the grants); then the response head is written and the
-// socket is detached into epoll like an upgraded WebSocket, and the stream's
-// channels are subscribed as protocol v1 would (with since from
-// Last-Event-ID, snapshots with ?snapshot=true).
+// serveSSE serves an event stream request that is the first request of its
+// connection, on the handshake goroutine. A browser may also send it on a
+// kept-alive connection after other requests (the page itself): net/http
+// then hands it to serveSSEHTTP, which takes the connection over and joins
+// here at startSSE.
 func (s *Server) serveSSE(nc, raw net.Conn, pc *peekedConn, client *clientAddr, link *netpoll.TLSLink, tc *tls.Conn, deadline time.Time) {
 	lim := s.lim()
 	head, _, err := readHead(pc, lim.MaxHeaderBytes)
@@ -82,6 +81,71 @@ func (s *Server) serveSSE(nc, raw net.Conn, pc *peekedConn, client *clientAddr, 
 		nc.Close()
 		return
 	}
+	if err := checkHead(head); err != nil {
+		s.sseReject(nc, &sseRefusal{status: http.StatusBadRequest, msg: err.Error()})
+		return
+	}
+	hr, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	if err != nil {
+		s.sseReject(nc, &sseRefusal{status: http.StatusBadRequest, msg: "malformed request: " + err.Error()})
+		return
+	}
+	s.startSSE(nc, raw, hr, client, link, tc, deadline)
+}
+
+// httpCarrier is a connection handed to net/http, with what an event
+// stream request on it needs to take it over (serveSSEHTTP).
+type httpCarrier struct {
+	*peekedConn
+	raw    net.Conn
+	link   *netpoll.TLSLink
+	tc     *tls.Conn
+	client *clientAddr
+}
+
+// carryHTTP wraps a connection handed to net/http so that an event stream
+// request on it can take it over.
+func (s *Server) carryHTTP(pc *peekedConn, raw net.Conn, link *netpoll.TLSLink, tc *tls.Conn, client *clientAddr) net.Conn {
+	if s.cfg.SSEPath == sseOff {
+		return pc
+	}
+	return &httpCarrier{peekedConn: pc, raw: raw, link: link, tc: tc, client: client}
+}
+
+// serveSSEHTTP takes over a kept-alive HTTP connection whose next request
+// asks for an event stream.
+func (s *Server) serveSSEHTTP(w http.ResponseWriter, r *http.Request) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "event streams need HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
+	nc, _, err := hj.Hijack()
+	if err != nil {
+		s.sseHandshake("failed")
+		return
+	}
+	hc, ok := nc.(*httpCarrier)
+	if !ok {
+		s.sseReject(nc, &sseRefusal{status: http.StatusInternalServerError, msg: "connection cannot be taken over"})
+		return
+	}
+	client := *hc.client // a fresh admission for this request
+	client.held, client.ip = false, ""
+	_ = hc.raw.SetDeadline(time.Time{})
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	_ = hc.raw.SetDeadline(deadline)
+	s.startSSE(nc, hc.raw, r, &client, hc.link, hc.tc, deadline)
+}
+
+// startSSE checks a parsed event stream request as an upgrade is checked
+// (draining, max_connections, the address's share, the token, the grants);
+// then the response head is written and the socket is detached into epoll
+// like an upgraded WebSocket, and the stream's channels are subscribed as
+// protocol v1 would (with since from Last-Event-ID, snapshots with
+// ?snapshot=true).
+func (s *Server) startSSE(nc, raw net.Conn, hr *http.Request, client *clientAddr, link *netpoll.TLSLink, tc *tls.Conn, deadline time.Time) {
+	lim := s.lim()
 	slot := false
 	defer func() {
 		if slot {
@@ -89,7 +153,7 @@ func (s *Server) serveSSE(nc, raw net.Conn, pc *peekedConn, client *clientAddr, 
 		}
 	}()
 	defer client.release(s.perIP)
-	req, grant, refusal := s.checkSSE(head, client, deadline, &slot)
+	req, grant, refusal := s.checkSSE(hr, client, deadline, &slot)
 	if refusal != nil {
 		s.sseReject(nc, refusal)
 		return
@@ -159,14 +223,7 @@ func (s *Server) serveSSE(nc, raw net.Conn, pc *peekedConn, client *clientAddr, 
 
 // checkSSE checks an event stream request as an upgrade is checked, and
 // takes the address's share and a connection slot (*slot) when it passes.
-func (s *Server) checkSSE(head []byte, client *clientAddr, deadline time.Time, slot *bool) (*sseRequest, *auth.Grant, *sseRefusal) {
-	if err := checkHead(head); err != nil {
-		return nil, nil, &sseRefusal{status: http.StatusBadRequest, msg: err.Error()}
-	}
-	hr, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-	if err != nil {
-		return nil, nil, &sseRefusal{status: http.StatusBadRequest, msg: "malformed request: " + err.Error()}
-	}
+func (s *Server) checkSSE(hr *http.Request, client *clientAddr, deadline time.Time, slot *bool) (*sseRequest, *auth.Grant, *sseRefusal) {
 	if hr.Method != http.MethodGet {
 		return nil, nil, &sseRefusal{status: http.StatusMethodNotAllowed, msg: "an event stream is requested with GET", header: "Allow: GET\r\n"}
 	}
@@ -209,6 +266,7 @@ func (s *Server) checkSSE(head []byte, client *clientAddr, deadline time.Time, s
 		id = q.Get("last_event_id")
 	}
 	if id != "" {
+		var err error
 		if req.sub.Since, err = parseSSEID(id, channels); err != nil {
 			req.badID = err
 		}

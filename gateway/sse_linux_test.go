@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -432,5 +435,121 @@ func TestSSECurl(t *testing.T) {
 	}
 	if !strings.Contains(text.String(), "data: {\"ch\":\"x\",\"o\":7}\n") {
 		t.Fatalf("curl got %q", text.String())
+	}
+}
+
+// TestSSENodeEventSource reads a stream with Node's eventsource package
+// across a cut: the package reconnects by itself with Last-Event-ID and
+// the records published while it was away arrive once, in order.
+func TestSSENodeEventSource(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if _, statErr := os.Stat("testdata/node/node_modules/eventsource"); err != nil || statErr != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node and gateway/testdata/node's packages are needed (.ci/run installs them with npm ci)")
+		}
+		t.Skip("node or the eventsource package is missing (cd gateway/testdata/node && npm ci)")
+	}
+	keep := &router.Retention{HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	g := startSSEServer(t, nil)
+	cmd := exec.Command(node, "testdata/node/sse_client.mjs", "http://"+g.addr+"/events?channel=x", "60", "x")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan map[string]string, 256)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var m map[string]string
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+		close(lines)
+	}()
+	next := func() map[string]string {
+		select {
+		case m, ok := <-lines:
+			if !ok {
+				t.Fatal("node client ended early")
+			}
+			return m
+		case <-time.After(20 * time.Second):
+			t.Fatal("no line from the node client within 20s")
+		}
+		return nil
+	}
+	var got []int64
+	readRecords := func(n int) {
+		for len(got) < n {
+			m := next()
+			if m["event"] != "x" {
+				continue
+			}
+			var v struct{ O int64 }
+			if err := json.Unmarshal([]byte(m["data"]), &v); err != nil {
+				t.Fatalf("data %q: %v", m["data"], err)
+			}
+			got = append(got, v.O)
+		}
+	}
+	waitSubscribed(t, g.srv, 1)
+	publishN(g.srv, "x", 0, 0, 19, keep)
+	readRecords(20)
+	for _, c := range g.srv.conns.Snapshot() {
+		c.abort() // the cut: the server side goes away
+	}
+	publishN(g.srv, "x", 0, 20, 39, keep)
+	waitSubscribed(t, g.srv, 1) // reconnected by itself
+	publishN(g.srv, "x", 0, 40, 59, keep)
+	readRecords(60)
+	if fmt.Sprint(got) != fmt.Sprint(span(0, 59)) {
+		t.Fatalf("got %v", got)
+	}
+}
+
+// TestSSEOnKeptAliveConnection: browsers send the stream's request on a
+// connection that already carried the page; it is taken over from net/http.
+func TestSSEOnKeptAliveConnection(t *testing.T) {
+	g := startSSEServer(t, nil)
+	nc, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 404 || resp.Close {
+		t.Fatalf("page: %d, close %v", resp.StatusCode, resp.Close)
+	}
+	fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	waitSubscribed(t, g.srv, 1)
+	publishN(g.srv, "x", 0, 4, 4, nil)
+	var text strings.Builder
+	_ = nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+	for !strings.Contains(text.String(), "data: {\"ch\":\"x\",\"o\":4}\n\n") {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%v after %q", err, text.String())
+		}
+		text.WriteString(line)
+	}
+	if g.srv.Connections() != 1 || g.srv.metrics.sseConns.Load() != 1 {
+		t.Fatal("the stream is not an epoll connection")
 	}
 }
