@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -551,5 +552,47 @@ func TestSSEOnKeptAliveConnection(t *testing.T) {
 	}
 	if g.srv.Connections() != 1 || g.srv.metrics.sseConns.Load() != 1 {
 		t.Fatal("the stream is not an epoll connection")
+	}
+}
+
+// TestSSEIdleCost opens idle event streams and checks that they hold no
+// goroutine on the server; it logs the heap per stream (client sockets
+// included, so an upper bound):
+// go test -run TestSSEIdleCost -v ./gateway/
+func TestSSEIdleCost(t *testing.T) {
+	const n = 400
+	g := startSSEServer(t, nil)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	goBefore := runtime.NumGoroutine()
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := 0; i < n; i++ {
+		nc, err := net.Dial("tcp", g.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		fmt.Fprintf(nc, "GET /events?channel=idle.%d&channel=all HTTP/1.1\r\nHost: k\r\n\r\n", i)
+		// Read the head synchronously: the client holds no goroutine either.
+		resp, err := http.ReadResponse(bufio.NewReaderSize(nc, 512), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("stream %d: %v %v", i, resp, err)
+		}
+	}
+	waitSubscribed(t, g.srv, 2*n)
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	extra := runtime.NumGoroutine() - goBefore
+	t.Logf("%d idle streams: %+d goroutines, heap %+d bytes per stream (client side included)",
+		n, extra, (int64(after.HeapInuse)-int64(before.HeapInuse))/n)
+	if extra > 20 {
+		t.Fatalf("%d idle streams hold %d more goroutines", n, extra)
 	}
 }
