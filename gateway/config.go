@@ -19,7 +19,10 @@ type Config struct {
 	Path string `yaml:"path"`
 	// SSEPath is where Server-Sent Events streams are served (sse.go);
 	// "/events" by default, "off" to serve none.
-	SSEPath          string        `yaml:"sse_path"`
+	SSEPath string `yaml:"sse_path"`
+	// CentrifugoPath serves Centrifugo's client protocol (centrifugo.go);
+	// "/connection/websocket" by default, "off" to serve none.
+	CentrifugoPath   string        `yaml:"centrifugo_path"`
 	MaxConnections   int           `yaml:"max_connections"`
 	MaxMessageBytes  int           `yaml:"max_message_bytes"`
 	MaxSubscriptions int           `yaml:"max_subscriptions"`
@@ -91,6 +94,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.SSEPath == "" {
 		c.SSEPath = DefaultSSEPath
+	}
+	if c.CentrifugoPath == "" {
+		c.CentrifugoPath = DefaultCentrifugoPath
 	}
 	def(&c.MaxConnections, 100000)
 	def(&c.MaxMessageBytes, 4096)
@@ -177,6 +183,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateClientAddr()...)
 	errs = append(errs, c.validateSSE()...)
+	errs = append(errs, c.validateCentrifugo()...)
 	errs = append(errs, c.TLS.Validate(), c.Auth.Validate())
 	return errors.Join(errs...)
 }

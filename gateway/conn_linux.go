@@ -27,6 +27,7 @@ type conn struct {
 
 	tls *tlsState  // nil for plain ws; set before the conn is registered
 	sse *sseStream // nil for a WebSocket; an event stream's position (sse_linux.go); guarded by mu
+	cf  *cfSession // nil unless the conn speaks Centrifugo's protocol (centrifugo_linux.go)
 	sec connSec    // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
@@ -167,6 +168,8 @@ func (c *conn) flush(w *worker) {
 			}
 			if c.sse != nil {
 				f = c.sseFrameLocked(i, f)
+			} else if c.cf != nil {
+				f = c.cfFrameLocked(i, f)
 			}
 			b := f.Data
 			if i == 0 {
@@ -455,6 +458,9 @@ func (c *conn) handleText(p []byte) bool {
 		c.srv.metrics.clientErrors.WithLabelValues("invalid_utf8").Inc()
 		c.closeWith(ws.StatusInvalidFramePayloadData, "text frame is not valid UTF-8", true)
 		return false
+	}
+	if c.cf != nil {
+		return c.srv.handleCentrifugo(c, p)
 	}
 	c.srv.handleRequest(c, p)
 	return true

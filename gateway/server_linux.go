@@ -539,6 +539,8 @@ func (s *Server) handshake(nc net.Conn) {
 		nc = tc
 	}
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
+	cf := err == nil && !isWS && s.centrifugoRequested(pc)
+	isWS = isWS || cf
 	if errors.Is(err, errRequestLine) {
 		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
 		return
@@ -626,6 +628,9 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if s.verifier != nil {
 		c.setGrant(ua.grant)
+	}
+	if cf {
+		c.cf = &cfSession{}
 	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.

@@ -67,6 +67,8 @@ func (c *conn) flushTLS(w *worker) {
 				}
 				if c.sse != nil {
 					f = c.sseFrameLocked(i, f)
+				} else if c.cf != nil {
+					f = c.cfFrameLocked(i, f)
 				}
 				b := f.Data
 				if i == 0 {

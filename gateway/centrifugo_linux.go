@@ -1,0 +1,278 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/wire"
+	"github.com/kpush/kpush/router"
+)
+
+// cfSession is a Centrifugo connection's protocol state. Touched only by
+// the worker reading the connection (epoll's one-shot arming makes it one at
+// a time), except where noted.
+type cfSession struct {
+	client    string // the client id given in the connect reply
+	connected bool
+}
+
+// centrifugoRequested reports whether the peeked request line asks for
+// gateway.centrifugo_path.
+func (s *Server) centrifugoRequested(pc *peekedConn) bool {
+	if s.cfg.CentrifugoPath == sseOff {
+		return false
+	}
+	b, _ := pc.r.Peek(pc.r.Buffered())
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		return false
+	}
+	uri := b[sp+1:]
+	if i := bytes.IndexByte(uri, ' '); i >= 0 {
+		uri = uri[:i]
+	}
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		uri = uri[:i]
+	}
+	return string(uri) == s.cfg.CentrifugoPath
+}
+
+// handleCentrifugo answers the commands of one text frame (newline
+// separated). It returns false once the connection is closing.
+func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
+	for len(p) > 0 {
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line, p = p[:i], p[i+1:]
+		} else {
+			p = nil
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		if ok, alive := c.allowRequest(nil); !ok {
+			if alive {
+				c.send(wire.ServerFrame(ws.OpText, cfError(0, 111, "too many requests")))
+			}
+			return alive
+		}
+		var cmd cfCommand
+		if err := json.Unmarshal(line, &cmd); err != nil {
+			s.metrics.clientErrors.WithLabelValues("centrifugo_bad_command").Inc()
+			c.closeWith(cfCloseBadRequest, "bad request", true)
+			return false
+		}
+		if !s.centrifugoCommand(c, &cmd) {
+			return false
+		}
+	}
+	return true
+}
+
+// centrifugoCommand answers one command; false once the connection closes.
+func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
+	reply := func(b []byte) { c.send(wire.ServerFrame(ws.OpText, b)) }
+	if cmd.Connect != nil {
+		return s.cfConnect(c, cmd.ID, cmd.Connect)
+	}
+	if !c.cf.connected {
+		c.closeWith(cfCloseBadRequest, "connect first", true)
+		return false
+	}
+	switch {
+	case cmd.Subscribe != nil:
+		s.cfSubscribe(c, cmd.ID, cmd.Subscribe)
+	case cmd.Unsubscribe != nil:
+		s.unsubscribeQuiet(c, cmd.Unsubscribe.Channel)
+		reply(cfReply(cmd.ID, "unsubscribe", "{}"))
+	case cmd.Refresh != nil:
+		s.cfRefresh(c, cmd.ID, cmd.Refresh.Token)
+	case cmd.Publish != nil || cmd.Presence != nil || cmd.PresenceSt != nil || cmd.History != nil || cmd.RPC != nil || cmd.SubRefresh != nil:
+		s.metrics.clientErrors.WithLabelValues("centrifugo_not_available").Inc()
+		reply(cfError(cmd.ID, cfErrNotAvailable, "not available: kpush only delivers records"))
+	case cmd.Send != nil:
+		// An asynchronous message: no reply, nothing to do.
+	case cmd.ID == 0:
+		// {} is the client's pong; reading it counted as activity.
+	case cmd.Ping != nil:
+		reply(cfReply(cmd.ID, "ping", "{}"))
+	default:
+		reply(cfError(cmd.ID, cfErrMethodNotFound, "method not found"))
+	}
+	return true
+}
+
+// cfConnect checks the connect command's token with the auth settings (as
+// an upgrade's token) and answers with the ping interval.
+func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
+	if c.cf.connected {
+		c.closeWith(cfCloseBadRequest, "already connected", true)
+		return false
+	}
+	var g *auth.Grant
+	if s.verifier != nil && req.Token != "" {
+		// Verify, not VerifyWait: this runs on a worker (see refresh).
+		var err error
+		if g, err = s.verifier.Verify(req.Token); err != nil {
+			if errors.Is(err, auth.ErrTokenExpired) {
+				s.metrics.rejected.WithLabelValues("token_expired").Inc()
+				c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrTokenExpired, "token expired")))
+				return true
+			}
+			s.metrics.rejected.WithLabelValues("invalid_token").Inc()
+			c.closeWith(cfCloseInvalidToken, "invalid token", true)
+			return false
+		}
+		c.setGrant(g)
+	}
+	var rb [8]byte
+	_, _ = rand.Read(rb[:])
+	c.cf.client = hex.EncodeToString(rb[:])
+	c.cf.connected = true
+	ping := max(1, int(s.lim().PingInterval.Seconds()))
+	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cf.client, ping, cfExpiry(g))
+	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "connect", res)))
+	return true
+}
+
+// cfExpiry is the expires/ttl members for a grant with an expiry.
+func cfExpiry(g *auth.Grant) string {
+	if g == nil || g.Expires.IsZero() {
+		return ""
+	}
+	ttl := max(1, int(time.Until(g.Expires).Seconds()))
+	return `,"expires":true,"ttl":` + strconv.Itoa(ttl)
+}
+
+// cfRefresh replaces the connection's token (the SDKs refresh before ttl).
+func (s *Server) cfRefresh(c *conn, id uint32, token string) {
+	if s.verifier == nil {
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"}`)))
+		return
+	}
+	g, err := s.verifier.Verify(token)
+	if err != nil {
+		code, msg := cfErrUnauthorized, "invalid token"
+		if errors.Is(err, auth.ErrTokenExpired) {
+			code, msg = cfErrTokenExpired, "token expired"
+		}
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		return
+	}
+	if old := c.sec.grant.Load(); old != nil && old.Subject != g.Subject {
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject")))
+		return
+	}
+	c.setGrant(g)
+	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"`+cfExpiry(g)+`}`)))
+}
+
+// cfSubscribe subscribes one channel. The reply is queued before the
+// router subscription, so every publication pushed for the channel comes
+// after it (the SDKs drop publications of a subscription they have not seen
+// answered).
+func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
+	fail := func(code int, msg string) {
+		s.metrics.clientErrors.WithLabelValues("centrifugo_subscribe").Inc()
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+	}
+	ch := req.Channel
+	if !router.ValidChannel(ch) {
+		fail(cfErrBadRequest, fmt.Sprintf("channel %q must match ^[A-Za-z0-9_.:@/-]{1,200}$", truncate(ch, 64)))
+		return
+	}
+	if s.verifier != nil && !s.isPublic(ch) && !c.sec.grant.Load().Allows(ch) {
+		s.metrics.rejected.WithLabelValues("forbidden").Inc()
+		fail(cfErrPermissionDenied, "permission denied")
+		return
+	}
+	c.mu.Lock()
+	switch {
+	case contains(c.subs, ch):
+		c.mu.Unlock()
+		fail(cfErrAlreadySubbed, "already subscribed")
+		return
+	case len(c.subs) >= s.lim().MaxSubscriptions:
+		c.mu.Unlock()
+		s.metrics.rejected.WithLabelValues(CodeTooManySubscriptions).Inc()
+		fail(cfErrLimitExceeded, "limit exceeded")
+		return
+	case c.flags&(flagClosing|flagClosed) != 0:
+		c.mu.Unlock()
+		return
+	}
+	res := "{}"
+	if req.Recover {
+		// Recovery from Kafka positions is not served on this endpoint yet.
+		res = `{"was_recovering":true}`
+	}
+	c.sendLocked(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
+	c.subs = append(c.subs, ch)
+	c.mu.Unlock()
+	s.router.Subscribe(c, ch, nil)
+	c.mu.Lock()
+	closing := c.flags&(flagClosing|flagClosed) != 0
+	c.mu.Unlock()
+	if closing {
+		s.router.Unsubscribe(c, ch) // the close may have taken c.subs before this subscribe
+	}
+}
+
+// unsubscribeQuiet drops one channel without a v1 reply.
+func (s *Server) unsubscribeQuiet(c *conn, ch string) {
+	c.mu.Lock()
+	found := false
+	kept := c.subs[:0]
+	for _, x := range c.subs {
+		if x == ch {
+			found = true
+		} else {
+			kept = append(kept, x)
+		}
+	}
+	clear(c.subs[len(kept):])
+	c.subs = kept
+	c.out.dropResume(ch)
+	c.mu.Unlock()
+	if found {
+		s.router.Unsubscribe(c, ch)
+	}
+}
+
+// cfFrameLocked turns the queue's frame i (f) into Centrifugo's form before
+// it is written: a record becomes a publication push, a ping the empty
+// reply {}. Replies are built in Centrifugo's form already and close frames
+// are sent as they are. The result replaces f in the queue (marked by a nil
+// Payload, so conflation leaves it alone). Caller holds c.mu.
+func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
+	var b []byte
+	switch {
+	case f.Channel != "" && f.Payload != nil:
+		v, ok := recordValue(f.Payload)
+		if !ok {
+			return f
+		}
+		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
+	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
+		b = wire.ServerFrame(ws.OpText, []byte("{}"))
+	default:
+		return f
+	}
+	nf := &router.Frame{Channel: f.Channel, Partition: f.Partition, Offset: f.Offset, Timestamp: f.Timestamp,
+		Epoch: f.Epoch, Data: b}
+	c.out.bytes += len(b) - len(f.Data)
+	c.out.frames[i] = nf
+	return nf
+}

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	centrifuge "github.com/centrifugal/centrifuge-go"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Centrifugo's protocol with the unmodified centrifuge-go SDK.
+
+func cfURL(addr string) string { return "ws://" + addr + DefaultCentrifugoPath }
+
+// cfSub connects a client and subscribes ch; publications arrive on the
+// returned channel.
+func cfSub(t *testing.T, cl *centrifuge.Client, ch string) (chan centrifuge.PublicationEvent, *centrifuge.Subscription) {
+	t.Helper()
+	pubs := make(chan centrifuge.PublicationEvent, 1024)
+	subscribed := make(chan struct{}, 1)
+	sub, err := cl.NewSubscription(ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
+	sub.OnSubscribed(func(centrifuge.SubscribedEvent) {
+		select {
+		case subscribed <- struct{}{}:
+		default:
+		}
+	})
+	if err := sub.Subscribe(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-subscribed:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("not subscribed to %s within 15s", ch)
+	}
+	return pubs, sub
+}
+
+func cfClient(t *testing.T, addr string, cfg centrifuge.Config) *centrifuge.Client {
+	t.Helper()
+	cl := centrifuge.NewJsonClient(cfURL(addr), cfg)
+	t.Cleanup(cl.Close)
+	if err := cl.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func nextPub(t *testing.T, pubs chan centrifuge.PublicationEvent) centrifuge.PublicationEvent {
+	t.Helper()
+	select {
+	case e := <-pubs:
+		return e
+	case <-time.After(15 * time.Second):
+		t.Fatal("no publication within 15s")
+	}
+	return centrifuge.PublicationEvent{}
+}
+
+func TestCentrifugoGoSDKExactData(t *testing.T) {
+	g := startSSEServer(t, nil)
+	cl := cfClient(t, g.addr, centrifuge.Config{})
+	pubs, _ := cfSub(t, cl, "ticks.AAPL")
+	waitSubscribed(t, g.srv, 1)
+	publishN(g.srv, "ticks.AAPL", 0, 1, 50, nil)
+	for o := int64(1); o <= 50; o++ {
+		e := nextPub(t, pubs)
+		if want := fmt.Sprintf(`{"ch":"ticks.AAPL","o":%d}`, o); string(e.Data) != want || e.Offset != uint64(o) {
+			t.Fatalf("publication %d: %s offset %d, want %s", o, e.Data, e.Offset, want)
+		}
+	}
+	// kpush is one-way: the SDK gets "not available" and stays connected.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for name, call := range map[string]func() error{
+		"publish": func() error { _, err := cl.Publish(ctx, "ticks.AAPL", []byte(`{}`)); return err },
+		"history": func() error { _, err := cl.History(ctx, "ticks.AAPL"); return err },
+		"rpc":     func() error { _, err := cl.RPC(ctx, "m", []byte(`{}`)); return err },
+	} {
+		var e *centrifuge.Error
+		if err := call(); !errors.As(err, &e) || e.Code != cfErrNotAvailable {
+			t.Fatalf("%s: %v, want error %d", name, err, cfErrNotAvailable)
+		}
+	}
+	if cl.State() != centrifuge.StateConnected {
+		t.Fatalf("state %v after the not-available answers", cl.State())
+	}
+	publishN(g.srv, "ticks.AAPL", 0, 51, 51, nil)
+	if e := nextPub(t, pubs); e.Offset != 51 {
+		t.Fatalf("after not available: offset %d", e.Offset)
+	}
+}
+
+func TestCentrifugoGoSDKTokens(t *testing.T) {
+	g := startAuthGateway(t, func(c *Config) { c.Auth.ClockSkew = 3 * time.Second })
+	// Without a token: public channels only.
+	anon := cfClient(t, g.addr, centrifuge.Config{})
+	pubs, _ := cfSub(t, anon, "public.news")
+	g.publish("public.news", `{"n":1}`)
+	if e := nextPub(t, pubs); string(e.Data) != `{"n":1}` {
+		t.Fatalf("got %s", e.Data)
+	}
+	denied, err := anon.NewSubscription("ticks.AAPL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	denied.OnError(func(e centrifuge.SubscriptionErrorEvent) { errs <- e.Error })
+	denied.OnUnsubscribed(func(e centrifuge.UnsubscribedEvent) { errs <- fmt.Errorf("unsubscribed %d %s", e.Code, e.Reason) })
+	_ = denied.Subscribe()
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "103") && !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("denied subscribe: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no answer to a denied subscribe")
+	}
+	// With a token that expires in 2s and a GetToken that refreshes it:
+	// the SDK sends refresh before the expiry and the connection outlives
+	// the first token (the server closes with 4001 at exp + clock_skew).
+	exp := time.Now().Add(2 * time.Second)
+	first := testToken(t, secTestSecret, func(m jwt.MapClaims) { m["exp"] = exp.Unix() })
+	var refreshes atomic.Int32
+	cl := cfClient(t, g.addr, centrifuge.Config{Token: first, GetToken: func(centrifuge.ConnectionTokenEvent) (string, error) {
+		refreshes.Add(1)
+		return testToken(t, secTestSecret, nil), nil
+	}})
+	tpubs, _ := cfSub(t, cl, "ticks.AAPL")
+	secWaitUntil(t, 15*time.Second, "a token refresh", func() bool { return refreshes.Load() > 0 })
+	// The first token's expiry, with its clock skew, is behind us.
+	secWaitUntil(t, 15*time.Second, "the first token's expiry to pass", func() bool { return time.Now().After(exp.Add(3500 * time.Millisecond)) })
+	g.publish("ticks.AAPL", `{"v":1}`)
+	if e := nextPub(t, tpubs); string(e.Data) != `{"v":1}` {
+		t.Fatalf("got %s", e.Data)
+	}
+	if n := g.metric("kpush_connection_closes_total", "reason", "token_expired"); n != 0 || cl.State() != centrifuge.StateConnected {
+		t.Fatalf("closed for an expired token %v times despite the refresh; state %v", n, cl.State())
+	}
+}
