@@ -114,11 +114,19 @@ func cfPush(channel string, offset int64, value []byte) []byte {
 	b := make([]byte, 0, 48+len(channel)+len(value))
 	b = append(b, `{"push":{"channel":"`...)
 	b = append(b, channel...) // channel names need no escaping
-	b = append(b, `","pub":{"data":`...)
+	b = append(b, `","pub":`...)
+	b = append(b, cfPub(offset, value)...)
+	return append(b, "}}"...)
+}
+
+// cfPub encodes a publication.
+func cfPub(offset int64, value []byte) []byte {
+	b := make([]byte, 0, 32+len(value))
+	b = append(b, `{"data":`...)
 	b = append(b, value...)
 	if offset > 0 {
 		b = append(b, `,"offset":`...)
 		b = strconv.AppendInt(b, offset, 10)
 	}
-	return append(b, "}}}"...)
+	return append(b, '}')
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -22,6 +23,9 @@ import (
 type cfSession struct {
 	client    string // the client id given in the connect reply
 	connected bool
+	// pending holds the recovering subscriptions whose reply is not
+	// written yet, by channel; guarded by the conn's mu.
+	pending map[string]*cfPending
 }
 
 // centrifugoRequested reports whether the peeked request line asks for
@@ -213,21 +217,121 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		c.mu.Unlock()
 		return
 	}
-	res := "{}"
 	if req.Recover {
-		// Recovery from Kafka positions is not served on this endpoint yet.
-		res = `{"was_recovering":true}`
+		if part, _, ok := parseCFEpoch(req.Epoch); ok {
+			// Resume through protocol v1's seam (memory, then Kafka); its
+			// ok reply becomes the subscribe reply, and the records it
+			// sends first go into the reply's publications
+			// (cfFrameLocked).
+			c.cf.pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
+			c.mu.Unlock()
+			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},
+				Since: map[string]map[string]int64{ch: {strconv.Itoa(int(part)): int64(req.Offset)}}})
+			return
+		}
 	}
-	c.sendLocked(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
 	c.subs = append(c.subs, ch)
 	c.mu.Unlock()
-	s.router.Subscribe(c, ch, nil)
+	recovering := req.Recover
+	// The reply is queued under the channel's shard lock, before any
+	// publication of it: the SDKs drop publications of a subscription they
+	// have not seen answered. A channel whose last record is kept (routes
+	// with snapshot: true) answers its position, so that the SDK can
+	// recover from it later.
+	s.router.Subscribe(c, ch, func(v router.View) {
+		res := "{}"
+		if last := v.Last(); last != nil {
+			res = `{"recoverable":true,"epoch":"` + cfEpoch(last) + `","offset":` + strconv.FormatInt(last.Offset, 10)
+			if recovering {
+				res += `,"was_recovering":true`
+			}
+			res += "}"
+		} else if recovering {
+			res = `{"was_recovering":true}`
+		}
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
+	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
 	c.mu.Unlock()
 	if closing {
 		s.router.Unsubscribe(c, ch) // the close may have taken c.subs before this subscribe
 	}
+}
+
+// cfPending is a recovering subscription whose reply is not written yet.
+type cfPending struct {
+	id     uint32
+	ch     string
+	offset uint64 // the position the client gave
+	epoch  string
+	pubs   []byte // publications gathered for the reply, comma separated
+	last   *router.Frame
+}
+
+// cfEpoch names a record's partition stream: its partition and the
+// consumer's continuity epoch, which changes when the read of the
+// partition may have a hole (a reset, a restart).
+func cfEpoch(f *router.Frame) string {
+	return strconv.Itoa(int(f.Partition)) + "." + strconv.FormatUint(f.Epoch, 36)
+}
+
+func parseCFEpoch(e string) (part int32, epoch uint64, ok bool) {
+	p, ep, found := strings.Cut(e, ".")
+	if !found {
+		return 0, 0, false
+	}
+	n, err1 := strconv.ParseInt(p, 10, 32)
+	m, err2 := strconv.ParseUint(ep, 36, 64)
+	return int32(n), m, err1 == nil && err2 == nil && n >= 0
+}
+
+// cfSubscribeReply turns protocol v1's answer to a recovering subscribe
+// into Centrifugo's. Caller holds c.mu.
+func (c *conn) cfSubscribeReply(payload []byte) []byte {
+	var r struct {
+		Op        string          `json:"op"`
+		ID        uint32          `json:"id"`
+		Code      string          `json:"code"`
+		Message   string          `json:"message"`
+		Recovered map[string]bool `json:"recovered"`
+	}
+	if json.Unmarshal(payload, &r) != nil {
+		return nil
+	}
+	var pd *cfPending
+	for _, x := range c.cf.pending {
+		if x.id == r.ID {
+			pd = x
+		}
+	}
+	if pd == nil {
+		return nil
+	}
+	delete(c.cf.pending, pd.ch)
+	if r.Op == "error" {
+		code := cfErrBadRequest
+		switch r.Code {
+		case CodeTooManySubscriptions:
+			code = cfErrLimitExceeded
+		case CodeForbidden:
+			code = cfErrPermissionDenied
+		}
+		return cfError(r.ID, code, r.Message)
+	}
+	epoch, offset := pd.epoch, int64(pd.offset)
+	if pd.last != nil {
+		epoch, offset = cfEpoch(pd.last), pd.last.Offset
+	}
+	b := []byte(`{"recoverable":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
+		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]))
+	if len(pd.pubs) > 0 {
+		b = append(b, `,"publications":[`...)
+		b = append(b, pd.pubs...)
+		b = append(b, ']')
+	}
+	b = append(b, '}')
+	return cfReply(r.ID, "subscribe", string(b))
 }
 
 // unsubscribeQuiet drops one channel without a v1 reply.
@@ -264,9 +368,30 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		if !ok {
 			return f
 		}
+		if pd := c.cf.pending[f.Channel]; pd != nil {
+			// Before its subscribe reply: into the reply's publications;
+			// an unsolicited pong (RFC 6455 §5.5.3) takes its place.
+			if len(pd.pubs) > 0 {
+				pd.pubs = append(pd.pubs, ',')
+			}
+			pd.pubs = append(pd.pubs, cfPub(f.Offset, v)...)
+			pd.last = f
+			b = []byte{0x8A, 0}
+			break
+		}
 		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
 		b = wire.ServerFrame(ws.OpText, []byte("{}"))
+	case f.Channel == "" && len(c.cf.pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
+		op, payload := serverFramePayload(f.Data)
+		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
+			return f
+		}
+		r := c.cfSubscribeReply(payload)
+		if r == nil {
+			return f
+		}
+		b = wire.ServerFrame(ws.OpText, r)
 	default:
 		return f
 	}

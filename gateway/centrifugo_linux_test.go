@@ -11,6 +11,7 @@ import (
 
 	centrifuge "github.com/centrifugal/centrifuge-go"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/kpush/kpush/router"
 )
 
 // Centrifugo's protocol with the unmodified centrifuge-go SDK.
@@ -146,4 +147,51 @@ func TestCentrifugoGoSDKTokens(t *testing.T) {
 	if n := g.metric("kpush_connection_closes_total", "reason", "token_expired"); n != 0 || cl.State() != centrifuge.StateConnected {
 		t.Fatalf("closed for an expired token %v times despite the refresh; state %v", n, cl.State())
 	}
+}
+
+// TestCentrifugoGoSDKRecovers cuts the SDK's connection at the server while
+// records are published: the SDK reconnects by itself, resubscribes with
+// recover, offset and epoch, and gets the missed records in the subscribe
+// reply, then live ones: every record once, in order.
+func TestCentrifugoGoSDKRecovers(t *testing.T) {
+	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	g := startSSEServer(t, nil)
+	pub := func(from, to int64) {
+		for o := from; o <= to; o++ {
+			g.srv.Publish(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
+				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+		}
+	}
+	pub(100, 100) // the channel's position before the client comes
+	cl := cfClient(t, g.addr, centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
+	pubs, sub := cfSub(t, cl, "ticks.AAPL")
+	recovered := make(chan centrifuge.SubscribedEvent, 4)
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { recovered <- e })
+	var got []int64
+	read := func(n int) {
+		for len(got) < n {
+			e := nextPub(t, pubs)
+			if int64(e.Offset) != 101+int64(len(got)) || string(e.Data) != fmt.Sprintf(`{"o":%d}`, e.Offset) {
+				t.Fatalf("after %v: offset %d data %s", got, e.Offset, e.Data)
+			}
+			got = append(got, int64(e.Offset))
+		}
+	}
+	pub(101, 120)
+	read(20)
+	for _, c := range g.srv.conns.Snapshot() {
+		c.abort() // the cut
+	}
+	pub(121, 140)
+	var ev centrifuge.SubscribedEvent
+	select {
+	case ev = <-recovered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("not resubscribed within 15s")
+	}
+	if !ev.WasRecovering || !ev.Recovered {
+		t.Fatalf("resubscribed with %+v", ev)
+	}
+	pub(141, 150)
+	read(50)
 }

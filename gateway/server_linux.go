@@ -630,7 +630,7 @@ func (s *Server) handshake(nc net.Conn) {
 		c.setGrant(ua.grant)
 	}
 	if cf {
-		c.cf = &cfSession{}
+		c.cf = &cfSession{pending: map[string]*cfPending{}}
 	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
