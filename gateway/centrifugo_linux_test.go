@@ -95,6 +95,10 @@ func TestCentrifugoGoSDKExactData(t *testing.T) {
 	if cl.State() != centrifuge.StateConnected {
 		t.Fatalf("state %v after the not-available answers", cl.State())
 	}
+	sg := &secGateway{srv: g.srv, reg: g.reg}
+	if v, all := sg.metric("kpush_connections", "protocol", "centrifugo"), sg.gauge("kpush_connections"); v != 1 || all != 1 {
+		t.Fatalf(`kpush_connections{protocol="centrifugo"} = %v, all protocols %v`, v, all)
+	}
 	publishN(g.srv, "ticks.AAPL", 0, 51, 51, nil)
 	if e := nextPub(t, pubs); e.Offset != 51 {
 		t.Fatalf("after not available: offset %d", e.Offset)

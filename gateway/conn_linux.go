@@ -568,6 +568,9 @@ func (c *conn) releaseIfIdleLocked() {
 	if c.sse != nil {
 		c.srv.metrics.sseConns.Add(-1)
 	}
+	if c.cf != nil {
+		c.srv.metrics.cfConns.Add(-1)
+	}
 	c.fd = -1
 	c.out.frames = nil
 	c.out.bytes = 0

@@ -21,6 +21,7 @@ type metrics struct {
 	conflated     prometheus.Counter
 	sseHandshakes *prometheus.CounterVec // kpush_handshakes_total{protocol="sse"}
 	sseConns      atomic.Int64           // open event streams, among the registry's connections
+	cfConns       atomic.Int64           // open Centrifugo connections, likewise
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -93,12 +94,17 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		}, func() float64 { return float64(s.router.Stats().RetainedBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "kpush_connections",
-			Help:        "Open connections by protocol (v1: WebSocket, sse: event streams).",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
 			ConstLabels: prometheus.Labels{"protocol": "v1"},
-		}, func() float64 { return float64(int64(s.conns.Count()) - m.sseConns.Load()) }),
+		}, func() float64 { return float64(int64(s.conns.Count()) - m.sseConns.Load() - m.cfConns.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "kpush_connections",
-			Help:        "Open connections by protocol (v1: WebSocket, sse: event streams).",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
+			ConstLabels: prometheus.Labels{"protocol": "centrifugo"},
+		}, func() float64 { return float64(m.cfConns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "kpush_connections",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
 			ConstLabels: prometheus.Labels{"protocol": "sse"},
 		}, func() float64 { return float64(m.sseConns.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

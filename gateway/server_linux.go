@@ -631,6 +631,7 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if cf {
 		c.cf = &cfSession{pending: map[string]*cfPending{}}
+		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
