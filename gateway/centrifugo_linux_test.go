@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -198,4 +202,110 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	}
 	pub(141, 150)
 	read(50)
+}
+
+// TestCentrifugoNodeSDK runs the centrifuge npm package (centrifuge-js) in
+// Node: exact data, a server-side cut recovered with no gap and no
+// duplicate, and the "not available" answers.
+func TestCentrifugoNodeSDK(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if _, statErr := os.Stat("testdata/node/node_modules/centrifuge"); err != nil || statErr != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node and gateway/testdata/node's packages are needed (.ci/run installs them with npm ci)")
+		}
+		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
+	}
+	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	g := startSSEServer(t, nil)
+	pub := func(from, to int64) {
+		for o := from; o <= to; o++ {
+			g.srv.Publish(&Message{Channel: "x", Partition: 0, Offset: o, Epoch: 3, Timestamp: time.Now().UnixMilli(),
+				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+		}
+	}
+	pub(1, 1)
+	cmd := exec.Command(node, "testdata/node/cf_client.mjs", cfURL(g.addr), "x", "40")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	type line struct {
+		Event         string          `json:"event"`
+		Offset        int64           `json:"offset"`
+		Data          json.RawMessage `json:"data"`
+		Code          int             `json:"code"`
+		Recovered     bool            `json:"recovered"`
+		WasRecovering bool            `json:"wasRecovering"`
+		State         string          `json:"state"`
+	}
+	lines := make(chan line, 256)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var l line
+			if json.Unmarshal(sc.Bytes(), &l) == nil {
+				lines <- l
+			}
+		}
+		close(lines)
+	}()
+	next := func() line {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the node client ended early")
+			}
+			return l
+		case <-time.After(20 * time.Second):
+			t.Fatal("no line from the node client within 20s")
+		}
+		return line{}
+	}
+	expect := func(ev string) line {
+		l := next()
+		if l.Event != ev {
+			t.Fatalf("got %+v, want %s", l, ev)
+		}
+		return l
+	}
+	var got []int64
+	readPubs := func(n int) {
+		for len(got) < n {
+			l := expect("publication")
+			if string(l.Data) != fmt.Sprintf(`{"o":%d}`, l.Offset) {
+				t.Fatalf("publication %+v", l)
+			}
+			got = append(got, l.Offset)
+		}
+	}
+	expect("subscribed")
+	waitSubscribed(t, g.srv, 1)
+	pub(2, 21)
+	readPubs(20)
+	for _, c := range g.srv.conns.Snapshot() {
+		c.abort() // the cut
+	}
+	pub(22, 31)
+	if l := expect("subscribed"); !l.Recovered || !l.WasRecovering {
+		t.Fatalf("resubscribed with %+v", l)
+	}
+	readPubs(30)
+	pub(32, 41)
+	readPubs(40)
+	if fmt.Sprint(got) != fmt.Sprint(span(2, 41)) {
+		t.Fatalf("got %v", got)
+	}
+	for _, name := range []string{"publish", "history"} {
+		if l := expect(name); l.Code != cfErrNotAvailable {
+			t.Fatalf("%s answered %+v", name, l)
+		}
+	}
+	if l := expect("state"); l.State != "connected" {
+		t.Fatalf("state after the not-available answers: %+v", l)
+	}
 }
