@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,32 +25,29 @@ import (
 
 func cfURL(addr string) string { return "ws://" + addr + DefaultCentrifugoPath }
 
-// cfSub connects a client and subscribes ch; publications arrive on the
-// returned channel.
-func cfSub(t *testing.T, cl *centrifuge.Client, ch string) (chan centrifuge.PublicationEvent, *centrifuge.Subscription) {
+// cfSub subscribes ch; publications arrive on pubs, and every later
+// subscribed event (a resubscribe after a reconnect) on resubs. The
+// handlers are set before Subscribe: the SDK does not allow setting them
+// while it runs.
+func cfSub(t *testing.T, cl *centrifuge.Client, ch string) (pubs chan centrifuge.PublicationEvent, resubs chan centrifuge.SubscribedEvent) {
 	t.Helper()
-	pubs := make(chan centrifuge.PublicationEvent, 1024)
-	subscribed := make(chan struct{}, 1)
+	pubs = make(chan centrifuge.PublicationEvent, 1024)
+	resubs = make(chan centrifuge.SubscribedEvent, 16)
 	sub, err := cl.NewSubscription(ch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(centrifuge.SubscribedEvent) {
-		select {
-		case subscribed <- struct{}{}:
-		default:
-		}
-	})
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { resubs <- e })
 	if err := sub.Subscribe(); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-subscribed:
+	case <-resubs:
 	case <-time.After(15 * time.Second):
 		t.Fatalf("not subscribed to %s within 15s", ch)
 	}
-	return pubs, sub
+	return pubs, resubs
 }
 
 func cfClient(t *testing.T, addr string, cfg centrifuge.Config) *centrifuge.Client {
@@ -172,9 +172,7 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	}
 	pub(100, 100) // the channel's position before the client comes
 	cl := cfClient(t, g.addr, centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
-	pubs, sub := cfSub(t, cl, "ticks.AAPL")
-	recovered := make(chan centrifuge.SubscribedEvent, 4)
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { recovered <- e })
+	pubs, recovered := cfSub(t, cl, "ticks.AAPL")
 	var got []int64
 	read := func(n int) {
 		for len(got) < n {
@@ -307,5 +305,100 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 	}
 	if l := expect("state"); l.State != "connected" {
 		t.Fatalf("state after the not-available answers: %+v", l)
+	}
+}
+
+// switchProxy forwards TCP connections to whichever address target holds.
+type switchProxy struct {
+	ln     net.Listener
+	target atomic.Pointer[string]
+}
+
+func startSwitchProxy(t *testing.T, target string) *switchProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &switchProxy{ln: ln}
+	p.target.Store(&target)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", *p.target.Load())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			pipe := func(dst, src net.Conn) {
+				defer wg.Done()
+				_, _ = io.Copy(dst, src)
+				dst.Close()
+				src.Close()
+			}
+			go pipe(up, c)
+			go pipe(c, up)
+		}
+	}()
+	return p
+}
+
+// TestCentrifugoGoSDKRecoversOnSecondInstance: the SDK's connection is cut
+// and its reconnect reaches another kpush instance (its own consumer, so
+// another continuity epoch) fed the same records: the missed records come
+// from the second instance's history, with no gap and no duplicate.
+func TestCentrifugoGoSDKRecoversOnSecondInstance(t *testing.T) {
+	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	a := startSSEServer(t, nil)
+	b := startSSEServer(t, nil)
+	pub := func(from, to int64) {
+		for o := from; o <= to; o++ {
+			for i, s := range []*Server{a.srv, b.srv} {
+				s.Publish(&Message{Channel: "x", Partition: 1, Offset: o, Epoch: uint64(10 + i), Timestamp: time.Now().UnixMilli(),
+					Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			}
+		}
+	}
+	pub(1, 1)
+	proxy := startSwitchProxy(t, a.addr)
+	cl := cfClient(t, proxy.ln.Addr().String(), centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
+	pubs, resubscribed := cfSub(t, cl, "x")
+	var got []int64
+	read := func(n int) {
+		for len(got) < n {
+			got = append(got, int64(nextPub(t, pubs).Offset))
+		}
+	}
+	pub(2, 11)
+	read(10)
+	bAddr := b.addr
+	proxy.target.Store(&bAddr)
+	for _, c := range a.srv.conns.Snapshot() {
+		c.abort() // instance a goes away for this client
+	}
+	pub(12, 21)
+	select {
+	case e := <-resubscribed:
+		if !e.Recovered {
+			t.Fatalf("resubscribed on the second instance with %+v", e)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("not resubscribed within 15s")
+	}
+	pub(22, 31)
+	read(30)
+	if fmt.Sprint(got) != fmt.Sprint(span(2, 31)) {
+		t.Fatalf("got %v", got)
+	}
+	if b.srv.Connections() != 1 {
+		t.Fatal("the client is not on the second instance")
 	}
 }
