@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +41,12 @@ func dialSSE(t testing.TB, addr, target string, hdr map[string]string) *sseClien
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sseOn(t, nc, addr, target, hdr)
+}
+
+// sseOn is dialSSE on a connection already open (TLS).
+func sseOn(t testing.TB, nc net.Conn, addr, target string, hdr map[string]string) *sseClient {
+	t.Helper()
 	t.Cleanup(func() { nc.Close() })
 	var req strings.Builder
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n", target, addr)
@@ -594,5 +602,31 @@ func TestSSEIdleCost(t *testing.T) {
 		n, extra, (int64(after.HeapInuse)-int64(before.HeapInuse))/n)
 	if extra > 20 {
 		t.Fatalf("%d idle streams hold %d more goroutines", n, extra)
+	}
+}
+
+// TestSSEOverTLS: a stream over native TLS (the TLS flush path), records
+// larger than a TLS record, exact data.
+func TestSSEOverTLS(t *testing.T) {
+	p := newTestPKI(t)
+	g := startTLSGateway(t, p, nil)
+	nc, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: p.pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sseOn(t, nc, g.addr, "/events?channel=x", nil)
+	if c.status != 200 {
+		t.Fatalf("status %d", c.status)
+	}
+	secWaitUntil(t, 10*time.Second, "the subscription", func() bool { return g.srv.router.Stats().Subscriptions == 1 })
+	big := strings.Repeat("q", 20000)
+	for o := int64(1); o <= 20; o++ {
+		g.srv.Publish(&Message{Channel: "x", Offset: o, Data: []byte(fmt.Sprintf(`{"o":%d,"pad":%q}`, o, big))}, nil)
+	}
+	for o := int64(1); o <= 20; o++ {
+		ev := c.records(t, 1)[0]
+		if want := fmt.Sprintf(`{"o":%d,"pad":%q}`, o, big); ev.data != want || !strings.HasSuffix(ev.id, "_0.0."+strconv.FormatInt(o, 36)) {
+			t.Fatalf("record %d: id %q, %d bytes of data", o, ev.id, len(ev.data))
+		}
 	}
 }
