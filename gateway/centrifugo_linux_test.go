@@ -213,6 +213,28 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		}
 		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
 	}
+	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "40") })
+}
+
+// TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
+// the virtual environment .ci/run makes in gateway/testdata/python/.venv.
+func TestCentrifugoPythonSDK(t *testing.T) {
+	py := "testdata/python/.venv/bin/python"
+	if _, err := os.Stat(py); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("gateway/testdata/python/.venv is needed (.ci/run makes it with pip install -r requirements.txt)")
+		}
+		t.Skip("no gateway/testdata/python/.venv (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)")
+	}
+	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "40") })
+}
+
+// runSDKScript runs an SDK client script against a gateway: it must
+// subscribe to x, print its events as JSON lines, and after 40
+// publications try publish and history. Records 2..21 arrive live, 22..31
+// while the connection is cut at the server (recovered on resubscribe),
+// 32..41 live again.
+func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
 	pub := func(from, to int64) {
@@ -222,7 +244,7 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		}
 	}
 	pub(1, 1)
-	cmd := exec.Command(node, "testdata/node/cf_client.mjs", cfURL(g.addr), "x", "40")
+	cmd := command(cfURL(g.addr))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -256,11 +278,11 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				t.Fatal("the node client ended early")
+				t.Fatal("the client script ended early")
 			}
 			return l
 		case <-time.After(20 * time.Second):
-			t.Fatal("no line from the node client within 20s")
+			t.Fatal("no line from the client script within 20s")
 		}
 		return line{}
 	}
@@ -275,8 +297,9 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 	readPubs := func(n int) {
 		for len(got) < n {
 			l := expect("publication")
-			if string(l.Data) != fmt.Sprintf(`{"o":%d}`, l.Offset) {
-				t.Fatalf("publication %+v", l)
+			var d struct{ O int64 }
+			if err := json.Unmarshal(l.Data, &d); err != nil || d.O != l.Offset {
+				t.Fatalf("publication %+v (data %s)", l, l.Data)
 			}
 			got = append(got, l.Offset)
 		}
