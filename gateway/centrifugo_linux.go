@@ -24,7 +24,8 @@ type cfSession struct {
 	client    string // the client id given in the connect reply
 	connected bool
 	// pending holds the recovering subscriptions whose reply is not
-	// written yet, by channel; guarded by the conn's mu.
+	// written yet, by channel (nil until the first); guarded by the
+	// conn's mu.
 	pending map[string]*cfPending
 }
 
@@ -223,6 +224,9 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			// ok reply becomes the subscribe reply, and the records it
 			// sends first go into the reply's publications
 			// (cfFrameLocked).
+			if c.cf.pending == nil {
+				c.cf.pending = make(map[string]*cfPending)
+			}
 			c.cf.pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
 			c.mu.Unlock()
 			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},

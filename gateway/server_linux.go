@@ -630,7 +630,7 @@ func (s *Server) handshake(nc net.Conn) {
 		c.setGrant(ua.grant)
 	}
 	if cf {
-		c.cf = &cfSession{pending: map[string]*cfPending{}}
+		c.cf = &cfSession{}
 		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
