@@ -16,7 +16,13 @@ type Config struct {
 	// `listen` key; set by the caller).
 	Listen string `yaml:"-"`
 
-	Path             string        `yaml:"path"`
+	Path string `yaml:"path"`
+	// SSEPath is where Server-Sent Events streams are served (sse.go);
+	// "/events" by default, "off" to serve none.
+	SSEPath string `yaml:"sse_path"`
+	// CentrifugoPath serves Centrifugo's client protocol (centrifugo.go);
+	// "/connection/websocket" by default, "off" to serve none.
+	CentrifugoPath   string        `yaml:"centrifugo_path"`
 	MaxConnections   int           `yaml:"max_connections"`
 	MaxMessageBytes  int           `yaml:"max_message_bytes"`
 	MaxSubscriptions int           `yaml:"max_subscriptions"`
@@ -85,6 +91,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Path == "" {
 		c.Path = "/ws"
+	}
+	if c.SSEPath == "" {
+		c.SSEPath = DefaultSSEPath
+	}
+	if c.CentrifugoPath == "" {
+		c.CentrifugoPath = DefaultCentrifugoPath
 	}
 	def(&c.MaxConnections, 100000)
 	def(&c.MaxMessageBytes, 4096)
@@ -170,6 +182,8 @@ func (c *Config) Validate() error {
 		bad("max_header_bytes", "%d is below 1024, too small for a browser's upgrade request", c.MaxHeaderBytes)
 	}
 	errs = append(errs, c.validateClientAddr()...)
+	errs = append(errs, c.validateSSE()...)
+	errs = append(errs, c.validateCentrifugo()...)
 	errs = append(errs, c.TLS.Validate(), c.Auth.Validate())
 	return errors.Join(errs...)
 }

@@ -25,8 +25,10 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
-	tls *tlsState // nil for plain ws; set before the conn is registered
-	sec connSec   // token grant, expiry and request rate (security_linux.go)
+	tls *tlsState  // nil for plain ws; set before the conn is registered
+	sse *sseStream // nil for a WebSocket; an event stream's position (sse_linux.go); guarded by mu
+	cf  *cfSession // nil unless the conn speaks Centrifugo's protocol (centrifugo_linux.go)
+	sec connSec    // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
 	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
@@ -163,6 +165,11 @@ func (c *conn) flush(w *worker) {
 			}
 			if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
+			}
+			if c.sse != nil {
+				f = c.sseFrameLocked(i, f)
+			} else if c.cf != nil {
+				f = c.cfFrameLocked(i, f)
 			}
 			b := f.Data
 			if i == 0 {
@@ -317,6 +324,9 @@ func (c *conn) onReadable(w *worker) {
 // returns false when the connection must be dropped without a close
 // handshake (EOF, socket error).
 func (c *conn) readFrames(w *worker) bool {
+	if c.sse != nil {
+		return c.sseDiscard(w)
+	}
 	maxPayload := c.srv.lim().MaxMessageBytes
 	if size := readBufferSize(maxPayload); len(w.rbuf) < size {
 		w.rbuf = make([]byte, size) // max_message_bytes was raised by a reload
@@ -449,6 +459,9 @@ func (c *conn) handleText(p []byte) bool {
 		c.closeWith(ws.StatusInvalidFramePayloadData, "text frame is not valid UTF-8", true)
 		return false
 	}
+	if c.cf != nil {
+		return c.srv.handleCentrifugo(c, p)
+	}
 	c.srv.handleRequest(c, p)
 	return true
 }
@@ -552,6 +565,12 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.conns.Remove(fd, c)
 	netpoll.Close(fd)
 	c.releaseSecurityLocked()
+	if c.sse != nil {
+		c.srv.metrics.sseConns.Add(-1)
+	}
+	if c.cf != nil {
+		c.srv.metrics.cfConns.Add(-1)
+	}
 	c.fd = -1
 	c.out.frames = nil
 	c.out.bytes = 0

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"sync/atomic"
+
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,13 +19,22 @@ type metrics struct {
 	resumeRecords *prometheus.CounterVec
 	snapshots     prometheus.Counter
 	conflated     prometheus.Counter
+	sseHandshakes *prometheus.CounterVec // kpush_handshakes_total{protocol="sse"}
+	sseConns      atomic.Int64           // open event streams, among the registry's connections
+	cfConns       atomic.Int64           // open Centrifugo connections, likewise
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	m := &metrics{
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kpush_handshakes_total",
-			Help: "WebSocket handshakes by result (ok, rejected, failed).",
+			Name:        "kpush_handshakes_total",
+			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, sse) and result (ok, rejected, failed).",
+			ConstLabels: prometheus.Labels{"protocol": "v1"},
+		}, []string{"result"}),
+		sseHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "kpush_handshakes_total",
+			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, sse) and result (ok, rejected, failed).",
+			ConstLabels: prometheus.Labels{"protocol": "sse"},
 		}, []string{"result"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_rejected_total",
@@ -63,7 +74,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Records dropped for slow connections on slow: conflate routes (clients see them as \"skipped\").",
 		}),
 	}
-	cs := []prometheus.Collector{m.handshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
+	cs := []prometheus.Collector{m.handshakes, m.sseHandshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
 		m.resumes, m.resumeRecords, m.snapshots, m.conflated,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_resume_pending",
@@ -82,9 +93,20 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Estimated memory of every channel's snapshot and history, bounded by router.max_retained_bytes.",
 		}, func() float64 { return float64(s.router.Stats().RetainedBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kpush_connections",
-			Help: "Open WebSocket connections.",
-		}, func() float64 { return float64(s.conns.Count()) }),
+			Name:        "kpush_connections",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
+			ConstLabels: prometheus.Labels{"protocol": "v1"},
+		}, func() float64 { return float64(int64(s.conns.Count()) - m.sseConns.Load() - m.cfConns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "kpush_connections",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
+			ConstLabels: prometheus.Labels{"protocol": "centrifugo"},
+		}, func() float64 { return float64(m.cfConns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "kpush_connections",
+			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
+			ConstLabels: prometheus.Labels{"protocol": "sse"},
+		}, func() float64 { return float64(m.sseConns.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_subscriptions",
 			Help: "Current (connection, channel) subscriptions.",

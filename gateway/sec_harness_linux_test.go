@@ -65,9 +65,14 @@ func (g *secGateway) gauge(name string) float64 {
 	if err != nil {
 		panic(err)
 	}
+	// A gauge may have a sample per protocol (kpush_connections): sum them.
 	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			var sum float64
+			for _, m := range mf.GetMetric() {
+				sum += m.GetGauge().GetValue()
+			}
+			return sum
 		}
 	}
 	return -1

@@ -539,6 +539,8 @@ func (s *Server) handshake(nc net.Conn) {
 		nc = tc
 	}
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
+	cf := err == nil && !isWS && s.centrifugoRequested(pc)
+	isWS = isWS || cf
 	if errors.Is(err, errRequestLine) {
 		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
 		return
@@ -548,9 +550,13 @@ func (s *Server) handshake(nc net.Conn) {
 		nc.Close()
 		return
 	}
+	if !isWS && s.sseRequested(pc) {
+		s.serveSSE(nc, raw, pc, client, link, tc, deadline)
+		return
+	}
 	if !isWS {
 		select {
-		case s.httpConns <- pc:
+		case s.httpConns <- s.carryHTTP(pc, raw, link, tc, client):
 		case <-s.stop:
 			nc.Close()
 		}
@@ -622,6 +628,10 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if s.verifier != nil {
 		c.setGrant(ua.grant)
+	}
+	if cf {
+		c.cf = &cfSession{}
+		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
 	// Spread first pings over the interval so they don't arrive in waves.
@@ -759,6 +769,10 @@ func (s *Server) Publish(m *Message, keep *router.Retention) int {
 // fallbackHandler serves plain HTTP on the WebSocket port.
 func (s *Server) fallbackHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == s.cfg.SSEPath && s.cfg.SSEPath != sseOff {
+			s.serveSSEHTTP(w, r) // an event stream after other requests
+			return
+		}
 		if r.URL.Path == s.cfg.Path {
 			// A request for the WebSocket path on a kept-alive HTTP
 			// connection: the upgrade is only taken as the first request

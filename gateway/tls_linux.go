@@ -65,6 +65,11 @@ func (c *conn) flushTLS(w *worker) {
 				if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
+				if c.sse != nil {
+					f = c.sseFrameLocked(i, f)
+				} else if c.cf != nil {
+					f = c.cfFrameLocked(i, f)
+				}
 				b := f.Data
 				if i == 0 {
 					b = b[c.out.head:]

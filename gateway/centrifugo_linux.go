@@ -1,0 +1,407 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/gateway/auth"
+	"github.com/kpush/kpush/gateway/wire"
+	"github.com/kpush/kpush/router"
+)
+
+// cfSession is a Centrifugo connection's protocol state. Touched only by
+// the worker reading the connection (epoll's one-shot arming makes it one at
+// a time), except where noted.
+type cfSession struct {
+	client    string // the client id given in the connect reply
+	connected bool
+	// pending holds the recovering subscriptions whose reply is not
+	// written yet, by channel (nil until the first); guarded by the
+	// conn's mu.
+	pending map[string]*cfPending
+}
+
+// centrifugoRequested reports whether the peeked request line asks for
+// gateway.centrifugo_path.
+func (s *Server) centrifugoRequested(pc *peekedConn) bool {
+	if s.cfg.CentrifugoPath == sseOff {
+		return false
+	}
+	b, _ := pc.r.Peek(pc.r.Buffered())
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		return false
+	}
+	uri := b[sp+1:]
+	if i := bytes.IndexByte(uri, ' '); i >= 0 {
+		uri = uri[:i]
+	}
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		uri = uri[:i]
+	}
+	return string(uri) == s.cfg.CentrifugoPath
+}
+
+// handleCentrifugo answers the commands of one text frame (newline
+// separated). It returns false once the connection is closing.
+func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
+	for len(p) > 0 {
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line, p = p[:i], p[i+1:]
+		} else {
+			p = nil
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		if ok, alive := c.allowRequest(nil); !ok {
+			if alive {
+				c.send(wire.ServerFrame(ws.OpText, cfError(0, 111, "too many requests")))
+			}
+			return alive
+		}
+		var cmd cfCommand
+		if err := json.Unmarshal(line, &cmd); err != nil {
+			s.metrics.clientErrors.WithLabelValues("centrifugo_bad_command").Inc()
+			c.closeWith(cfCloseBadRequest, "bad request", true)
+			return false
+		}
+		if !s.centrifugoCommand(c, &cmd) {
+			return false
+		}
+	}
+	return true
+}
+
+// centrifugoCommand answers one command; false once the connection closes.
+func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
+	reply := func(b []byte) { c.send(wire.ServerFrame(ws.OpText, b)) }
+	if cmd.Connect != nil {
+		return s.cfConnect(c, cmd.ID, cmd.Connect)
+	}
+	if !c.cf.connected {
+		c.closeWith(cfCloseBadRequest, "connect first", true)
+		return false
+	}
+	switch {
+	case cmd.Subscribe != nil:
+		s.cfSubscribe(c, cmd.ID, cmd.Subscribe)
+	case cmd.Unsubscribe != nil:
+		s.unsubscribeQuiet(c, cmd.Unsubscribe.Channel)
+		reply(cfReply(cmd.ID, "unsubscribe", "{}"))
+	case cmd.Refresh != nil:
+		s.cfRefresh(c, cmd.ID, cmd.Refresh.Token)
+	case cmd.Publish != nil || cmd.Presence != nil || cmd.PresenceSt != nil || cmd.History != nil || cmd.RPC != nil || cmd.SubRefresh != nil:
+		s.metrics.clientErrors.WithLabelValues("centrifugo_not_available").Inc()
+		reply(cfError(cmd.ID, cfErrNotAvailable, "not available: kpush only delivers records"))
+	case cmd.Send != nil:
+		// An asynchronous message: no reply, nothing to do.
+	case cmd.ID == 0:
+		// {} is the client's pong; reading it counted as activity.
+	case cmd.Ping != nil:
+		reply(cfReply(cmd.ID, "ping", "{}"))
+	default:
+		reply(cfError(cmd.ID, cfErrMethodNotFound, "method not found"))
+	}
+	return true
+}
+
+// cfConnect checks the connect command's token with the auth settings (as
+// an upgrade's token) and answers with the ping interval.
+func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
+	if c.cf.connected {
+		c.closeWith(cfCloseBadRequest, "already connected", true)
+		return false
+	}
+	var g *auth.Grant
+	if s.verifier != nil && req.Token != "" {
+		// Verify, not VerifyWait: this runs on a worker (see refresh).
+		var err error
+		if g, err = s.verifier.Verify(req.Token); err != nil {
+			if errors.Is(err, auth.ErrTokenExpired) {
+				s.metrics.rejected.WithLabelValues("token_expired").Inc()
+				c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrTokenExpired, "token expired")))
+				return true
+			}
+			s.metrics.rejected.WithLabelValues("invalid_token").Inc()
+			c.closeWith(cfCloseInvalidToken, "invalid token", true)
+			return false
+		}
+		c.setGrant(g)
+	}
+	var rb [8]byte
+	_, _ = rand.Read(rb[:])
+	c.cf.client = hex.EncodeToString(rb[:])
+	c.cf.connected = true
+	ping := max(1, int(s.lim().PingInterval.Seconds()))
+	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cf.client, ping, cfExpiry(g))
+	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "connect", res)))
+	return true
+}
+
+// cfExpiry is the expires/ttl members for a grant with an expiry.
+func cfExpiry(g *auth.Grant) string {
+	if g == nil || g.Expires.IsZero() {
+		return ""
+	}
+	ttl := max(1, int(time.Until(g.Expires).Seconds()))
+	return `,"expires":true,"ttl":` + strconv.Itoa(ttl)
+}
+
+// cfRefresh replaces the connection's token (the SDKs refresh before ttl).
+func (s *Server) cfRefresh(c *conn, id uint32, token string) {
+	if s.verifier == nil {
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"}`)))
+		return
+	}
+	g, err := s.verifier.Verify(token)
+	if err != nil {
+		code, msg := cfErrUnauthorized, "invalid token"
+		if errors.Is(err, auth.ErrTokenExpired) {
+			code, msg = cfErrTokenExpired, "token expired"
+		}
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		return
+	}
+	if old := c.sec.grant.Load(); old != nil && old.Subject != g.Subject {
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject")))
+		return
+	}
+	c.setGrant(g)
+	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"`+cfExpiry(g)+`}`)))
+}
+
+// cfSubscribe subscribes one channel. The reply is queued before the
+// router subscription, so every publication pushed for the channel comes
+// after it (the SDKs drop publications of a subscription they have not seen
+// answered).
+func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
+	fail := func(code int, msg string) {
+		s.metrics.clientErrors.WithLabelValues("centrifugo_subscribe").Inc()
+		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+	}
+	ch := req.Channel
+	if !router.ValidChannel(ch) {
+		fail(cfErrBadRequest, fmt.Sprintf("channel %q must match ^[A-Za-z0-9_.:@/-]{1,200}$", truncate(ch, 64)))
+		return
+	}
+	if s.verifier != nil && !s.isPublic(ch) && !c.sec.grant.Load().Allows(ch) {
+		s.metrics.rejected.WithLabelValues("forbidden").Inc()
+		fail(cfErrPermissionDenied, "permission denied")
+		return
+	}
+	c.mu.Lock()
+	switch {
+	case contains(c.subs, ch):
+		c.mu.Unlock()
+		fail(cfErrAlreadySubbed, "already subscribed")
+		return
+	case len(c.subs) >= s.lim().MaxSubscriptions:
+		c.mu.Unlock()
+		s.metrics.rejected.WithLabelValues(CodeTooManySubscriptions).Inc()
+		fail(cfErrLimitExceeded, "limit exceeded")
+		return
+	case c.flags&(flagClosing|flagClosed) != 0:
+		c.mu.Unlock()
+		return
+	}
+	if req.Recover {
+		if part, _, ok := parseCFEpoch(req.Epoch); ok {
+			// Resume through protocol v1's seam (memory, then Kafka); its
+			// ok reply becomes the subscribe reply, and the records it
+			// sends first go into the reply's publications
+			// (cfFrameLocked).
+			if c.cf.pending == nil {
+				c.cf.pending = make(map[string]*cfPending)
+			}
+			c.cf.pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
+			c.mu.Unlock()
+			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},
+				Since: map[string]map[string]int64{ch: {strconv.Itoa(int(part)): int64(req.Offset)}}})
+			return
+		}
+	}
+	c.subs = append(c.subs, ch)
+	c.mu.Unlock()
+	recovering := req.Recover
+	// The reply is queued under the channel's shard lock, before any
+	// publication of it: the SDKs drop publications of a subscription they
+	// have not seen answered. A channel whose last record is kept (routes
+	// with snapshot: true) answers its position, so that the SDK can
+	// recover from it later.
+	s.router.Subscribe(c, ch, func(v router.View) {
+		res := "{}"
+		if last := v.Last(); last != nil {
+			res = `{"recoverable":true,"epoch":"` + cfEpoch(last) + `","offset":` + strconv.FormatInt(last.Offset, 10)
+			if recovering {
+				res += `,"was_recovering":true`
+			}
+			res += "}"
+		} else if recovering {
+			res = `{"was_recovering":true}`
+		}
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
+	})
+	c.mu.Lock()
+	closing := c.flags&(flagClosing|flagClosed) != 0
+	c.mu.Unlock()
+	if closing {
+		s.router.Unsubscribe(c, ch) // the close may have taken c.subs before this subscribe
+	}
+}
+
+// cfPending is a recovering subscription whose reply is not written yet.
+type cfPending struct {
+	id     uint32
+	ch     string
+	offset uint64 // the position the client gave
+	epoch  string
+	pubs   []byte // publications gathered for the reply, comma separated
+	last   *router.Frame
+}
+
+// cfEpoch names a record's partition stream: its partition and the
+// consumer's continuity epoch, which changes when the read of the
+// partition may have a hole (a reset, a restart).
+func cfEpoch(f *router.Frame) string {
+	return strconv.Itoa(int(f.Partition)) + "." + strconv.FormatUint(f.Epoch, 36)
+}
+
+func parseCFEpoch(e string) (part int32, epoch uint64, ok bool) {
+	p, ep, found := strings.Cut(e, ".")
+	if !found {
+		return 0, 0, false
+	}
+	n, err1 := strconv.ParseInt(p, 10, 32)
+	m, err2 := strconv.ParseUint(ep, 36, 64)
+	return int32(n), m, err1 == nil && err2 == nil && n >= 0
+}
+
+// cfSubscribeReply turns protocol v1's answer to a recovering subscribe
+// into Centrifugo's. Caller holds c.mu.
+func (c *conn) cfSubscribeReply(payload []byte) []byte {
+	var r struct {
+		Op        string          `json:"op"`
+		ID        uint32          `json:"id"`
+		Code      string          `json:"code"`
+		Message   string          `json:"message"`
+		Recovered map[string]bool `json:"recovered"`
+	}
+	if json.Unmarshal(payload, &r) != nil {
+		return nil
+	}
+	var pd *cfPending
+	for _, x := range c.cf.pending {
+		if x.id == r.ID {
+			pd = x
+		}
+	}
+	if pd == nil {
+		return nil
+	}
+	delete(c.cf.pending, pd.ch)
+	if r.Op == "error" {
+		code := cfErrBadRequest
+		switch r.Code {
+		case CodeTooManySubscriptions:
+			code = cfErrLimitExceeded
+		case CodeForbidden:
+			code = cfErrPermissionDenied
+		}
+		return cfError(r.ID, code, r.Message)
+	}
+	epoch, offset := pd.epoch, int64(pd.offset)
+	if pd.last != nil {
+		epoch, offset = cfEpoch(pd.last), pd.last.Offset
+	}
+	b := []byte(`{"recoverable":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
+		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]))
+	if len(pd.pubs) > 0 {
+		b = append(b, `,"publications":[`...)
+		b = append(b, pd.pubs...)
+		b = append(b, ']')
+	}
+	b = append(b, '}')
+	return cfReply(r.ID, "subscribe", string(b))
+}
+
+// unsubscribeQuiet drops one channel without a v1 reply.
+func (s *Server) unsubscribeQuiet(c *conn, ch string) {
+	c.mu.Lock()
+	found := false
+	kept := c.subs[:0]
+	for _, x := range c.subs {
+		if x == ch {
+			found = true
+		} else {
+			kept = append(kept, x)
+		}
+	}
+	clear(c.subs[len(kept):])
+	c.subs = kept
+	c.out.dropResume(ch)
+	c.mu.Unlock()
+	if found {
+		s.router.Unsubscribe(c, ch)
+	}
+}
+
+// cfFrameLocked turns the queue's frame i (f) into Centrifugo's form before
+// it is written: a record becomes a publication push, a ping the empty
+// reply {}. Replies are built in Centrifugo's form already and close frames
+// are sent as they are. The result replaces f in the queue (marked by a nil
+// Payload, so conflation leaves it alone). Caller holds c.mu.
+func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
+	var b []byte
+	switch {
+	case f.Channel != "" && f.Payload != nil:
+		v, ok := recordValue(f.Payload)
+		if !ok {
+			return f
+		}
+		if pd := c.cf.pending[f.Channel]; pd != nil {
+			// Before its subscribe reply: into the reply's publications;
+			// an unsolicited pong (RFC 6455 §5.5.3) takes its place.
+			if len(pd.pubs) > 0 {
+				pd.pubs = append(pd.pubs, ',')
+			}
+			pd.pubs = append(pd.pubs, cfPub(f.Offset, v)...)
+			pd.last = f
+			b = []byte{0x8A, 0}
+			break
+		}
+		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
+	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
+		b = wire.ServerFrame(ws.OpText, []byte("{}"))
+	case f.Channel == "" && len(c.cf.pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
+		op, payload := serverFramePayload(f.Data)
+		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
+			return f
+		}
+		r := c.cfSubscribeReply(payload)
+		if r == nil {
+			return f
+		}
+		b = wire.ServerFrame(ws.OpText, r)
+	default:
+		return f
+	}
+	nf := &router.Frame{Channel: f.Channel, Partition: f.Partition, Offset: f.Offset, Timestamp: f.Timestamp,
+		Epoch: f.Epoch, Data: b}
+	c.out.bytes += len(b) - len(f.Data)
+	c.out.frames[i] = nf
+	return nf
+}
