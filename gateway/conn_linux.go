@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -32,6 +33,7 @@ type conn struct {
 	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
 	flags   connFlags // guarded by mu
 	closeAt int64     // guarded by mu; coarse ms after which a closing conn is cut
+	timerAt int64     // guarded by mu; Unix ms of its entry in the server's timer wheel, 0: none
 	subs    []string  // guarded by mu; channels subscribed to
 
 	// Read state, touched only by the worker running onReadable; epoll's
@@ -108,7 +110,11 @@ func (c *conn) sendLocked(b []byte) {
 // schedules a flush when it was queued. It returns false when the
 // connection must be closed as a slow consumer. Caller holds c.mu.
 func (c *conn) queueLocked(f *router.Frame) bool {
-	switch c.out.enqueue(f, c.bounds(), &c.srv.policy) {
+	var now int64
+	if f.MaxRate > 0 || c.out.caps != nil {
+		now = time.Now().UnixMilli() // capped channels only: the coarse clock is 100 ms
+	}
+	switch c.out.enqueue(f, now, c.bounds(), &c.srv.policy) {
 	case pushRefused:
 		return false
 	case pushQueued:
@@ -116,8 +122,48 @@ func (c *conn) queueLocked(f *router.Frame) bool {
 		c.scheduleLocked()
 	case pushReplaced:
 		c.flags |= flagRecent
+	case pushDeferred:
+		c.armLocked(c.out.capDue(f.Channel))
 	}
 	return true
+}
+
+// armLocked makes the server's timer wheel call onTimer at due (Unix ms)
+// unless it will already by then: a connection has one live entry however
+// many of its channels wait. Caller holds c.mu.
+func (c *conn) armLocked(due int64) {
+	if due == 0 || c.timerAt != 0 && c.timerAt <= due {
+		return
+	}
+	c.timerAt = due
+	c.srv.timers.Add(c, due)
+}
+
+// onTimer runs on the timer wheel's goroutine when the connection's entry
+// falls due: it releases the pending frames of its capped channels whose
+// interval has passed, all in one flush, and re-arms for the next.
+func (c *conn) onTimer(now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timerAt == 0 || c.timerAt > now {
+		return // an entry superseded by an earlier one
+	}
+	c.timerAt = 0
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		return
+	}
+	queued, ok, next := c.out.releaseDue(now, c.bounds(), &c.srv.policy)
+	if !ok {
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.out.bytes)
+		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
+		return
+	}
+	if queued {
+		c.flags |= flagRecent
+		c.scheduleLocked()
+	}
+	c.armLocked(next)
 }
 
 // bounds returns the connection's queue limits, as they are now.
@@ -161,7 +207,7 @@ func (c *conn) flush(w *worker) {
 			if len(iov) == netpoll.MaxIovecs {
 				break
 			}
-			if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+			if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
 			}
 			b := f.Data
@@ -468,6 +514,7 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 		return
 	}
 	c.flags |= flagClosing
+	c.out.caps = nil // pending capped frames are never written now
 	for ch := range c.out.resume {
 		c.out.dropResume(ch)
 	}
@@ -558,6 +605,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.resume = nil
 	c.out.held = 0
 	c.out.conflated = nil
+	c.out.caps = nil
 	c.partial = nil
 	c.msg = nil
 }

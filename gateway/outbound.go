@@ -38,14 +38,23 @@ import (
 // Frames gathered into a write in progress (the first inflight frames of the
 // queue) are never dropped or rewritten.
 type outbound struct {
-	frames    []*router.Frame        // frames waiting to be written
-	bytes     int                    // bytes of frames (and of held frames) not yet written
-	head      int                    // bytes of frames[0] already written
-	inflight  int                    // frames at the front handed to a write in progress
-	held      int                    // live frames held aside for resumes (chanResume.held)
-	conflated map[string]int64       // channel → records dropped by conflation, not yet reported
-	seen      map[string]struct{}    // scratch for compact
-	resume    map[string]*chanResume // channels replaying or with floors
+	frames    []*router.Frame          // frames waiting to be written
+	bytes     int                      // bytes of frames (and of held frames) not yet written
+	head      int                      // bytes of frames[0] already written
+	inflight  int                      // frames at the front handed to a write in progress
+	held      int                      // live frames held aside for resumes (chanResume.held)
+	conflated map[string]skipMark      // channel → records dropped by conflation or a cap, not yet reported
+	seen      map[string]*router.Frame // scratch for compact
+	resume    map[string]*chanResume   // channels replaying or with floors
+	caps      map[string]*chanCap      // frequency-capped channels (capped.go)
+}
+
+// skipMark is a channel's count of dropped records not yet reported, and
+// the queued frame that reports them: the newest one of the channel whose
+// predecessors were dropped (nil: the next one written).
+type skipMark struct {
+	n  int64
+	by *router.Frame
 }
 
 // queueBounds are a connection's queue limits (Limits.MaxQueueMessages and
@@ -73,6 +82,7 @@ const (
 	pushQueued                     // appended: a flush must be scheduled
 	pushReplaced                   // replaced its channel's pending frame (conflation)
 	pushAside                      // held for a resume, or dropped as already delivered
+	pushDeferred                   // waits for its channel's cap (capped.go): the timer must be armed
 )
 
 // fits reports whether n more frames of size bytes fit the bounds.
@@ -97,8 +107,9 @@ func (o *outbound) add(f *router.Frame) {
 }
 
 // enqueue takes a live frame: through its channel's resume state first,
-// then into the queue within the bounds.
-func (o *outbound) enqueue(f *router.Frame, b queueBounds, pc *policyCounters) pushResult {
+// then its channel's frequency cap, then into the queue within the bounds.
+// now (Unix ms) matters only to capped channels.
+func (o *outbound) enqueue(f *router.Frame, now int64, b queueBounds, pc *policyCounters) pushResult {
 	if o.resume != nil {
 		if st := o.resume[f.Channel]; st != nil {
 			if st.below(f) {
@@ -111,6 +122,9 @@ func (o *outbound) enqueue(f *router.Frame, b queueBounds, pc *policyCounters) p
 				delete(o.resume, f.Channel)
 			}
 		}
+	}
+	if cp := o.capOf(f); cp != nil {
+		return o.throttle(cp, f, now, b, pc)
 	}
 	return o.push(f, b, pc)
 }
@@ -128,7 +142,7 @@ func (o *outbound) push(f *router.Frame, b queueBounds, pc *policyCounters) push
 				old := o.frames[i]
 				o.frames[i] = f
 				o.bytes += len(f.Data) - len(old.Data)
-				o.skipped(f.Channel, 1, pc)
+				o.skipped(f.Channel, 1, f, pc)
 				return pushReplaced
 			}
 			// The channel has nothing pending: f joins the queue beyond
@@ -147,7 +161,7 @@ func (o *outbound) compact(pc *policyCounters) {
 		return
 	}
 	if o.seen == nil {
-		o.seen = make(map[string]struct{})
+		o.seen = make(map[string]*router.Frame)
 	}
 	// Walk newest first, marking dropped frames nil, then close the holes.
 	dropped := 0
@@ -156,14 +170,14 @@ func (o *outbound) compact(pc *policyCounters) {
 		if !f.Conflate {
 			continue
 		}
-		if _, ok := o.seen[f.Channel]; ok {
+		if newest := o.seen[f.Channel]; newest != nil {
 			o.bytes -= len(f.Data)
-			o.skipped(f.Channel, 1, pc)
+			o.skipped(f.Channel, 1, newest, pc)
 			o.frames[i] = nil
 			dropped++
 			continue
 		}
-		o.seen[f.Channel] = struct{}{}
+		o.seen[f.Channel] = f
 	}
 	clear(o.seen)
 	if dropped == 0 {
@@ -192,27 +206,32 @@ func (o *outbound) pendingOf(ch string) int {
 	return -1
 }
 
-// skipped counts n records of ch dropped by conflation; the next frame of
-// ch written carries the total.
-func (o *outbound) skipped(ch string, n int64, pc *policyCounters) {
+// skipped counts n records of ch dropped by conflation or a cap; by, the
+// newest frame of ch queued, carries the total when it is written (with
+// those not yet reported before it).
+func (o *outbound) skipped(ch string, n int64, by *router.Frame, pc *policyCounters) {
 	if o.conflated == nil {
-		o.conflated = make(map[string]int64)
+		o.conflated = make(map[string]skipMark)
 	}
-	o.conflated[ch] += n
+	m := o.conflated[ch]
+	o.conflated[ch] = skipMark{n: m.n + n, by: by}
 	pc.conflated.Add(float64(n))
 }
 
-// markSkipped rewrites frames[i] to carry "skipped":N when records of its
-// channel were dropped before it. Writers call it while gathering, for
-// frames not yet on the wire.
+// markSkipped rewrites frames[i] to carry "skipped":N when it is the frame
+// that reports records of its channel dropped before it. Writers call it
+// while gathering, for frames not yet on the wire.
 func (o *outbound) markSkipped(i int) *router.Frame {
 	f := o.frames[i]
-	n := o.conflated[f.Channel]
-	if n == 0 || f.Payload == nil {
+	if f.Channel == "" || f.Payload == nil {
+		return f
+	}
+	sk, ok := o.conflated[f.Channel]
+	if !ok || sk.by != nil && sk.by != f {
 		return f
 	}
 	delete(o.conflated, f.Channel)
-	m := markFrame(f, `"skipped":`+strconv.FormatInt(n, 10))
+	m := markFrame(f, `"skipped":`+strconv.FormatInt(sk.n, 10))
 	o.frames[i] = m
 	o.bytes += len(m.Data) - len(f.Data)
 	return m
@@ -465,5 +484,6 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 		Data:      b,
 		Payload:   b[h:],
 		Conflate:  f.Conflate,
+		MaxRate:   f.MaxRate,
 	}
 }

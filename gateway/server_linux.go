@@ -41,7 +41,8 @@ type Server struct {
 	work        *netpoll.WorkQueue[conn]
 	readPoller  *netpoll.Poller
 	writePoller *netpoll.Poller
-	clock       atomic.Int64 // coarse time in Unix ms, advanced by the ticker
+	clock       atomic.Int64      // coarse time in Unix ms, advanced by the ticker
+	timers      *timerWheel[conn] // deadlines under 100 ms: capped channels (conn.onTimer)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -118,6 +119,7 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		sys:        sys,
 		fatal:      make(chan error, 2),
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
+		timers:     newTimerWheel[conn](),
 	}
 	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
 	s.clock.Store(time.Now().UnixMilli())
@@ -236,6 +238,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	goTracked(func() { s.pollerDone("read", s.readPoller.Wait(s.dispatchReadable)) })
 	goTracked(func() { s.pollerDone("write", s.writePoller.Wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
+	goTracked(func() { s.timers.run(ctx, (*conn).onTimer) })
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
 	}

@@ -62,7 +62,7 @@ func (c *conn) flushTLS(w *worker) {
 			// copied because TLS records span frames.
 			plain := w.rbuf[:0]
 			for i, f := range c.out.frames {
-				if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+				if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
 				b := f.Data

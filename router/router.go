@@ -31,6 +31,10 @@ type Frame struct {
 	// Conflate allows a sink that falls behind to drop this frame in favour
 	// of a newer one of the same channel (and to say how many it dropped).
 	Conflate bool
+	// MaxRate is the frequency cap of the frame's route, in frames a second
+	// per channel and subscriber (0: none); a sink applies it to
+	// subscriptions that asked for no cap of their own.
+	MaxRate float64
 }
 
 // Sink receives frames for the channels it subscribed to.

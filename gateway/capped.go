@@ -1,0 +1,161 @@
+package gateway
+
+import (
+	"math"
+
+	"github.com/kpush/kpush/router"
+)
+
+// Frequency caps (max_rate). A capped channel sends a connection at most
+// one frame every 1/max_rate seconds: a frame arriving when the channel's
+// last one went out at least that long ago is queued at once (the first
+// record after a quiet period is not delayed); one arriving sooner waits,
+// outside the queue, as the channel's pending frame, and a newer one
+// replaces it. When the interval has passed, the connection's timer
+// (the server's timing wheel, one entry per connection however many of its
+// channels wait) releases every due pending frame in one go, and a flush
+// writes them together. The released frame carries "skipped":N, the number
+// of the channel's records it replaced, as on slow: conflate routes.
+//
+// Positions stay truthful: a frame is a record with its own partition and
+// offset, and a skipped record is one the client never saw, so a client
+// resuming from the last offset it saw gets the records after it.
+//
+// A connection holds at most one pending frame per capped channel it
+// subscribes to, beyond its queue bounds (as conflation's one frame per
+// channel): publishing never waits for it. The state is guarded by the
+// connection's mu, like the rest of outbound.
+
+// chanCap is a connection's frequency cap on one channel.
+type chanCap struct {
+	every   int64         // ms between two frames of the channel
+	own     bool          // set by the subscription's max_rate; else the route's
+	next    int64         // Unix ms from which the channel may send again
+	pending *router.Frame // the newest frame waiting for next, or nil
+	skipped int64         // records pending replaced, not yet counted in conflated
+}
+
+// capInterval is the ms between two frames at rate frames a second
+// (MinMaxRate..MaxMaxRate), at least 1.
+func capInterval(rate float64) int64 {
+	return max(1, int64(math.Round(1000/rate)))
+}
+
+// setCap caps ch at rate frames a second for this connection (a
+// subscribe's max_rate): it overrides the route's default, and a later
+// subscribe's max_rate replaces it.
+func (o *outbound) setCap(ch string, rate float64) {
+	if o.caps == nil {
+		o.caps = make(map[string]*chanCap)
+	}
+	cp := o.caps[ch]
+	if cp == nil {
+		cp = &chanCap{}
+		o.caps[ch] = cp
+	}
+	cp.every, cp.own = capInterval(rate), true
+}
+
+// dropCap forgets ch's cap and its pending frame (on unsubscribe).
+func (o *outbound) dropCap(ch string) {
+	delete(o.caps, ch)
+	if len(o.caps) == 0 {
+		o.caps = nil
+	}
+}
+
+// capOf returns the cap that applies to f: the subscription's, else its
+// route's (f.MaxRate, which a reload may change), or nil.
+func (o *outbound) capOf(f *router.Frame) *chanCap {
+	cp := o.caps[f.Channel]
+	switch {
+	case cp != nil && cp.own:
+		return cp
+	case f.MaxRate > 0:
+		if cp == nil {
+			if o.caps == nil {
+				o.caps = make(map[string]*chanCap)
+			}
+			cp = &chanCap{}
+			o.caps[f.Channel] = cp
+		}
+		cp.every = capInterval(f.MaxRate)
+		return cp
+	case cp != nil && cp.pending == nil:
+		// The route's cap was removed (reload): the channel is uncapped.
+		o.dropCap(f.Channel)
+		return nil
+	}
+	// Uncapped now, with a frame still pending under the old cap: it is
+	// replaced by f at once, so the channel's order holds.
+	return cp
+}
+
+// throttle queues f now if its channel may send, or makes it the channel's
+// pending frame (pushDeferred: the caller arms the timer for cp.next).
+func (o *outbound) throttle(cp *chanCap, f *router.Frame, now int64, b queueBounds, pc *policyCounters) pushResult {
+	if cp.pending == nil && now >= cp.next {
+		cp.next = now + cp.every
+		return o.push(f, b, pc)
+	}
+	if cp.pending != nil {
+		cp.skipped++
+		pc.conflated.Inc()
+	}
+	cp.pending = f
+	if f.MaxRate == 0 && !cp.own {
+		// The cap is gone (see capOf): release at once.
+		cp.next = now
+	}
+	return pushDeferred
+}
+
+// capDue is when ch's pending frame may go out, or 0 when it has none.
+func (o *outbound) capDue(ch string) int64 {
+	if cp := o.caps[ch]; cp != nil && cp.pending != nil {
+		return cp.next
+	}
+	return 0
+}
+
+// releaseDue queues the pending frame of every capped channel whose
+// interval has passed by now. It returns whether it queued anything, false
+// in ok when a frame did not fit and its route does not conflate (the
+// connection must be closed as a slow consumer), and when the next pending
+// frame falls due (0: none pending).
+func (o *outbound) releaseDue(now int64, b queueBounds, pc *policyCounters) (queued, ok bool, next int64) {
+	ok = true
+	for ch, cp := range o.caps {
+		if cp.pending == nil {
+			continue
+		}
+		if now < cp.next {
+			if next == 0 || cp.next < next {
+				next = cp.next
+			}
+			continue
+		}
+		f := cp.pending
+		cp.pending = nil
+		cp.next = now + cp.every
+		switch o.push(f, b, pc) {
+		case pushRefused:
+			ok = false
+		case pushQueued, pushReplaced:
+			queued = true
+			if cp.skipped > 0 {
+				// Counted in kpush_conflated_total by throttle already.
+				if o.conflated == nil {
+					o.conflated = make(map[string]skipMark)
+				}
+				m := o.conflated[ch]
+				o.conflated[ch] = skipMark{n: m.n + cp.skipped, by: f}
+			}
+		}
+		cp.skipped = 0
+		if !cp.own && f.MaxRate == 0 {
+			o.dropCap(ch)
+		}
+	}
+	return queued, ok, next
+}
