@@ -35,6 +35,18 @@ type chanCap struct {
 	skipped int64         // records pending replaced, not yet counted in conflated
 }
 
+// nextSlot is when a channel that sent at now may send again: now plus its
+// interval, rounded up to a grid of a sixteenth of the interval (1 to 16
+// ms) counted from the Unix epoch. Rounding up never lets a channel pass
+// its rate, and it lines up the channels of a connection (and of all
+// connections) whose intervals end within one grid step, so that one timer
+// entry and one write carry all of them.
+func nextSlot(now, every int64) int64 {
+	g := min(max(every/16, 1), 16)
+	t := now + every
+	return (t + g - 1) / g * g
+}
+
 // capInterval is the ms between two frames at rate frames a second
 // (MinMaxRate..MaxMaxRate), at least 1.
 func capInterval(rate float64) int64 {
@@ -95,7 +107,7 @@ func (o *outbound) capOf(f *router.Frame) *chanCap {
 // pending frame (pushDeferred: the caller arms the timer for cp.next).
 func (o *outbound) throttle(cp *chanCap, f *router.Frame, now int64, b queueBounds, pc *policyCounters) pushResult {
 	if cp.pending == nil && now >= cp.next {
-		cp.next = now + cp.every
+		cp.next = nextSlot(now, cp.every)
 		return o.push(f, b, pc)
 	}
 	if cp.pending != nil {
@@ -137,7 +149,7 @@ func (o *outbound) releaseDue(now int64, b queueBounds, pc *policyCounters) (que
 		}
 		f := cp.pending
 		cp.pending = nil
-		cp.next = now + cp.every
+		cp.next = nextSlot(now, cp.every)
 		switch o.push(f, b, pc) {
 		case pushRefused:
 			ok = false

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,4 +128,83 @@ func TestMaxRateRouteDefault(t *testing.T) {
 		fastGot = append(fastGot, fast.next(t))
 	}
 	t.Logf("route max_rate 2: %d frames; subscription max_rate 1000: %d frames", len(got), len(fastGot))
+}
+
+// TestMaxRateTenChannelsOneTick: the capped channels of a connection whose
+// intervals end together are released by one timer entry and written
+// together: ten channels cost one write a tick, not ten.
+func TestMaxRateTenChannelsOneTick(t *testing.T) {
+	srv := startPushServer(t, Config{}, nil)
+	c := dialPush(t, srv.url, nil)
+	rate := 0.5 // one frame per 2 s: the second records surely wait
+	var chs []string
+	for i := range 10 {
+		chs = append(chs, fmt.Sprintf("s%d", i))
+	}
+	c.request(t, &client.Request{Op: "subscribe", Channels: chs, MaxRate: &rate})
+	for _, ch := range chs {
+		srv.publish(ch, 0, 1, nil, false)
+	}
+	for range chs {
+		if f := c.next(t); f.O != 1 {
+			t.Fatalf("first record of %s: offset %d", f.Ch, f.O)
+		}
+	}
+	w0 := srv.socketWrites.Load()
+	for o := int64(2); o <= 3; o++ {
+		for _, ch := range chs {
+			srv.publish(ch, 0, o, nil, false)
+		}
+	}
+	for range chs {
+		if f := c.next(t); f.O != 3 || f.Skipped != 1 {
+			t.Fatalf("released record of %s: offset %d skipped %d, want 3 and 1", f.Ch, f.O, f.Skipped)
+		}
+	}
+	// The first records went out within a few ms of each other, so their
+	// channels' next slots are on one 16 ms grid step, or two when they
+	// straddled one.
+	if w := srv.socketWrites.Load() - w0; w > 2 {
+		t.Fatalf("10 capped channels released in %d socket writes, want 1 (2 at most)", w)
+	}
+}
+
+// TestWriteDelayCoalesces: with gateway.write_delay, the records that
+// become due for a connection within the delay go out in one write, all of
+// them, in order.
+func TestWriteDelayCoalesces(t *testing.T) {
+	srv := startPushServer(t, Config{WriteDelay: 500 * time.Millisecond}, nil)
+	c := dialPush(t, srv.url, nil)
+	c.request(t, &client.Request{Op: "subscribe", Channels: []string{"q"}})
+	w0 := srv.socketWrites.Load()
+	const n = 20
+	for o := int64(1); o <= n; o++ {
+		srv.publish("q", 0, o, nil, false)
+	}
+	for o := int64(1); o <= n; o++ {
+		if f := c.next(t); f.O != o {
+			t.Fatalf("offset %d, want %d", f.O, o)
+		}
+	}
+	// One write, or two if publishing twenty records took longer than
+	// the delay on a loaded machine.
+	if w := srv.socketWrites.Load() - w0; w > 2 {
+		t.Fatalf("%d records in %d socket writes with write_delay 500ms, want 1", n, w)
+	}
+	// Replies are not delayed behind records: a ping is answered (and
+	// takes the records queued before it along).
+	srv.publish("q", 0, n+1, nil, false)
+	if msgs := c.sync(t); len(msgs) != 1 || msgs[0].O != n+1 {
+		t.Fatalf("before the pong: %v, want offset %d", offsets(msgs), n+1)
+	}
+}
+
+func TestWriteDelayValidation(t *testing.T) {
+	for _, d := range []time.Duration{-time.Millisecond, 2 * time.Second, 1500 * time.Microsecond} {
+		cfg := Config{WriteDelay: d}
+		cfg.SetDefaults()
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "gateway.write_delay") {
+			t.Errorf("write_delay %s: %v, want an error naming gateway.write_delay", d, err)
+		}
+	}
 }

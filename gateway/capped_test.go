@@ -35,13 +35,14 @@ func TestCapConflatesToTheNewest(t *testing.T) {
 			t.Fatalf("frame %d inside the interval: %v, want deferred", 2+i, r)
 		}
 	}
-	if due := o.capDue("a"); due != 1250 {
-		t.Fatalf("pending frame due at %d, want 1250", due)
+	// 1000 + 250, up to the 15 ms grid of a 250 ms interval.
+	if due := o.capDue("a"); due != 1260 {
+		t.Fatalf("pending frame due at %d, want 1260", due)
 	}
-	if queued, ok, next := o.releaseDue(1249, b, pc); queued || !ok || next != 1250 {
+	if queued, ok, next := o.releaseDue(1259, b, pc); queued || !ok || next != 1260 {
 		t.Fatalf("release before the interval: queued %v ok %v next %d", queued, ok, next)
 	}
-	queued, ok, next := o.releaseDue(1250, b, pc)
+	queued, ok, next := o.releaseDue(1260, b, pc)
 	if !queued || !ok || next != 0 {
 		t.Fatalf("release at the interval: queued %v ok %v next %d", queued, ok, next)
 	}
@@ -60,7 +61,7 @@ func TestCapConflatesToTheNewest(t *testing.T) {
 	}
 	checkBytes(t, &o)
 	// After a quiet period the next frame goes out at once.
-	if r := o.enqueue(capRec("a", 5, 0), 1500, b, pc); r != pushQueued {
+	if r := o.enqueue(capRec("a", 5, 0), 1600, b, pc); r != pushQueued {
 		t.Fatalf("frame after a quiet period: %v, want queued at once", r)
 	}
 }
@@ -97,8 +98,9 @@ func TestCapBoundsTheRate(t *testing.T) {
 		_, _, due = o.releaseDue(now, b, pc)
 		note(now)
 	}
-	if n, most := len(o.frames), (end-start)/250+1; n > most || n < most-1 {
-		t.Fatalf("%d frames in 10 s at max_rate 4, want %d", n, most)
+	// At most one frame per 250 ms; the grid delays each by under 15 ms.
+	if n, most, least := len(o.frames), (end-start)/250+1, (end-start)/265; n > most || n < least {
+		t.Fatalf("%d frames in 10 s at max_rate 4, want %d to %d", n, least, most)
 	}
 	var skipped int64
 	for i := range o.frames {
@@ -127,16 +129,16 @@ func TestCapRouteDefaultAndOverride(t *testing.T) {
 	t.Run("route default", func(t *testing.T) {
 		var o outbound
 		o.enqueue(capRec("a", 1, 2), 0, b, pc)
-		if r := o.enqueue(capRec("a", 2, 2), 100, b, pc); r != pushDeferred || o.capDue("a") != 500 {
-			t.Fatalf("route max_rate 2: %v due %d, want deferred to 500", r, o.capDue("a"))
+		if r := o.enqueue(capRec("a", 2, 2), 100, b, pc); r != pushDeferred || o.capDue("a") != 512 {
+			t.Fatalf("route max_rate 2: %v due %d, want deferred to 512 (500 on a 16 ms grid)", r, o.capDue("a"))
 		}
 	})
 	t.Run("subscription overrides", func(t *testing.T) {
 		var o outbound
 		o.setCap("a", 10)
 		o.enqueue(capRec("a", 1, 2), 0, b, pc)
-		if r := o.enqueue(capRec("a", 2, 2), 100, b, pc); r != pushQueued {
-			t.Fatalf("max_rate 10 over a route's 2: %v at 100 ms, want queued", r)
+		if r := o.enqueue(capRec("a", 2, 2), 110, b, pc); r != pushQueued {
+			t.Fatalf("max_rate 10 over a route's 2: %v at 110 ms, want queued", r)
 		}
 	})
 	t.Run("route cap removed by a reload", func(t *testing.T) {
@@ -179,8 +181,21 @@ func TestCapReleaseRespectsBounds(t *testing.T) {
 	o.enqueue(capRec("a", 1, 0), 0, b, pc)
 	o.enqueue(capRec("b", 1, 0), 0, b, pc) // the queue is full now
 	o.enqueue(capRec("a", 2, 0), 10, b, pc)
-	if _, ok, _ := o.releaseDue(1000, b, pc); ok {
+	if _, ok, _ := o.releaseDue(2000, b, pc); ok {
 		t.Fatal("a released frame beyond the bounds was accepted on a disconnect route")
+	}
+}
+
+func TestCapGridAligns(t *testing.T) {
+	// Channels of one connection whose intervals end within a grid step
+	// fall due together; none is ever early.
+	for _, tc := range []struct{ now, every, want int64 }{
+		{1000, 250, 1260}, {1003, 250, 1260}, {1010, 250, 1260}, {1011, 250, 1275},
+		{0, 1, 1}, {7, 1, 8}, {100, 1000, 1104},
+	} {
+		if got := nextSlot(tc.now, tc.every); got != tc.want || got < tc.now+tc.every {
+			t.Errorf("nextSlot(%d, %d) = %d, want %d", tc.now, tc.every, got, tc.want)
+		}
 	}
 }
 

@@ -62,6 +62,12 @@ type Config struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	ProxyProtocol  string   `yaml:"proxy_protocol"`
 
+	// WriteDelay (write_delay) lets records that become due for one
+	// connection within this long go out in one socket write: the first
+	// record queued to an idle connection starts the delay. 0 (default):
+	// each is flushed at once. Replies and close frames are never delayed.
+	WriteDelay time.Duration `yaml:"write_delay"`
+
 	// TLS and Auth are the top-level `tls` and `auth` sections (set by the
 	// caller).
 	TLS  TLSConfig   `yaml:"-"`
@@ -157,6 +163,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PingInterval > 0 && c.PingInterval < 100*time.Millisecond {
 		bad("ping_interval", "%s is below the 100ms resolution of the connection timer", c.PingInterval)
+	}
+	if c.WriteDelay < 0 || c.WriteDelay > time.Second || c.WriteDelay%time.Millisecond != 0 {
+		bad("write_delay", "%s must be a whole number of milliseconds from 0 (off) to 1s", c.WriteDelay)
 	}
 	if len(c.AllowedOrigins) == 0 {
 		bad("allowed_origins", "must list at least one origin, or \"*\" for any")

@@ -52,6 +52,7 @@ const (
 	flagClosing                        // a close frame is queued; no more frames
 	flagClosed                         // descriptor released or about to be
 	flagRecent                         // something was queued since the last sweep
+	flagDelayed                        // records wait for write_delay: the timer schedules the flush
 )
 
 var _ router.Sink = (*conn)(nil)
@@ -119,13 +120,30 @@ func (c *conn) queueLocked(f *router.Frame) bool {
 		return false
 	case pushQueued:
 		c.flags |= flagRecent
-		c.scheduleLocked()
+		c.scheduleDelayedLocked()
 	case pushReplaced:
 		c.flags |= flagRecent
 	case pushDeferred:
 		c.armLocked(c.out.capDue(f.Channel))
 	}
 	return true
+}
+
+// scheduleDelayedLocked schedules a flush for a record: at once, or with
+// gateway.write_delay, when the delay ends, so that the records due within
+// it go out in one write. A flush already scheduled or running, or a full
+// socket, takes the record anyway. Caller holds c.mu.
+func (c *conn) scheduleDelayedLocked() {
+	d := c.srv.cfg.WriteDelay.Milliseconds()
+	if d == 0 || c.flags&(flagFlushing|flagWaitOut) != 0 {
+		c.scheduleLocked()
+		return
+	}
+	if c.flags&flagDelayed != 0 {
+		return
+	}
+	c.flags |= flagDelayed
+	c.armLocked(time.Now().UnixMilli() + d)
 }
 
 // armLocked makes the server's timer wheel call onTimer at due (Unix ms)
@@ -141,7 +159,8 @@ func (c *conn) armLocked(due int64) {
 
 // onTimer runs on the timer wheel's goroutine when the connection's entry
 // falls due: it releases the pending frames of its capped channels whose
-// interval has passed, all in one flush, and re-arms for the next.
+// interval has passed and ends a write delay, all in one flush, and re-arms
+// for the next capped frame.
 func (c *conn) onTimer(now int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -149,6 +168,8 @@ func (c *conn) onTimer(now int64) {
 		return // an entry superseded by an earlier one
 	}
 	c.timerAt = 0
+	delayed := c.flags&flagDelayed != 0
+	c.flags &^= flagDelayed
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
@@ -161,6 +182,8 @@ func (c *conn) onTimer(now int64) {
 	}
 	if queued {
 		c.flags |= flagRecent
+	}
+	if (queued || delayed) && len(c.out.frames) > 0 {
 		c.scheduleLocked()
 	}
 	c.armLocked(next)
@@ -228,6 +251,7 @@ func (c *conn) flush(w *worker) {
 		c.mu.Unlock()
 
 		n, err := netpoll.Writev(c.fd, iov)
+		c.srv.socketWrites.Add(1)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()

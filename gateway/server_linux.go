@@ -35,14 +35,15 @@ type Server struct {
 	router *router.Router
 	log    *slog.Logger
 
-	metrics     *metrics
-	policy      policyCounters // the outbound queues' counters, on metrics
-	conns       *netpoll.Registry[conn]
-	work        *netpoll.WorkQueue[conn]
-	readPoller  *netpoll.Poller
-	writePoller *netpoll.Poller
-	clock       atomic.Int64      // coarse time in Unix ms, advanced by the ticker
-	timers      *timerWheel[conn] // deadlines under 100 ms: capped channels (conn.onTimer)
+	metrics      *metrics
+	policy       policyCounters // the outbound queues' counters, on metrics
+	conns        *netpoll.Registry[conn]
+	work         *netpoll.WorkQueue[conn]
+	readPoller   *netpoll.Poller
+	writePoller  *netpoll.Poller
+	clock        atomic.Int64      // coarse time in Unix ms, advanced by the ticker
+	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
+	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn

@@ -95,6 +95,7 @@ func (c *conn) flushTLS(w *worker) {
 		} else {
 			c.mu.Unlock()
 		}
+		c.srv.socketWrites.Add(1)
 		if err := link.WriteOut(); err != nil {
 			c.mu.Lock()
 			c.writeFailedLocked(err)
