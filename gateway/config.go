@@ -68,6 +68,14 @@ type Config struct {
 	// each is flushed at once. Replies and close frames are never delayed.
 	WriteDelay time.Duration `yaml:"write_delay"`
 
+	// Compression (compression) accepts permessage-deflate (RFC 7692) from
+	// clients that offer it, with no context takeover either way; false
+	// (default): the extension is declined. CompressionMinBytes
+	// (compression_min_bytes, default 128) is the smallest record payload
+	// compressed; smaller ones go out plain.
+	Compression         bool `yaml:"compression"`
+	CompressionMinBytes int  `yaml:"compression_min_bytes"`
+
 	// TLS and Auth are the top-level `tls` and `auth` sections (set by the
 	// caller).
 	TLS  TLSConfig   `yaml:"-"`
@@ -111,6 +119,7 @@ func (c *Config) SetDefaults() {
 	def(&c.MaxHeaderBytes, 16<<10)
 	def(&c.MaxRequestsPerSecond, 20)
 	def(&c.RequestBurst, 40)
+	def(&c.CompressionMinBytes, 128)
 	if c.ProxyProtocol == "" {
 		c.ProxyProtocol = ProxyProtocolOff
 	}
@@ -140,9 +149,10 @@ func (c *Config) Validate() error {
 		"request_burst":           c.RequestBurst,
 		"resume_concurrency":      c.ResumeConcurrency,
 		"resume_queue":            c.ResumeQueue,
+		"compression_min_bytes":   c.CompressionMinBytes,
 	}
 	for _, k := range []string{"max_connections", "max_message_bytes", "max_subscriptions", "max_queue_bytes", "max_queue_messages", "max_handshakes",
-		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst", "resume_concurrency", "resume_queue"} {
+		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst", "resume_concurrency", "resume_queue", "compression_min_bytes"} {
 		if positive[k] < 0 {
 			bad(k, "must be positive, got %d", positive[k])
 		}

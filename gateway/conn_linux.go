@@ -41,6 +41,7 @@ type conn struct {
 	partial []byte    // bytes of an incomplete frame carried to the next read
 	msg     []byte    // fragments of a message being assembled
 	msgOp   ws.OpCode // opcode of the message in msg
+	msgZ    bool      // the message in msg is compressed (permessage-deflate)
 }
 
 type connFlags uint8
@@ -233,7 +234,7 @@ func (c *conn) flush(w *worker) {
 			if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
 			}
-			b := f.Data
+			b := c.out.wire(f)
 			if i == 0 {
 				b = b[c.out.head:]
 			}
@@ -401,7 +402,7 @@ func (c *conn) readFrames(w *worker) bool {
 	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
-			f, k, err := wire.ParseClientFrame(buf[used:n], maxPayload)
+			f, k, err := wire.ParseClientFrameExt(buf[used:n], maxPayload, c.out.deflate)
 			if err != nil {
 				code := ws.StatusProtocolError
 				if err == wire.ErrFrameTooLarge {
@@ -488,7 +489,11 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		if !f.Fin {
 			c.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
 			c.msgOp = ws.OpText
+			c.msgZ = f.Compressed
 			return true
+		}
+		if f.Compressed {
+			return c.handleCompressed(f.Payload)
 		}
 		return c.handleText(f.Payload)
 	case ws.OpContinuation:
@@ -508,9 +513,31 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		}
 		msg := c.msg
 		c.msg = nil
+		if c.msgZ {
+			c.msgZ = false
+			return c.handleCompressed(msg)
+		}
 		return c.handleText(msg)
 	}
 	return true
+}
+
+// handleCompressed inflates a text message the client compressed
+// (permessage-deflate) and handles it; the inflated size is bounded by
+// max_message_bytes like any message.
+func (c *conn) handleCompressed(p []byte) bool {
+	m, err := inflateMessage(p, c.srv.lim().MaxMessageBytes)
+	switch {
+	case err == errInflatedTooLarge:
+		c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
+		c.closeWith(ws.StatusMessageTooBig, err.Error(), true)
+		return false
+	case err != nil:
+		c.srv.metrics.clientErrors.WithLabelValues("bad_deflate").Inc()
+		c.closeWith(ws.StatusInvalidFramePayloadData, "compressed message does not inflate", true)
+		return false
+	}
+	return c.handleText(m)
 }
 
 func (c *conn) handleText(p []byte) bool {
@@ -630,6 +657,10 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.held = 0
 	c.out.conflated = nil
 	c.out.caps = nil
+	if c.out.deflate {
+		c.out.deflate = false
+		c.srv.deflateConns.Add(-1)
+	}
 	c.partial = nil
 	c.msg = nil
 }

@@ -47,6 +47,16 @@ type outbound struct {
 	seen      map[string]*router.Frame // scratch for compact
 	resume    map[string]*chanResume   // channels replaying or with floors
 	caps      map[string]*chanCap      // frequency-capped channels (capped.go)
+	deflate   bool                     // the connection negotiated permessage-deflate: write Deflated when a frame has it
+}
+
+// wire is what goes on the socket for f: its shared compressed form on a
+// connection that negotiated permessage-deflate, else Data.
+func (o *outbound) wire(f *router.Frame) []byte {
+	if o.deflate && f.Deflated != nil {
+		return f.Deflated
+	}
+	return f.Data
 }
 
 // skipMark is a channel's count of dropped records not yet reported, and
@@ -237,17 +247,29 @@ func (o *outbound) markSkipped(i int) *router.Frame {
 	return m
 }
 
-// consume drops n written bytes from the front of the queue.
+// consume drops n written bytes from the front of the queue. The bounds
+// count frames by len(Data); a frame written in its compressed form leaves
+// them whole once it is written.
 func (o *outbound) consume(n int) {
-	o.bytes -= n
 	i := 0
 	for i < len(o.frames) {
-		rest := len(o.frames[i].Data) - o.head
+		f := o.frames[i]
+		w := len(o.wire(f))
+		plain := w == len(f.Data)
+		rest := w - o.head
 		if n < rest {
 			o.head += n
+			if plain {
+				o.bytes -= n
+			}
 			break
 		}
 		n -= rest
+		if plain {
+			o.bytes -= rest
+		} else {
+			o.bytes -= len(f.Data)
+		}
 		o.head = 0
 		i++
 	}

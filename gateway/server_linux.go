@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/gateway/wire"
@@ -44,6 +45,8 @@ type Server struct {
 	clock        atomic.Int64      // coarse time in Unix ms, advanced by the ticker
 	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
 	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
+	deflateConns atomic.Int64      // connections that negotiated permessage-deflate (deflate.go)
+	deflated     atomic.Int64      // records compressed (kpush_deflated_records_total)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -594,6 +597,11 @@ func (s *Server) handshake(nc net.Conn) {
 	defer client.release(s.perIP) // unless the conn took the slot over
 	ua.headErr = checkHead(head)
 	up := s.upgrader(&ua)
+	var ext wsflate.Extension
+	if s.cfg.Compression {
+		ext.Parameters = deflateParams
+		up.Negotiate = ext.Negotiate
+	}
 	_, err = up.Upgrade(headConn{r: bytes.NewReader(head), w: nc})
 	if err != nil {
 		var rej *ws.ConnectionRejectedError
@@ -617,6 +625,10 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	now := s.clock.Load()
 	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip}
+	if _, ok := ext.Accepted(); ok {
+		c.out.deflate = true
+		s.deflateConns.Add(1) // until releaseIfIdleLocked
+	}
 	if len(rest) > 0 {
 		c.partial = append([]byte(nil), rest...) // frames sent with the request
 	}
@@ -757,7 +769,14 @@ func (s *Server) forceCloseAll() {
 // of connections that accepted it. A record nobody subscribes to and
 // nothing retains is not encoded at all.
 func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame { return EncodeMessage(m) })
+	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame {
+		f := EncodeMessage(m)
+		if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
+			f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
+			s.deflated.Add(1)
+		}
+		return f
+	})
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

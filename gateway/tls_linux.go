@@ -65,7 +65,7 @@ func (c *conn) flushTLS(w *worker) {
 				if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
-				b := f.Data
+				b := c.out.wire(f)
 				if i == 0 {
 					b = b[c.out.head:]
 				}

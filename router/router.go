@@ -25,6 +25,12 @@ type Frame struct {
 	// Data is the complete wire form (a WebSocket frame, header included),
 	// written to every subscriber as it is.
 	Data []byte
+	// Deflated is Data compressed with permessage-deflate (RFC 7692, no
+	// context takeover: a complete frame with RSV1 set), made once when the
+	// frame is encoded for the sinks that negotiated it; nil when none did
+	// or the frame is too small to gain. Sinks that did not negotiate it
+	// write Data.
+	Deflated []byte
 	// Payload is the message body inside Data, kept for sinks that must
 	// re-encode it (for example to mark it as a snapshot or as conflated).
 	Payload []byte
