@@ -60,6 +60,10 @@ type options struct {
 	history       int
 	slow          string
 	kpushCPUs     string
+	deflate       bool          // clients offer permessage-deflate; a started kpush accepts it
+	deflateMin    int           // a started kpush's gateway.compression_min_bytes
+	writeDelay    time.Duration // a started kpush's gateway.write_delay
+	maxRate       float64       // a started kpush's routes[].max_rate
 
 	idleSteps    []int
 	idleChannels int
@@ -146,6 +150,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.history, "route-history", 0, "a started kpush's route keeps this many records per channel for resumes (routes[].history.max_records; 0: none)")
 	fs.StringVar(&o.slow, "route-slow", "disconnect", "a started kpush's policy for full queues (routes[].slow): disconnect or conflate")
 	fs.StringVar(&o.kpushCPUs, "kpush-cpus", "", "run the started kpush on these CPUs (taskset -c LIST), e.g. 0,1")
+	fs.BoolVar(&o.deflate, "compression", false, "clients offer permessage-deflate and a started kpush accepts it (gateway.compression)")
+	fs.IntVar(&o.deflateMin, "compression-min-bytes", 64, "a started kpush's gateway.compression_min_bytes (with -compression)")
+	fs.DurationVar(&o.writeDelay, "write-delay", 0, "a started kpush's gateway.write_delay (coalesced writes; 0: off)")
+	fs.Float64Var(&o.maxRate, "route-max-rate", 0, "a started kpush's routes[].max_rate (frequency cap per channel and connection; 0: none)")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")
 	fs.IntVar(&o.idleChannels, "idle-channels", 1000, "idle: connections subscribe to one of this many channels")

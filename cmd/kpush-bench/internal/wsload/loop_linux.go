@@ -2,7 +2,9 @@ package wsload
 
 import (
 	"bytes"
+	"compress/flate"
 	"errors"
+	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
 	"github.com/kpush/kpush/gateway/wire"
 	"golang.org/x/sys/unix"
@@ -69,9 +72,11 @@ type loop struct {
 	all      []*wconn // every connection this loop was given
 	queue    []*wconn // waiting to be dialed
 	inflight int
-	buf      []byte // read buffer, shared by all connections
-	reqBuf   []byte // request being encoded
-	frameBuf []byte // output frame being built
+	buf      []byte          // read buffer, shared by all connections
+	reqBuf   []byte          // request being encoded
+	frameBuf []byte          // output frame being built
+	inflater *wsflate.Reader // for compressed frames (Config.Deflate); nil until one arrives
+	zbuf     bytes.Buffer    // a compressed frame's inflated payload
 	rng      uint64
 	events   []unix.EpollEvent
 	lastScan int64
@@ -506,7 +511,16 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 			return used
 		}
 		payload := data[used+hdr : used+hdr+n]
+		compressed := data[used]&0x40 != 0
 		used += hdr + n
+		if compressed && op == ws.OpText {
+			p, err := l.inflate(payload)
+			if err != nil {
+				l.fail(w, "frame: inflate: "+err.Error())
+				return used
+			}
+			payload = p
+		}
 		switch op {
 		case ws.OpText:
 			l.text(w, payload, now)
@@ -532,6 +546,20 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 			return used
 		}
 	}
+}
+
+// inflate returns a compressed message's payload (permessage-deflate, no
+// context takeover), valid until the next call.
+func (l *loop) inflate(p []byte) ([]byte, error) {
+	if l.inflater == nil {
+		l.inflater = wsflate.NewReader(nil, func(r io.Reader) wsflate.Decompressor { return flate.NewReader(r) })
+	}
+	l.inflater.Reset(bytes.NewReader(p))
+	l.zbuf.Reset()
+	if _, err := l.zbuf.ReadFrom(l.inflater); err != nil {
+		return nil, err
+	}
+	return l.zbuf.Bytes(), nil
 }
 
 func (l *loop) text(w *wconn, p []byte, now int64) {
