@@ -293,6 +293,12 @@ func (p *producer) flush(ctx context.Context) error {
 	return nil
 }
 
+// marketPad selects AppendMarketValue's padding (-record-pad market).
+var marketPad bool
+
 func wsloadValue(seq, sent int64, size int) []byte {
+	if marketPad {
+		return wsload.AppendMarketValue(make([]byte, 0, max(size, 64)), seq, sent, size)
+	}
 	return wsload.AppendValue(make([]byte, 0, max(size, 64)), seq, sent, size)
 }

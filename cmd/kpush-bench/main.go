@@ -164,6 +164,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.fanoutStep, "fanout-step", 5*time.Second, "fanout: duration of each rate step")
 	fs.IntVar(&o.fanoutOverload, "fanout-overload", 3, "fanout: rate steps still run after the first one that does not keep up (they show the cost per delivery under overload)")
 	fs.IntVar(&o.recordBytes, "record-bytes", 100, "record value size in bytes")
+	fs.BoolVar(&marketPad, "record-market-pad", false, "pad record values with market-data-like fields (repeating names, random numbers) instead of one repeated byte: for -compression")
 
 	fs.IntVar(&o.marketConns, "market-conns", 10000, "market: connections")
 	fs.IntVar(&o.marketSubs, "market-subs", 10, "market: symbols each connection subscribes to")
