@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsflate"
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
 	"github.com/kpush/kpush/gateway/wire"
 	"golang.org/x/sys/unix"
@@ -72,11 +71,13 @@ type loop struct {
 	all      []*wconn // every connection this loop was given
 	queue    []*wconn // waiting to be dialed
 	inflight int
-	buf      []byte          // read buffer, shared by all connections
-	reqBuf   []byte          // request being encoded
-	frameBuf []byte          // output frame being built
-	inflater *wsflate.Reader // for compressed frames (Config.Deflate); nil until one arrives
-	zbuf     bytes.Buffer    // a compressed frame's inflated payload
+	buf      []byte        // read buffer, shared by all connections
+	reqBuf   []byte        // request being encoded
+	frameBuf []byte        // output frame being built
+	inflater io.ReadCloser // flate reader for compressed frames (Config.Deflate); nil until one arrives
+	zin      []byte        // a compressed payload with the stream's end appended
+	zsrc     bytes.Reader  // over zin (a ByteReader: flate adds no buffer of its own)
+	zbuf     bytes.Buffer  // a compressed frame's inflated payload
 	rng      uint64
 	events   []unix.EpollEvent
 	lastScan int64
@@ -548,13 +549,22 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 	}
 }
 
+// deflateEnd completes a permessage-deflate payload as a DEFLATE stream:
+// the empty stored block the sender stripped (RFC 7692 §7.2.2), then a
+// final empty stored block, so the reader ends with io.EOF.
+var deflateEnd = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
+
 // inflate returns a compressed message's payload (permessage-deflate, no
-// context takeover), valid until the next call.
+// context takeover: each message on its own), valid until the next call.
+// It allocates nothing once warm.
 func (l *loop) inflate(p []byte) ([]byte, error) {
+	l.zin = append(append(l.zin[:0], p...), deflateEnd...)
+	l.zsrc.Reset(l.zin)
 	if l.inflater == nil {
-		l.inflater = wsflate.NewReader(nil, func(r io.Reader) wsflate.Decompressor { return flate.NewReader(r) })
+		l.inflater = flate.NewReader(&l.zsrc)
+	} else if err := l.inflater.(flate.Resetter).Reset(&l.zsrc, nil); err != nil {
+		return nil, err
 	}
-	l.inflater.Reset(bytes.NewReader(p))
 	l.zbuf.Reset()
 	if _, err := l.zbuf.ReadFrom(l.inflater); err != nil {
 		return nil, err
