@@ -46,7 +46,7 @@ type outbound struct {
 	conflated map[string]skipMark      // channel → records dropped by conflation or a cap, not yet reported
 	seen      map[string]*router.Frame // scratch for compact
 	resume    map[string]*chanResume   // channels replaying or with floors
-	caps      map[string]*chanCap      // frequency-capped channels (capped.go)
+	caps      []chanCap                // frequency-capped channels (capped.go)
 	deflate   bool                     // the connection negotiated permessage-deflate: write Deflated when a frame has it
 }
 
