@@ -26,6 +26,10 @@ import (
 // channel): publishing never waits for it. The state is guarded by the
 // connection's mu, like the rest of outbound.
 
+// capSet is a connection's frequency caps, behind a pointer so that a
+// connection without caps pays one word for them.
+type capSet struct{ list []chanCap }
+
 // chanCap is a connection's frequency cap on one channel. A connection's
 // caps are a slice searched linearly: a connection holds at most
 // max_subscriptions of them (100 by default), usually a handful, and a
@@ -64,34 +68,50 @@ func capInterval(rate float64) int64 {
 func (o *outbound) setCap(ch string, rate float64) {
 	cp := o.findCap(ch)
 	if cp == nil {
-		o.caps = append(o.caps, chanCap{ch: ch})
-		cp = &o.caps[len(o.caps)-1]
+		cp = o.addCap(ch)
 	}
 	cp.every, cp.own = capInterval(rate), true
 }
 
 // findCap returns ch's cap, or nil. The pointer is valid until caps change.
 func (o *outbound) findCap(ch string) *chanCap {
-	for i := range o.caps {
-		if o.caps[i].ch == ch {
-			return &o.caps[i]
+	if o.caps == nil {
+		return nil
+	}
+	l := o.caps.list
+	for i := range l {
+		if l[i].ch == ch {
+			return &l[i]
 		}
 	}
 	return nil
 }
 
+// addCap adds an uncapped entry for ch and returns it.
+func (o *outbound) addCap(ch string) *chanCap {
+	if o.caps == nil {
+		o.caps = &capSet{}
+	}
+	o.caps.list = append(o.caps.list, chanCap{ch: ch})
+	return &o.caps.list[len(o.caps.list)-1]
+}
+
 // dropCap forgets ch's cap and its pending frame (on unsubscribe).
 func (o *outbound) dropCap(ch string) {
-	for i := range o.caps {
-		if o.caps[i].ch == ch {
-			last := len(o.caps) - 1
-			o.caps[i] = o.caps[last]
-			o.caps[last] = chanCap{}
-			o.caps = o.caps[:last]
+	if o.caps == nil {
+		return
+	}
+	l := o.caps.list
+	for i := range l {
+		if l[i].ch == ch {
+			last := len(l) - 1
+			l[i] = l[last]
+			l[last] = chanCap{}
+			o.caps.list = l[:last]
 			break
 		}
 	}
-	if len(o.caps) == 0 {
+	if len(o.caps.list) == 0 {
 		o.caps = nil
 	}
 }
@@ -105,8 +125,7 @@ func (o *outbound) capOf(f *router.Frame) *chanCap {
 		return cp
 	case f.MaxRate > 0:
 		if cp == nil {
-			o.caps = append(o.caps, chanCap{ch: f.Channel})
-			cp = &o.caps[len(o.caps)-1]
+			cp = o.addCap(f.Channel)
 		}
 		cp.every = capInterval(f.MaxRate)
 		return cp
@@ -154,9 +173,12 @@ func (o *outbound) capDue(ch string) int64 {
 // frame falls due (0: none pending).
 func (o *outbound) releaseDue(now int64, b queueBounds, pc *policyCounters) (queued, ok bool, next int64) {
 	ok = true
+	if o.caps == nil {
+		return false, true, 0
+	}
 	// Backwards: dropCap moves the last cap into the dropped one's place.
-	for i := len(o.caps) - 1; i >= 0; i-- {
-		cp := &o.caps[i]
+	for i := len(o.caps.list) - 1; i >= 0; i-- {
+		cp := &o.caps.list[i]
 		ch := cp.ch
 		if cp.pending == nil {
 			continue

@@ -21,7 +21,10 @@ type conn struct {
 	srv *Server
 	fd  int
 	gen uint32 // distinguishes this conn from earlier users of the same fd
-	ip  string
+	// flags is guarded by mu; it sits here, in gen's padding, to keep an
+	// idle conn in a smaller allocation size class.
+	flags connFlags
+	ip    string
 
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
@@ -30,11 +33,10 @@ type conn struct {
 	sec connSec   // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
-	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
-	flags   connFlags // guarded by mu
-	closeAt int64     // guarded by mu; coarse ms after which a closing conn is cut
-	timerAt int64     // guarded by mu; Unix ms of its entry in the server's timer wheel, 0: none
-	subs    []string  // guarded by mu; channels subscribed to
+	out     outbound // guarded by mu; frames on their way to the socket (outbound.go)
+	closeAt int64    // guarded by mu; coarse ms after which a closing conn is cut
+	timerAt int64    // guarded by mu; Unix ms of its entry in the server's timer wheel, 0: none
+	subs    []string // guarded by mu; channels subscribed to
 
 	// Read state, touched only by the worker running onReadable; epoll's
 	// one-shot arming guarantees there is at most one.
@@ -248,7 +250,7 @@ func (c *conn) flush(w *worker) {
 			netpoll.SetIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
-		c.out.inflight = len(iov)
+		c.out.inflight = int32(len(iov))
 		c.mu.Unlock()
 
 		n, err := netpoll.Writev(c.fd, iov)

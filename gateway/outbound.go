@@ -3,6 +3,7 @@ package gateway
 import (
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/wire"
@@ -38,17 +39,21 @@ import (
 // Frames gathered into a write in progress (the first inflight frames of the
 // queue) are never dropped or rewritten.
 type outbound struct {
-	frames    []*router.Frame          // frames waiting to be written
-	bytes     int                      // bytes of frames (and of held frames) not yet written
-	head      int                      // bytes of frames[0] already written
-	inflight  int                      // frames at the front handed to a write in progress
-	held      int                      // live frames held aside for resumes (chanResume.held)
-	conflated map[string]skipMark      // channel → records dropped by conflation or a cap, not yet reported
-	seen      map[string]*router.Frame // scratch for compact
-	resume    map[string]*chanResume   // channels replaying or with floors
-	caps      []chanCap                // frequency-capped channels (capped.go)
-	deflate   bool                     // the connection negotiated permessage-deflate: write Deflated when a frame has it
+	frames    []*router.Frame        // frames waiting to be written
+	bytes     int                    // bytes of frames (and of held frames) not yet written
+	head      int                    // bytes of frames[0] already written
+	inflight  int32                  // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
+	deflate   bool                   // the connection negotiated permessage-deflate: write Deflated when a frame has it
+	held      int                    // live frames held aside for resumes (chanResume.held)
+	conflated map[string]skipMark    // channel → records dropped by conflation or a cap, not yet reported
+	resume    map[string]*chanResume // channels replaying or with floors
+	caps      *capSet                // frequency-capped channels (capped.go); nil: none
 }
+
+// compactScratch holds the maps compact uses to find each channel's newest
+// frame: a scratch map per connection would cost every idle connection a
+// word, and compaction only runs on a full queue.
+var compactScratch = sync.Pool{New: func() any { return make(map[string]*router.Frame) }}
 
 // wire is what goes on the socket for f: its shared compressed form on a
 // connection that negotiated permessage-deflate, else Data.
@@ -104,9 +109,9 @@ func (o *outbound) fits(b queueBounds, n, size int) bool {
 // the socket.
 func (o *outbound) protected() int {
 	if o.head > 0 {
-		return max(o.inflight, 1)
+		return max(int(o.inflight), 1)
 	}
-	return o.inflight
+	return int(o.inflight)
 }
 
 // add appends f without checking the bounds (replies checked them, close
@@ -170,9 +175,8 @@ func (o *outbound) compact(pc *policyCounters) {
 	if len(o.frames)-keep < 2 {
 		return
 	}
-	if o.seen == nil {
-		o.seen = make(map[string]*router.Frame)
-	}
+	seen := compactScratch.Get().(map[string]*router.Frame)
+	defer compactScratch.Put(seen)
 	// Walk newest first, marking dropped frames nil, then close the holes.
 	dropped := 0
 	for i := len(o.frames) - 1; i >= keep; i-- {
@@ -180,16 +184,16 @@ func (o *outbound) compact(pc *policyCounters) {
 		if !f.Conflate {
 			continue
 		}
-		if newest := o.seen[f.Channel]; newest != nil {
+		if newest := seen[f.Channel]; newest != nil {
 			o.bytes -= len(f.Data)
 			o.skipped(f.Channel, 1, newest, pc)
 			o.frames[i] = nil
 			dropped++
 			continue
 		}
-		o.seen[f.Channel] = f
+		seen[f.Channel] = f
 	}
-	clear(o.seen)
+	clear(seen)
 	if dropped == 0 {
 		return
 	}
