@@ -39,14 +39,14 @@ type chanCap struct {
 	ch      string        // the channel
 	every   int64         // ms between two frames of the channel
 	own     bool          // set by the subscription's max_rate; else the route's
-	next    int64         // Unix ms from which the channel may send again
+	next    int64         // monoMillis from which the channel may send again
 	pending *router.Frame // the newest frame waiting for next, or nil
 	skipped int64         // records pending replaced, not yet counted in conflated
 }
 
 // nextSlot is when a channel that sent at now may send again: now plus its
 // interval, rounded up to a grid of a sixteenth of the interval (1 to 16
-// ms) counted from the Unix epoch. Rounding up never lets a channel pass
+// ms) counted from the process's start (monoMillis). Rounding up never lets a channel pass
 // its rate, and it lines up the channels of a connection (and of all
 // connections) whose intervals end within one grid step, so that one timer
 // entry and one write carry all of them.

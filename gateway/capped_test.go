@@ -255,7 +255,7 @@ func TestTimerWheel(t *testing.T) {
 		defer close(done)
 		w.run(ctx, func(*item, int64) { fired.Add(1) })
 	}()
-	w.Add(a, time.Now().UnixMilli()+5)
+	w.Add(a, monoMillis()+5)
 	deadline := time.Now().Add(10 * time.Second)
 	for fired.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)

@@ -4,7 +4,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -35,7 +34,7 @@ type conn struct {
 	mu      sync.Mutex
 	out     outbound // guarded by mu; frames on their way to the socket (outbound.go)
 	closeAt int64    // guarded by mu; coarse ms after which a closing conn is cut
-	timerAt int64    // guarded by mu; Unix ms of its entry in the server's timer wheel, 0: none
+	timerAt int64    // guarded by mu; when (monoMillis) its entry in the server's timer wheel is due, 0: none
 	subs    []string // guarded by mu; channels subscribed to
 
 	// Read state, touched only by the worker running onReadable; epoll's
@@ -116,7 +115,7 @@ func (c *conn) sendLocked(b []byte) {
 func (c *conn) queueLocked(f *router.Frame) bool {
 	var now int64
 	if f.MaxRate > 0 || c.out.caps != nil {
-		now = time.Now().UnixMilli() // capped channels only: the coarse clock is 100 ms
+		now = monoMillis() // capped channels only: the coarse clock is 100 ms
 	}
 	switch c.out.enqueue(f, now, c.bounds(), &c.srv.policy) {
 	case pushRefused:
@@ -146,10 +145,10 @@ func (c *conn) scheduleDelayedLocked() {
 		return
 	}
 	c.flags |= flagDelayed
-	c.armLocked(time.Now().UnixMilli() + d)
+	c.armLocked(monoMillis() + d)
 }
 
-// armLocked makes the server's timer wheel call onTimer at due (Unix ms)
+// armLocked makes the server's timer wheel call onTimer at due (monoMillis)
 // unless it will already by then: a connection has one live entry however
 // many of its channels wait. Caller holds c.mu.
 func (c *conn) armLocked(due int64) {

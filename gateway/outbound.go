@@ -123,7 +123,7 @@ func (o *outbound) add(f *router.Frame) {
 
 // enqueue takes a live frame: through its channel's resume state first,
 // then its channel's frequency cap, then into the queue within the bounds.
-// now (Unix ms) matters only to capped channels.
+// now (monoMillis) matters only to capped channels.
 func (o *outbound) enqueue(f *router.Frame, now int64, b queueBounds, pc *policyCounters) pushResult {
 	if o.resume != nil {
 		if st := o.resume[f.Channel]; st != nil {

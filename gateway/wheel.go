@@ -23,7 +23,7 @@ type timerWheel[T any] struct {
 	count int               // entries in slots
 	last  int64             // ms up to which slots were emptied
 	wake  chan struct{}     // capacity 1: an entry was added
-	now   func() int64      // Unix ms; replaced by tests
+	now   func() int64      // monoMillis; replaced by tests
 }
 
 type wheelEntry[T any] struct {
@@ -39,11 +39,20 @@ func newTimerWheel[T any]() *timerWheel[T] {
 	return &timerWheel[T]{
 		slots: make([][]wheelEntry[T], wheelSlots),
 		wake:  make(chan struct{}, 1),
-		now:   func() int64 { return time.Now().UnixMilli() },
+		now:   monoMillis,
 	}
 }
 
-// Add arranges for fire(item, now) once the clock reaches due (Unix ms).
+// monoStart anchors monoMillis.
+var monoStart = time.Now()
+
+// monoMillis is the time for frequency caps and write delays: milliseconds
+// on the monotonic clock since the process started, plus one (0 means
+// "none" to their callers). A step of the wall clock (NTP) does not stall
+// or rush them.
+func monoMillis() int64 { return int64(time.Since(monoStart)/time.Millisecond) + 1 }
+
+// Add arranges for fire(item, now) once the clock reaches due (monoMillis).
 func (w *timerWheel[T]) Add(item *T, due int64) {
 	w.mu.Lock()
 	if due <= w.last {
