@@ -72,7 +72,7 @@ bench-tools:
 ## coordinator, golang/go#75804, fixed in Go 1.27). FUZZTIME=30s overrides
 ## every count with a duration for a longer local run.
 FUZZTIME ?=
-FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway/wire:FuzzParseFrame:40000 \
+FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway/wire:FuzzParseFrame:40000 gateway/wire:FuzzParseFrameDeflate:40000 \
 	gateway:FuzzHandshakeToken:20000 gateway:FuzzProxyHeader:40000 \
 	gateway:FuzzRequestHead:15000 gateway/wire:FuzzCloseBody:45000 \
 	gateway/auth:FuzzPattern:100000 gateway/auth:FuzzParseJWKS:50000 \
