@@ -37,12 +37,26 @@ type conn struct {
 	timerAt int64    // guarded by mu; when (monoMillis) its entry in the server's timer wheel is due, 0: none
 	subs    []string // guarded by mu; channels subscribed to
 
-	// Read state, touched only by the worker running onReadable; epoll's
-	// one-shot arming guarantees there is at most one.
+	// rd is the read state, touched only by the worker running onReadable
+	// (epoll's one-shot arming guarantees there is at most one); nil while
+	// no frame or message is partly read, so an idle conn does not carry it.
+	rd *readState
+}
+
+// readState is what a connection's reader carries between reads.
+type readState struct {
 	partial []byte    // bytes of an incomplete frame carried to the next read
 	msg     []byte    // fragments of a message being assembled
 	msgOp   ws.OpCode // opcode of the message in msg
 	msgZ    bool      // the message in msg is compressed (permessage-deflate)
+}
+
+// readState returns c's read state, making it. Reader only.
+func (c *conn) readState() *readState {
+	if c.rd == nil {
+		c.rd = &readState{}
+	}
+	return c.rd
 }
 
 type connFlags uint8
@@ -398,8 +412,11 @@ func (c *conn) readFrames(w *worker) bool {
 	// the upgrade request) are parsed before the socket is read: a client
 	// that sent its first frames right behind the request may send nothing
 	// more until they are answered.
-	n := copy(buf, c.partial)
-	c.partial = nil
+	n := 0
+	if c.rd != nil {
+		n = copy(buf, c.rd.partial)
+		c.rd.partial = nil
+	}
 	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
@@ -439,7 +456,9 @@ func (c *conn) readFrames(w *worker) bool {
 		c.lastSeen.Store(c.srv.clock.Load())
 	}
 	if n > 0 {
-		c.partial = append([]byte(nil), buf[:n]...)
+		c.readState().partial = append([]byte(nil), buf[:n]...)
+	} else if c.rd != nil && c.rd.msg == nil {
+		c.rd = nil // nothing carried: an idle conn holds no read state
 	}
 	return true
 }
@@ -447,7 +466,7 @@ func (c *conn) readFrames(w *worker) bool {
 // handleFrame acts on one frame. It returns false once the connection is
 // closing.
 func (c *conn) handleFrame(f wire.ClientFrame) bool {
-	if c.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
+	if c.rd != nil && c.rd.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
 		// RFC 6455 §5.4: only control frames may be interleaved with the
 		// fragments of a message.
 		c.srv.metrics.clientErrors.WithLabelValues(closeReason(ws.StatusProtocolError)).Inc()
@@ -488,9 +507,10 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		return false
 	case ws.OpText:
 		if !f.Fin {
-			c.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
-			c.msgOp = ws.OpText
-			c.msgZ = f.Compressed
+			rd := c.readState()
+			rd.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
+			rd.msgOp = ws.OpText
+			rd.msgZ = f.Compressed
 			return true
 		}
 		if f.Compressed {
@@ -498,24 +518,25 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		}
 		return c.handleText(f.Payload)
 	case ws.OpContinuation:
-		if c.msg == nil {
+		rd := c.rd
+		if rd == nil || rd.msg == nil {
 			c.closeWith(ws.StatusProtocolError, wire.ErrFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
-			c.msg = nil
+		if len(rd.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
+			rd.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
 			c.closeWith(ws.StatusMessageTooBig, wire.ErrFrameTooLarge.Error(), true)
 			return false
 		}
-		c.msg = append(c.msg, f.Payload...)
+		rd.msg = append(rd.msg, f.Payload...)
 		if !f.Fin {
 			return true
 		}
-		msg := c.msg
-		c.msg = nil
-		if c.msgZ {
-			c.msgZ = false
+		msg := rd.msg
+		rd.msg = nil
+		if rd.msgZ {
+			rd.msgZ = false
 			return c.handleCompressed(msg)
 		}
 		return c.handleText(msg)
@@ -662,6 +683,5 @@ func (c *conn) releaseIfIdleLocked() {
 		c.out.deflate = false
 		c.srv.deflateConns.Add(-1)
 	}
-	c.partial = nil
-	c.msg = nil
+	c.rd = nil
 }

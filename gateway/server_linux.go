@@ -630,7 +630,7 @@ func (s *Server) handshake(nc net.Conn) {
 		s.deflateConns.Add(1) // until releaseIfIdleLocked
 	}
 	if len(rest) > 0 {
-		c.partial = append([]byte(nil), rest...) // frames sent with the request
+		c.rd = &readState{partial: append([]byte(nil), rest...)} // frames sent with the request
 	}
 	if link != nil {
 		link.Detach(fd)
@@ -656,7 +656,7 @@ func (s *Server) handshake(nc net.Conn) {
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
 	if c.tls != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
-		// c.partial, and crypto/tls may hold more records; epoll would
+		// c.rd.partial, and crypto/tls may hold more records; epoll would
 		// report neither.
 		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
