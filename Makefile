@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka fuzz kafka-up kafka-down test-kafka docker docker-test clean
+.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka bench-controls fuzz kafka-up kafka-down test-kafka docker docker-test clean
 
 # Port of the local broker that kafka-up, test-kafka and bench-kafka use.
 KAFKA_PORT ?= 9092
@@ -32,7 +32,20 @@ lint:
 bench: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./router/ ./gateway/
 	bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results.json
+	$(MAKE) bench-controls
 	$(MAKE) bench-kafka
+
+## bench-controls: the delivery controls (write_delay, compression, max_rate),
+## each against its off setting; tables in cmd/kpush-bench/README.md
+CONTROLS_FANOUT = -scenarios fanout -fanout-step 5s -fanout-overload 0
+bench-controls: bench-tools
+	for d in 0 5ms 20ms; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
+		-json bin/bench-results/controls-write-delay-$$d.json $(CONTROLS_FANOUT) -fanout-subs 1000 -fanout-rates 150 -write-delay $$d || exit 1; done
+	for b in 100 2048; do for z in false true; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
+		-json bin/bench-results/controls-compression-$$b-$$z.json $(CONTROLS_FANOUT) -fanout-subs 5000 -fanout-rates 20 \
+		-record-market-pad -record-bytes $$b -compression=$$z || exit 1; done; done
+	for r in 0 4; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
+		-json bin/bench-results/controls-market-max-rate-$$r.json -scenarios market -market-duration 10s -route-max-rate $$r || exit 1; done
 
 ## bench-kafka: consumer throughput and produce-to-receive latency against a
 ## real broker (kafka-up, benchmarks, kafka-down); results in cmd/kpush-bench/README.md
@@ -59,7 +72,7 @@ bench-tools:
 ## coordinator, golang/go#75804, fixed in Go 1.27). FUZZTIME=30s overrides
 ## every count with a duration for a longer local run.
 FUZZTIME ?=
-FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway/wire:FuzzParseFrame:40000 \
+FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway/wire:FuzzParseFrame:40000 gateway/wire:FuzzParseFrameDeflate:40000 \
 	gateway:FuzzHandshakeToken:20000 gateway:FuzzProxyHeader:40000 \
 	gateway:FuzzRequestHead:15000 gateway/wire:FuzzCloseBody:45000 \
 	gateway/auth:FuzzPattern:100000 gateway/auth:FuzzParseJWKS:50000 \

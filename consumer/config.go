@@ -180,6 +180,10 @@ type Route struct {
 	// History is the in-memory history per channel that resumes are
 	// served from before falling back to reading Kafka.
 	History History `yaml:"history"`
+	// MaxRate is the default frequency cap of the route's channels, in
+	// records a second per channel and connection (0: none); a subscribe's
+	// max_rate overrides it.
+	MaxRate float64 `yaml:"max_rate"`
 
 	tmpl *Template
 }
@@ -219,6 +223,9 @@ func ValidateRoutes(routes []Route) error {
 		}
 		if r.Slow != SlowDisconnect && r.Slow != SlowConflate {
 			errs = append(errs, fmt.Errorf("%s.slow: %q must be disconnect or conflate", key, r.Slow))
+		}
+		if r.MaxRate != 0 && !(r.MaxRate >= 0.01 && r.MaxRate <= 1000) {
+			errs = append(errs, fmt.Errorf("%s.max_rate: %g must be 0 (no cap) or between 0.01 and 1000 records a second", key, r.MaxRate))
 		}
 		h := &r.History
 		switch {

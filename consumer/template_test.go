@@ -93,6 +93,9 @@ func TestValidateRoutesResumeKeys(t *testing.T) {
 		{"unknown policy", Route{Topic: "t", Channel: "c", Slow: "drop"}, Route{}, "routes[0].slow"},
 		{"too much history", Route{Topic: "t", Channel: "c", History: History{MaxRecords: 2000000}}, Route{}, "routes[0].history.max_records"},
 		{"negative bytes", Route{Topic: "t", Channel: "c", History: History{MaxRecords: 1, MaxBytes: -1}}, Route{}, "routes[0].history.max_bytes"},
+		{"max_rate", Route{Topic: "t", Channel: "c", MaxRate: 4}, Route{Slow: SlowDisconnect, MaxRate: 4}, ""},
+		{"max_rate negative", Route{Topic: "t", Channel: "c", MaxRate: -1}, Route{}, "routes[0].max_rate"},
+		{"max_rate too high", Route{Topic: "t", Channel: "c", MaxRate: 5000}, Route{}, "routes[0].max_rate"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

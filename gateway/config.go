@@ -68,6 +68,20 @@ type Config struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	ProxyProtocol  string   `yaml:"proxy_protocol"`
 
+	// WriteDelay (write_delay) lets records that become due for one
+	// connection within this long go out in one socket write: the first
+	// record queued to an idle connection starts the delay. 0 (default):
+	// each is flushed at once. Replies and close frames are never delayed.
+	WriteDelay time.Duration `yaml:"write_delay"`
+
+	// Compression (compression) accepts permessage-deflate (RFC 7692) from
+	// clients that offer it, with no context takeover either way; false
+	// (default): the extension is declined. CompressionMinBytes
+	// (compression_min_bytes, default 128) is the smallest record payload
+	// compressed; smaller ones go out plain.
+	Compression         bool `yaml:"compression"`
+	CompressionMinBytes int  `yaml:"compression_min_bytes"`
+
 	// TLS and Auth are the top-level `tls` and `auth` sections (set by the
 	// caller).
 	TLS  TLSConfig   `yaml:"-"`
@@ -117,6 +131,7 @@ func (c *Config) SetDefaults() {
 	def(&c.MaxHeaderBytes, 16<<10)
 	def(&c.MaxRequestsPerSecond, 20)
 	def(&c.RequestBurst, 40)
+	def(&c.CompressionMinBytes, 128)
 	if c.ProxyProtocol == "" {
 		c.ProxyProtocol = ProxyProtocolOff
 	}
@@ -146,9 +161,10 @@ func (c *Config) Validate() error {
 		"request_burst":           c.RequestBurst,
 		"resume_concurrency":      c.ResumeConcurrency,
 		"resume_queue":            c.ResumeQueue,
+		"compression_min_bytes":   c.CompressionMinBytes,
 	}
 	for _, k := range []string{"max_connections", "max_message_bytes", "max_subscriptions", "max_queue_bytes", "max_queue_messages", "max_handshakes",
-		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst", "resume_concurrency", "resume_queue"} {
+		"max_connections_per_ip", "max_header_bytes", "max_requests_per_second", "request_burst", "resume_concurrency", "resume_queue", "compression_min_bytes"} {
 		if positive[k] < 0 {
 			bad(k, "must be positive, got %d", positive[k])
 		}
@@ -169,6 +185,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PingInterval > 0 && c.PingInterval < 100*time.Millisecond {
 		bad("ping_interval", "%s is below the 100ms resolution of the connection timer", c.PingInterval)
+	}
+	if c.WriteDelay < 0 || c.WriteDelay > time.Second || c.WriteDelay%time.Millisecond != 0 {
+		bad("write_delay", "%s must be a whole number of milliseconds from 0 (off) to 1s", c.WriteDelay)
 	}
 	if len(c.AllowedOrigins) == 0 {
 		bad("allowed_origins", "must list at least one origin, or \"*\" for any")

@@ -20,7 +20,10 @@ type conn struct {
 	srv *Server
 	fd  int
 	gen uint32 // distinguishes this conn from earlier users of the same fd
-	ip  string
+	// flags is guarded by mu; it sits here, in gen's padding, to keep an
+	// idle conn in a smaller allocation size class.
+	flags connFlags
+	ip    string
 
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
@@ -31,16 +34,31 @@ type conn struct {
 	sec connSec    // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
-	out     outbound  // guarded by mu; frames on their way to the socket (outbound.go)
-	flags   connFlags // guarded by mu
-	closeAt int64     // guarded by mu; coarse ms after which a closing conn is cut
-	subs    []string  // guarded by mu; channels subscribed to
+	out     outbound // guarded by mu; frames on their way to the socket (outbound.go)
+	closeAt int64    // guarded by mu; coarse ms after which a closing conn is cut
+	timerAt int64    // guarded by mu; when (monoMillis) its entry in the server's timer wheel is due, 0: none
+	subs    []string // guarded by mu; channels subscribed to
 
-	// Read state, touched only by the worker running onReadable; epoll's
-	// one-shot arming guarantees there is at most one.
+	// rd is the read state, touched only by the worker running onReadable
+	// (epoll's one-shot arming guarantees there is at most one); nil while
+	// no frame or message is partly read, so an idle conn does not carry it.
+	rd *readState
+}
+
+// readState is what a connection's reader carries between reads.
+type readState struct {
 	partial []byte    // bytes of an incomplete frame carried to the next read
 	msg     []byte    // fragments of a message being assembled
 	msgOp   ws.OpCode // opcode of the message in msg
+	msgZ    bool      // the message in msg is compressed (permessage-deflate)
+}
+
+// readState returns c's read state, making it. Reader only.
+func (c *conn) readState() *readState {
+	if c.rd == nil {
+		c.rd = &readState{}
+	}
+	return c.rd
 }
 
 type connFlags uint8
@@ -52,6 +70,7 @@ const (
 	flagClosing                        // a close frame is queued; no more frames
 	flagClosed                         // descriptor released or about to be
 	flagRecent                         // something was queued since the last sweep
+	flagDelayed                        // records wait for write_delay: the timer schedules the flush
 )
 
 var _ router.Sink = (*conn)(nil)
@@ -110,16 +129,82 @@ func (c *conn) sendLocked(b []byte) {
 // schedules a flush when it was queued. It returns false when the
 // connection must be closed as a slow consumer. Caller holds c.mu.
 func (c *conn) queueLocked(f *router.Frame) bool {
-	switch c.out.enqueue(f, c.bounds(), &c.srv.policy) {
+	var now int64
+	if f.MaxRate > 0 || c.out.caps != nil {
+		now = monoMillis() // capped channels only: the coarse clock is 100 ms
+	}
+	switch c.out.enqueue(f, now, c.bounds(), &c.srv.policy) {
 	case pushRefused:
 		return false
 	case pushQueued:
 		c.flags |= flagRecent
-		c.scheduleLocked()
+		c.scheduleDelayedLocked()
 	case pushReplaced:
 		c.flags |= flagRecent
+	case pushDeferred:
+		c.armLocked(c.out.capDue(f.Channel))
 	}
 	return true
+}
+
+// scheduleDelayedLocked schedules a flush for a record: at once, or with
+// gateway.write_delay, when the delay ends, so that the records due within
+// it go out in one write. A flush already scheduled or running, or a full
+// socket, takes the record anyway. Caller holds c.mu.
+func (c *conn) scheduleDelayedLocked() {
+	d := c.srv.cfg.WriteDelay.Milliseconds()
+	if d == 0 || c.flags&(flagFlushing|flagWaitOut) != 0 {
+		c.scheduleLocked()
+		return
+	}
+	if c.flags&flagDelayed != 0 {
+		return
+	}
+	c.flags |= flagDelayed
+	c.armLocked(monoMillis() + d)
+}
+
+// armLocked makes the server's timer wheel call onTimer at due (monoMillis)
+// unless it will already by then: a connection has one live entry however
+// many of its channels wait. Caller holds c.mu.
+func (c *conn) armLocked(due int64) {
+	if due == 0 || c.timerAt != 0 && c.timerAt <= due {
+		return
+	}
+	c.timerAt = due
+	c.srv.timers.Add(c, due)
+}
+
+// onTimer runs on the timer wheel's goroutine when the connection's entry
+// falls due: it releases the pending frames of its capped channels whose
+// interval has passed and ends a write delay, all in one flush, and re-arms
+// for the next capped frame.
+func (c *conn) onTimer(now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timerAt == 0 || c.timerAt > now {
+		return // an entry superseded by an earlier one
+	}
+	c.timerAt = 0
+	delayed := c.flags&flagDelayed != 0
+	c.flags &^= flagDelayed
+	if c.flags&(flagClosing|flagClosed) != 0 {
+		return
+	}
+	queued, ok, next := c.out.releaseDue(now, c.bounds(), &c.srv.policy)
+	if !ok {
+		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
+		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.out.bytes)
+		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
+		return
+	}
+	if queued {
+		c.flags |= flagRecent
+	}
+	if (queued || delayed) && len(c.out.frames) > 0 {
+		c.scheduleLocked()
+	}
+	c.armLocked(next)
 }
 
 // bounds returns the connection's queue limits, as they are now.
@@ -163,15 +248,20 @@ func (c *conn) flush(w *worker) {
 			if len(iov) == netpoll.MaxIovecs {
 				break
 			}
-			if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+			if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
 			}
-			if c.sse != nil {
-				f = c.sseFrameLocked(i, f)
-			} else if c.cf != nil {
-				f = c.cfFrameLocked(i, f)
+			// Event streams and Centrifugo sessions re-encode the frame and
+			// never send the shared permessage-deflate form.
+			var b []byte
+			switch {
+			case c.sse != nil:
+				b = c.sseFrameLocked(i, f).Data
+			case c.cf != nil:
+				b = c.cfFrameLocked(i, f).Data
+			default:
+				b = c.out.wire(f)
 			}
-			b := f.Data
 			if i == 0 {
 				b = b[c.out.head:]
 			}
@@ -185,10 +275,11 @@ func (c *conn) flush(w *worker) {
 			netpoll.SetIovec(&iov[len(iov)-1], b)
 		}
 		w.iov = iov
-		c.out.inflight = len(iov)
+		c.out.inflight = int32(len(iov))
 		c.mu.Unlock()
 
 		n, err := netpoll.Writev(c.fd, iov)
+		c.srv.socketWrites.Add(1)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
 		c.mu.Lock()
@@ -336,12 +427,15 @@ func (c *conn) readFrames(w *worker) bool {
 	// the upgrade request) are parsed before the socket is read: a client
 	// that sent its first frames right behind the request may send nothing
 	// more until they are answered.
-	n := copy(buf, c.partial)
-	c.partial = nil
+	n := 0
+	if c.rd != nil {
+		n = copy(buf, c.rd.partial)
+		c.rd.partial = nil
+	}
 	for budget := 4; ; budget-- {
 		used := 0
 		for used < n {
-			f, k, err := wire.ParseClientFrame(buf[used:n], maxPayload)
+			f, k, err := wire.ParseClientFrameExt(buf[used:n], maxPayload, c.out.deflate)
 			if err != nil {
 				code := ws.StatusProtocolError
 				if err == wire.ErrFrameTooLarge {
@@ -377,7 +471,9 @@ func (c *conn) readFrames(w *worker) bool {
 		c.lastSeen.Store(c.srv.clock.Load())
 	}
 	if n > 0 {
-		c.partial = append([]byte(nil), buf[:n]...)
+		c.readState().partial = append([]byte(nil), buf[:n]...)
+	} else if c.rd != nil && c.rd.msg == nil {
+		c.rd = nil // nothing carried: an idle conn holds no read state
 	}
 	return true
 }
@@ -385,7 +481,7 @@ func (c *conn) readFrames(w *worker) bool {
 // handleFrame acts on one frame. It returns false once the connection is
 // closing.
 func (c *conn) handleFrame(f wire.ClientFrame) bool {
-	if c.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
+	if c.rd != nil && c.rd.msg != nil && (f.Op == ws.OpText || f.Op == ws.OpBinary) {
 		// RFC 6455 §5.4: only control frames may be interleaved with the
 		// fragments of a message.
 		c.srv.metrics.clientErrors.WithLabelValues(closeReason(ws.StatusProtocolError)).Inc()
@@ -426,31 +522,59 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		return false
 	case ws.OpText:
 		if !f.Fin {
-			c.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
-			c.msgOp = ws.OpText
+			rd := c.readState()
+			rd.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
+			rd.msgOp = ws.OpText
+			rd.msgZ = f.Compressed
 			return true
+		}
+		if f.Compressed {
+			return c.handleCompressed(f.Payload)
 		}
 		return c.handleText(f.Payload)
 	case ws.OpContinuation:
-		if c.msg == nil {
+		rd := c.rd
+		if rd == nil || rd.msg == nil {
 			c.closeWith(ws.StatusProtocolError, wire.ErrFrameBadResume.Error(), true)
 			return false
 		}
-		if len(c.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
-			c.msg = nil
+		if len(rd.msg)+len(f.Payload) > c.srv.lim().MaxMessageBytes {
+			rd.msg = nil
 			c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
 			c.closeWith(ws.StatusMessageTooBig, wire.ErrFrameTooLarge.Error(), true)
 			return false
 		}
-		c.msg = append(c.msg, f.Payload...)
+		rd.msg = append(rd.msg, f.Payload...)
 		if !f.Fin {
 			return true
 		}
-		msg := c.msg
-		c.msg = nil
+		msg := rd.msg
+		rd.msg = nil
+		if rd.msgZ {
+			rd.msgZ = false
+			return c.handleCompressed(msg)
+		}
 		return c.handleText(msg)
 	}
 	return true
+}
+
+// handleCompressed inflates a text message the client compressed
+// (permessage-deflate) and handles it; the inflated size is bounded by
+// max_message_bytes like any message.
+func (c *conn) handleCompressed(p []byte) bool {
+	m, err := inflateMessage(p, c.srv.lim().MaxMessageBytes)
+	switch {
+	case err == errInflatedTooLarge:
+		c.srv.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
+		c.closeWith(ws.StatusMessageTooBig, err.Error(), true)
+		return false
+	case err != nil:
+		c.srv.metrics.clientErrors.WithLabelValues("bad_deflate").Inc()
+		c.closeWith(ws.StatusInvalidFramePayloadData, "compressed message does not inflate", true)
+		return false
+	}
+	return c.handleText(m)
 }
 
 func (c *conn) handleText(p []byte) bool {
@@ -481,6 +605,7 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) 
 		return
 	}
 	c.flags |= flagClosing
+	c.out.caps = nil // pending capped frames are never written now
 	for ch := range c.out.resume {
 		c.out.dropResume(ch)
 	}
@@ -577,6 +702,10 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.resume = nil
 	c.out.held = 0
 	c.out.conflated = nil
-	c.partial = nil
-	c.msg = nil
+	c.out.caps = nil
+	if c.out.deflate {
+		c.out.deflate = false
+		c.srv.deflateConns.Add(-1)
+	}
+	c.rd = nil
 }

@@ -124,6 +124,14 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Frames queued to connections (one per subscriber per record).",
 		}, func() float64 { return float64(s.router.Stats().Deliveries) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kpush_socket_writes_total",
+			Help: "Write calls on client sockets (one writev, or one TLS flush, each); kpush_deliveries_total over this is the frames per write.",
+		}, func() float64 { return float64(s.socketWrites.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kpush_deflated_records_total",
+			Help: "Records compressed with permessage-deflate (once each, however many subscribers share the compressed frame).",
+		}, func() float64 { return float64(s.deflated.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "kpush_queue_full_total",
 			Help: "Deliveries refused because a connection's outbound queue was full or closing.",
 		}, func() float64 { return float64(s.router.Stats().QueueFull) }),

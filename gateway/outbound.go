@@ -3,6 +3,7 @@ package gateway
 import (
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/wire"
@@ -41,11 +42,34 @@ type outbound struct {
 	frames    []*router.Frame        // frames waiting to be written
 	bytes     int                    // bytes of frames (and of held frames) not yet written
 	head      int                    // bytes of frames[0] already written
-	inflight  int                    // frames at the front handed to a write in progress
+	inflight  int32                  // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
+	deflate   bool                   // the connection negotiated permessage-deflate: write Deflated when a frame has it
 	held      int                    // live frames held aside for resumes (chanResume.held)
-	conflated map[string]int64       // channel → records dropped by conflation, not yet reported
-	seen      map[string]struct{}    // scratch for compact
+	conflated map[string]skipMark    // channel → records dropped by conflation or a cap, not yet reported
 	resume    map[string]*chanResume // channels replaying or with floors
+	caps      *capSet                // frequency-capped channels (capped.go); nil: none
+}
+
+// compactScratch holds the maps compact uses to find each channel's newest
+// frame: a scratch map per connection would cost every idle connection a
+// word, and compaction only runs on a full queue.
+var compactScratch = sync.Pool{New: func() any { return make(map[string]*router.Frame) }}
+
+// wire is what goes on the socket for f: its shared compressed form on a
+// connection that negotiated permessage-deflate, else Data.
+func (o *outbound) wire(f *router.Frame) []byte {
+	if o.deflate && f.Deflated != nil {
+		return f.Deflated
+	}
+	return f.Data
+}
+
+// skipMark is a channel's count of dropped records not yet reported, and
+// the queued frame that reports them: the newest one of the channel whose
+// predecessors were dropped (nil: the next one written).
+type skipMark struct {
+	n  int64
+	by *router.Frame
 }
 
 // queueBounds are a connection's queue limits (Limits.MaxQueueMessages and
@@ -73,6 +97,7 @@ const (
 	pushQueued                     // appended: a flush must be scheduled
 	pushReplaced                   // replaced its channel's pending frame (conflation)
 	pushAside                      // held for a resume, or dropped as already delivered
+	pushDeferred                   // waits for its channel's cap (capped.go): the timer must be armed
 )
 
 // fits reports whether n more frames of size bytes fit the bounds.
@@ -84,9 +109,9 @@ func (o *outbound) fits(b queueBounds, n, size int) bool {
 // the socket.
 func (o *outbound) protected() int {
 	if o.head > 0 {
-		return max(o.inflight, 1)
+		return max(int(o.inflight), 1)
 	}
-	return o.inflight
+	return int(o.inflight)
 }
 
 // add appends f without checking the bounds (replies checked them, close
@@ -97,8 +122,9 @@ func (o *outbound) add(f *router.Frame) {
 }
 
 // enqueue takes a live frame: through its channel's resume state first,
-// then into the queue within the bounds.
-func (o *outbound) enqueue(f *router.Frame, b queueBounds, pc *policyCounters) pushResult {
+// then its channel's frequency cap, then into the queue within the bounds.
+// now (monoMillis) matters only to capped channels.
+func (o *outbound) enqueue(f *router.Frame, now int64, b queueBounds, pc *policyCounters) pushResult {
 	if o.resume != nil {
 		if st := o.resume[f.Channel]; st != nil {
 			if st.below(f) {
@@ -111,6 +137,9 @@ func (o *outbound) enqueue(f *router.Frame, b queueBounds, pc *policyCounters) p
 				delete(o.resume, f.Channel)
 			}
 		}
+	}
+	if cp := o.capOf(f); cp != nil {
+		return o.throttle(cp, f, now, b, pc)
 	}
 	return o.push(f, b, pc)
 }
@@ -128,7 +157,7 @@ func (o *outbound) push(f *router.Frame, b queueBounds, pc *policyCounters) push
 				old := o.frames[i]
 				o.frames[i] = f
 				o.bytes += len(f.Data) - len(old.Data)
-				o.skipped(f.Channel, 1, pc)
+				o.skipped(f.Channel, 1, f, pc)
 				return pushReplaced
 			}
 			// The channel has nothing pending: f joins the queue beyond
@@ -146,9 +175,8 @@ func (o *outbound) compact(pc *policyCounters) {
 	if len(o.frames)-keep < 2 {
 		return
 	}
-	if o.seen == nil {
-		o.seen = make(map[string]struct{})
-	}
+	seen := compactScratch.Get().(map[string]*router.Frame)
+	defer compactScratch.Put(seen)
 	// Walk newest first, marking dropped frames nil, then close the holes.
 	dropped := 0
 	for i := len(o.frames) - 1; i >= keep; i-- {
@@ -156,16 +184,16 @@ func (o *outbound) compact(pc *policyCounters) {
 		if !f.Conflate {
 			continue
 		}
-		if _, ok := o.seen[f.Channel]; ok {
+		if newest := seen[f.Channel]; newest != nil {
 			o.bytes -= len(f.Data)
-			o.skipped(f.Channel, 1, pc)
+			o.skipped(f.Channel, 1, newest, pc)
 			o.frames[i] = nil
 			dropped++
 			continue
 		}
-		o.seen[f.Channel] = struct{}{}
+		seen[f.Channel] = f
 	}
-	clear(o.seen)
+	clear(seen)
 	if dropped == 0 {
 		return
 	}
@@ -192,43 +220,60 @@ func (o *outbound) pendingOf(ch string) int {
 	return -1
 }
 
-// skipped counts n records of ch dropped by conflation; the next frame of
-// ch written carries the total.
-func (o *outbound) skipped(ch string, n int64, pc *policyCounters) {
+// skipped counts n records of ch dropped by conflation or a cap; by, the
+// newest frame of ch queued, carries the total when it is written (with
+// those not yet reported before it).
+func (o *outbound) skipped(ch string, n int64, by *router.Frame, pc *policyCounters) {
 	if o.conflated == nil {
-		o.conflated = make(map[string]int64)
+		o.conflated = make(map[string]skipMark)
 	}
-	o.conflated[ch] += n
+	m := o.conflated[ch]
+	o.conflated[ch] = skipMark{n: m.n + n, by: by}
 	pc.conflated.Add(float64(n))
 }
 
-// markSkipped rewrites frames[i] to carry "skipped":N when records of its
-// channel were dropped before it. Writers call it while gathering, for
-// frames not yet on the wire.
+// markSkipped rewrites frames[i] to carry "skipped":N when it is the frame
+// that reports records of its channel dropped before it. Writers call it
+// while gathering, for frames not yet on the wire.
 func (o *outbound) markSkipped(i int) *router.Frame {
 	f := o.frames[i]
-	n := o.conflated[f.Channel]
-	if n == 0 || f.Payload == nil {
+	if f.Channel == "" || f.Payload == nil {
+		return f
+	}
+	sk, ok := o.conflated[f.Channel]
+	if !ok || sk.by != nil && sk.by != f {
 		return f
 	}
 	delete(o.conflated, f.Channel)
-	m := markFrame(f, `"skipped":`+strconv.FormatInt(n, 10))
+	m := markFrame(f, `"skipped":`+strconv.FormatInt(sk.n, 10))
 	o.frames[i] = m
 	o.bytes += len(m.Data) - len(f.Data)
 	return m
 }
 
-// consume drops n written bytes from the front of the queue.
+// consume drops n written bytes from the front of the queue. The bounds
+// count frames by len(Data); a frame written in its compressed form leaves
+// them whole once it is written.
 func (o *outbound) consume(n int) {
-	o.bytes -= n
 	i := 0
 	for i < len(o.frames) {
-		rest := len(o.frames[i].Data) - o.head
+		f := o.frames[i]
+		w := len(o.wire(f))
+		plain := w == len(f.Data)
+		rest := w - o.head
 		if n < rest {
 			o.head += n
+			if plain {
+				o.bytes -= n
+			}
 			break
 		}
 		n -= rest
+		if plain {
+			o.bytes -= rest
+		} else {
+			o.bytes -= len(f.Data)
+		}
 		o.head = 0
 		i++
 	}
@@ -467,5 +512,6 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 		Data:      b,
 		Payload:   b[h:],
 		Conflate:  f.Conflate,
+		MaxRate:   f.MaxRate,
 	}
 }

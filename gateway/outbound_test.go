@@ -81,20 +81,20 @@ func TestOutboundBounds(t *testing.T) {
 	f := rec("a", 1, false)
 	b := queueBounds{messages: 3, bytes: 10 * len(f.Data)}
 	for i := int64(1); i <= 3; i++ {
-		if r := o.enqueue(rec("a", i, false), b, pc); r != pushQueued {
+		if r := o.enqueue(rec("a", i, false), 0, b, pc); r != pushQueued {
 			t.Fatalf("record %d within the bounds: %d, want queued", i, r)
 		}
 	}
-	if r := o.enqueue(rec("a", 4, false), b, pc); r != pushRefused {
+	if r := o.enqueue(rec("a", 4, false), 0, b, pc); r != pushRefused {
 		t.Fatalf("a 4th record over max_queue_messages 3: %d, want refused", r)
 	}
 	checkBytes(t, &o)
 	// The byte bound: 3 messages of room, but not the bytes.
 	o = outbound{}
 	b = queueBounds{messages: 100, bytes: 2*len(f.Data) + 1}
-	o.enqueue(rec("a", 1, false), b, pc)
-	o.enqueue(rec("a", 2, false), b, pc)
-	if r := o.enqueue(rec("a", 3, false), b, pc); r != pushRefused {
+	o.enqueue(rec("a", 1, false), 0, b, pc)
+	o.enqueue(rec("a", 2, false), 0, b, pc)
+	if r := o.enqueue(rec("a", 3, false), 0, b, pc); r != pushRefused {
 		t.Fatalf("a record over max_queue_bytes: %d, want refused", r)
 	}
 	// Writing frees room: a partial write keeps the head frame.
@@ -103,15 +103,15 @@ func TestOutboundBounds(t *testing.T) {
 		t.Fatalf("after writing 1 frame and 3 bytes: %d frames, head %d", len(o.frames), o.head)
 	}
 	checkBytes(t, &o)
-	if r := o.enqueue(rec("a", 3, false), b, pc); r != pushQueued {
+	if r := o.enqueue(rec("a", 3, false), 0, b, pc); r != pushQueued {
 		t.Fatalf("after a write: %d, want queued", r)
 	}
 	// Held frames of a resume count against the bounds too.
 	o = outbound{}
 	b = queueBounds{messages: 2, bytes: 1 << 20}
 	o.startReplay("r", []partPos{{0, 10}}, nil)
-	o.enqueue(rec("r", 11, false), b, pc)
-	o.enqueue(rec("a", 1, false), b, pc)
+	o.enqueue(rec("r", 11, false), 0, b, pc)
+	o.enqueue(rec("a", 1, false), 0, b, pc)
 	if o.fits(b, 1, 1) {
 		t.Fatal("one held and one queued frame leave room under max_queue_messages 2")
 	}
@@ -129,7 +129,7 @@ func TestOutboundCompaction(t *testing.T) {
 	if got, want := describe(&o), "a@1 x@1 a@3 x@2 b@2"; got != want {
 		t.Fatalf("compacted to %q, want %q", got, want)
 	}
-	if o.conflated["a"] != 1 || o.conflated["b"] != 1 || count(t, pc.conflated) != 2 || count(t, pc.compactions) != 1 {
+	if o.conflated["a"].n != 1 || o.conflated["b"].n != 1 || count(t, pc.conflated) != 2 || count(t, pc.compactions) != 1 {
 		t.Fatalf("skipped %v, conflated %v, compactions %v", o.conflated, count(t, pc.conflated), count(t, pc.compactions))
 	}
 	checkBytes(t, &o)
@@ -155,21 +155,21 @@ func TestOutboundConflation(t *testing.T) {
 	var o outbound
 	size := len(rec("a", 1, true).Data)
 	b := queueBounds{messages: 2, bytes: 1 << 20}
-	o.enqueue(rec("a", 1, true), b, pc)
-	o.enqueue(rec("b", 1, true), b, pc)
+	o.enqueue(rec("a", 1, true), 0, b, pc)
+	o.enqueue(rec("b", 1, true), 0, b, pc)
 	// Full: a newer a replaces the pending a.
-	if r := o.enqueue(rec("a", 2, true), b, pc); r != pushReplaced {
+	if r := o.enqueue(rec("a", 2, true), 0, b, pc); r != pushReplaced {
 		t.Fatalf("a@2 on a full queue: %d, want replaced", r)
 	}
 	// c has nothing pending: it joins beyond the bounds, once.
-	if r := o.enqueue(rec("c", 1, true), b, pc); r != pushQueued {
+	if r := o.enqueue(rec("c", 1, true), 0, b, pc); r != pushQueued {
 		t.Fatalf("c@1 on a full queue: %d, want queued beyond the bounds", r)
 	}
-	if r := o.enqueue(rec("c", 2, true), b, pc); r != pushReplaced {
+	if r := o.enqueue(rec("c", 2, true), 0, b, pc); r != pushReplaced {
 		t.Fatalf("c@2: %d, want replaced", r)
 	}
 	// A route without conflation on the same full queue: refused.
-	if r := o.enqueue(rec("x", 1, false), b, pc); r != pushRefused {
+	if r := o.enqueue(rec("x", 1, false), 0, b, pc); r != pushRefused {
 		t.Fatalf("x@1: %d, want refused", r)
 	}
 	if got, want := describe(&o), "a@2 b@1 c@2"; got != want {
@@ -180,7 +180,7 @@ func TestOutboundConflation(t *testing.T) {
 	}
 	// A frame being written is never replaced: the next a joins instead.
 	o.inflight = 1
-	if r := o.enqueue(rec("a", 3, true), b, pc); r != pushQueued {
+	if r := o.enqueue(rec("a", 3, true), 0, b, pc); r != pushQueued {
 		t.Fatalf("a@3 while a@2 is in flight: %d, want queued", r)
 	}
 	if got, want := describe(&o), "a@2 b@1 c@2 a@3"; got != want {
@@ -201,11 +201,11 @@ func TestOutboundResumeSeam(t *testing.T) {
 	var o outbound
 	st := o.startReplay("r", []partPos{{0, 10}}, nil)
 	for _, off := range []int64{13, 14} { // live, published during the read-back
-		if r := o.enqueue(rec("r", off, false), b, pc); r != pushAside {
+		if r := o.enqueue(rec("r", off, false), 0, b, pc); r != pushAside {
 			t.Fatalf("live r@%d while replaying: %d, want held", off, r)
 		}
 	}
-	o.enqueue(rec("other", 1, false), b, pc) // other channels flow meanwhile
+	o.enqueue(rec("other", 1, false), 0, b, pc) // other channels flow meanwhile
 	checkBytes(t, &o)
 	// The read-back reached 14 (the partition's end when it read).
 	replayed := []*router.Frame{rec("r", 11, false), rec("r", 12, false), rec("r", 13, false), rec("r", 14, false)}
@@ -222,10 +222,10 @@ func TestOutboundResumeSeam(t *testing.T) {
 	checkBytes(t, &o)
 	// A lagging instance's live stream repeats 14: dropped; 15 passes and
 	// the floor is forgotten.
-	if r := o.enqueue(rec("r", 14, false), b, pc); r != pushAside {
+	if r := o.enqueue(rec("r", 14, false), 0, b, pc); r != pushAside {
 		t.Fatalf("live r@14 at the floor: %d, want dropped", r)
 	}
-	if r := o.enqueue(rec("r", 15, false), b, pc); r != pushQueued {
+	if r := o.enqueue(rec("r", 15, false), 0, b, pc); r != pushQueued {
 		t.Fatalf("live r@15: %d, want queued", r)
 	}
 	if _, left := o.resume["r"]; left {
@@ -257,9 +257,9 @@ func TestOutboundResumeOverflow(t *testing.T) {
 	r := startReplay(3)
 	o, st, pc := &r.o, r.st, r.pc
 	for off := int64(21); off <= 23; off++ {
-		o.enqueue(rec("r", off, false), r.b, pc)
+		o.enqueue(rec("r", off, false), 0, r.b, pc)
 	}
-	if res := o.enqueue(rec("r", 24, false), r.b, pc); res != pushQueued {
+	if res := o.enqueue(rec("r", 24, false), 0, r.b, pc); res != pushQueued {
 		t.Fatalf("r@24 past the bounds while replaying: %d, want queued live (resume abandoned)", res)
 	}
 	if count(t, pc.abandoned) != 1 || o.held != 0 || !st.lossy || st.replaying {
@@ -282,7 +282,7 @@ func TestOutboundResumeOverflow(t *testing.T) {
 func TestOutboundFailedResumeSnapshot(t *testing.T) {
 	r := startReplay(100)
 	o := &r.o
-	o.enqueue(rec("r", 21, false), r.b, r.pc)
+	o.enqueue(rec("r", 21, false), 0, r.b, r.pc)
 	complete, queued := o.finishResume("r", r.st, nil, []partPos{{0, 10}}, false, r.last, r.b, r.pc)
 	if complete || !queued || count(t, r.pc.snapshots) != 1 {
 		t.Fatalf("complete %v queued %v snapshots %v", complete, queued, count(t, r.pc.snapshots))
@@ -314,16 +314,16 @@ func TestOutboundFloorForgottenOnReset(t *testing.T) {
 	if complete, _ := o.finishResume("r", st, []*router.Frame{rec("r", 11, false)}, []partPos{{0, 10}}, true, nil, b, pc); !complete {
 		t.Fatal("resume not complete")
 	}
-	if r := o.enqueue(rec("r", 11, false), b, pc); r != pushAside {
+	if r := o.enqueue(rec("r", 11, false), 0, b, pc); r != pushAside {
 		t.Fatalf("live r@11 at the floor: %d, want dropped", r)
 	}
 	// The topic was recreated: its new log starts at 0.
 	first := rec("r", 0, false)
 	first.Reset = true
-	if r := o.enqueue(first, b, pc); r != pushQueued {
+	if r := o.enqueue(first, 0, b, pc); r != pushQueued {
 		t.Fatalf("first frame of the new log (reset) r@0: %d, want queued", r)
 	}
-	if r := o.enqueue(rec("r", 1, false), b, pc); r != pushQueued {
+	if r := o.enqueue(rec("r", 1, false), 0, b, pc); r != pushQueued {
 		t.Fatalf("new log r@1 after the reset: %d, want queued", r)
 	}
 	if got, want := describe(&o), "r@11 r@0 r@1"; got != want {

@@ -33,6 +33,14 @@ const (
 	CloseSlowConsumer = wire.CloseSlowConsumer
 )
 
+// MinMaxRate and MaxMaxRate bound a frequency cap (the subscribe option
+// max_rate and a route's max_rate), in messages a second per channel: the
+// cap's timer has a resolution of a millisecond.
+const (
+	MinMaxRate = 0.01
+	MaxMaxRate = 1000.0
+)
+
 // Request is a parsed client request.
 type Request = wire.Request
 
@@ -87,8 +95,13 @@ func ParseRequest(b []byte, maxChannels int) (*Request, error) {
 					}
 				}
 			}
-		} else if r.Since != nil || r.Snapshot {
-			return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "since and snapshot belong to subscribe"}
+			if r.MaxRate != nil {
+				if v := *r.MaxRate; !(v >= MinMaxRate && v <= MaxMaxRate) {
+					return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: fmt.Sprintf("max_rate %g must be between %g and %g messages a second", v, MinMaxRate, MaxMaxRate)}
+				}
+			}
+		} else if r.Since != nil || r.Snapshot || r.MaxRate != nil {
+			return nil, &ProtocolError{ID: r.ID, Code: CodeBadRequest, Message: "since, snapshot and max_rate belong to subscribe"}
 		}
 	case "ping":
 	case "refresh":
@@ -226,6 +239,9 @@ type Message struct {
 	// Conflate lets a connection that falls behind keep only the newest
 	// pending record of this channel (the route's slow: conflate).
 	Conflate bool
+	// MaxRate is the route's frequency cap (messages a second per channel
+	// and connection; 0: none), for subscriptions that set no max_rate.
+	MaxRate float64
 }
 
 // EncodeMessage encodes m once as a complete WebSocket text frame and
@@ -290,5 +306,6 @@ func EncodeMessage(m *Message) *router.Frame {
 		Data:      b[start:],
 		Payload:   b[hl:],
 		Conflate:  m.Conflate,
+		MaxRate:   m.MaxRate,
 	}
 }

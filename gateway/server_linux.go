@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/gateway/wire"
@@ -35,13 +36,17 @@ type Server struct {
 	router *router.Router
 	log    *slog.Logger
 
-	metrics     *metrics
-	policy      policyCounters // the outbound queues' counters, on metrics
-	conns       *netpoll.Registry[conn]
-	work        *netpoll.WorkQueue[conn]
-	readPoller  *netpoll.Poller
-	writePoller *netpoll.Poller
-	clock       atomic.Int64 // coarse time in Unix ms, advanced by the ticker
+	metrics      *metrics
+	policy       policyCounters // the outbound queues' counters, on metrics
+	conns        *netpoll.Registry[conn]
+	work         *netpoll.WorkQueue[conn]
+	readPoller   *netpoll.Poller
+	writePoller  *netpoll.Poller
+	clock        atomic.Int64      // coarse time in Unix ms, advanced by the ticker
+	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
+	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
+	deflateConns atomic.Int64      // connections that negotiated permessage-deflate (deflate.go)
+	deflated     atomic.Int64      // records compressed (kpush_deflated_records_total)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -118,6 +123,7 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		sys:        sys,
 		fatal:      make(chan error, 2),
 		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
+		timers:     newTimerWheel[conn](),
 	}
 	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
 	s.clock.Store(time.Now().UnixMilli())
@@ -236,6 +242,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	goTracked(func() { s.pollerDone("read", s.readPoller.Wait(s.dispatchReadable)) })
 	goTracked(func() { s.pollerDone("write", s.writePoller.Wait(s.dispatchWritable)) })
 	goTracked(func() { s.runTicker(ctx) })
+	goTracked(func() { s.timers.run(ctx, (*conn).onTimer) })
 	if s.certs != nil {
 		goTracked(func() { s.certs.run(ctx) })
 	}
@@ -596,6 +603,11 @@ func (s *Server) handshake(nc net.Conn) {
 	defer client.release(s.perIP) // unless the conn took the slot over
 	ua.headErr = checkHead(head)
 	up := s.upgrader(&ua)
+	var ext wsflate.Extension
+	if s.cfg.Compression {
+		ext.Parameters = deflateParams
+		up.Negotiate = ext.Negotiate
+	}
 	_, err = up.Upgrade(headConn{r: bytes.NewReader(head), w: nc})
 	if err != nil {
 		var rej *ws.ConnectionRejectedError
@@ -619,8 +631,12 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	now := s.clock.Load()
 	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip}
+	if _, ok := ext.Accepted(); ok {
+		c.out.deflate = true
+		s.deflateConns.Add(1) // until releaseIfIdleLocked
+	}
 	if len(rest) > 0 {
-		c.partial = append([]byte(nil), rest...) // frames sent with the request
+		c.rd = &readState{partial: append([]byte(nil), rest...)} // frames sent with the request
 	}
 	if link != nil {
 		link.Detach(fd)
@@ -650,7 +666,7 @@ func (s *Server) handshake(nc net.Conn) {
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
 	if c.tls != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
-		// c.partial, and crypto/tls may hold more records; epoll would
+		// c.rd.partial, and crypto/tls may hold more records; epoll would
 		// report neither.
 		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
@@ -763,7 +779,14 @@ func (s *Server) forceCloseAll() {
 // of connections that accepted it. A record nobody subscribes to and
 // nothing retains is not encoded at all.
 func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame { return EncodeMessage(m) })
+	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame {
+		f := EncodeMessage(m)
+		if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
+			f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
+			s.deflated.Add(1)
+		}
+		return f
+	})
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

@@ -44,6 +44,13 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 func (s *Server) subscribe(c *conn, req *Request) {
 	start := time.Now() // resume_timeout runs from here
 	c.mu.Lock()
+	if req.MaxRate != nil {
+		// Before the router subscribes: the first frame already obeys
+		// it. A channel already subscribed takes the new rate.
+		for _, ch := range req.Channels {
+			c.out.setCap(ch, *req.MaxRate)
+		}
+	}
 	fresh := make([]string, 0, len(req.Channels))
 	for _, ch := range req.Channels {
 		if !contains(c.subs, ch) && !contains(fresh, ch) {
@@ -133,6 +140,7 @@ func (s *Server) unsubscribe(c *conn, req *Request) {
 	c.subs = kept
 	for _, ch := range gone {
 		c.out.dropResume(ch)
+		c.out.dropCap(ch)
 	}
 	c.mu.Unlock()
 	if len(gone) > 0 {

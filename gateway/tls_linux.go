@@ -62,15 +62,20 @@ func (c *conn) flushTLS(w *worker) {
 			// copied because TLS records span frames.
 			plain := w.rbuf[:0]
 			for i, f := range c.out.frames {
-				if f.Conflate && c.out.conflated != nil && (i > 0 || c.out.head == 0) {
+				if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
-				if c.sse != nil {
-					f = c.sseFrameLocked(i, f)
-				} else if c.cf != nil {
-					f = c.cfFrameLocked(i, f)
+				// Event streams and Centrifugo sessions re-encode the frame and
+				// never send the shared permessage-deflate form.
+				var b []byte
+				switch {
+				case c.sse != nil:
+					b = c.sseFrameLocked(i, f).Data
+				case c.cf != nil:
+					b = c.cfFrameLocked(i, f).Data
+				default:
+					b = c.out.wire(f)
 				}
-				b := f.Data
 				if i == 0 {
 					b = b[c.out.head:]
 				}
@@ -100,6 +105,7 @@ func (c *conn) flushTLS(w *worker) {
 		} else {
 			c.mu.Unlock()
 		}
+		c.srv.socketWrites.Add(1)
 		if err := link.WriteOut(); err != nil {
 			c.mu.Lock()
 			c.writeFailedLocked(err)

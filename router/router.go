@@ -29,12 +29,22 @@ type Frame struct {
 	// Data is the complete wire form (a WebSocket frame, header included),
 	// written to every subscriber as it is.
 	Data []byte
+	// Deflated is Data compressed with permessage-deflate (RFC 7692, no
+	// context takeover: a complete frame with RSV1 set), made once when the
+	// frame is encoded for the sinks that negotiated it; nil when none did
+	// or the frame is too small to gain. Sinks that did not negotiate it
+	// write Data.
+	Deflated []byte
 	// Payload is the message body inside Data, kept for sinks that must
 	// re-encode it (for example to mark it as a snapshot or as conflated).
 	Payload []byte
 	// Conflate allows a sink that falls behind to drop this frame in favour
 	// of a newer one of the same channel (and to say how many it dropped).
 	Conflate bool
+	// MaxRate is the frequency cap of the frame's route, in frames a second
+	// per channel and subscriber (0: none); a sink applies it to
+	// subscriptions that asked for no cap of their own.
+	MaxRate float64
 }
 
 // Sink receives frames for the channels it subscribed to.

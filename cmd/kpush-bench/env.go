@@ -143,6 +143,9 @@ gateway:
   path: /ws
   max_connections: 1000000
   drain_timeout: 1s
+  write_delay: %s
+  compression: %v
+  compression_min_bytes: %d
 kafka:
   brokers: [%s]
   start: latest
@@ -153,10 +156,11 @@ routes:
     format: json
     snapshot: %v
     slow: %s
+    max_rate: %g
 %slog:
   level: info
   format: json
-`, scenario, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, historyYAML(e.o.history))
+`, scenario, e.o.writeDelay, e.o.deflate, e.o.deflateMin, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, e.o.maxRate, historyYAML(e.o.history))
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	p, err := target.Start(sctx, target.Options{
@@ -202,7 +206,7 @@ func (e *env) newPool(k *kpushRef, channels []string, inFlight int) (*wsload.Poo
 	return wsload.New(wsload.Config{
 		URL: k.wsURL, Channels: channels, Loops: e.o.loops,
 		SourceAddrs: e.o.srcAddrs, MaxInFlight: inFlight,
-		HandshakeTimeout: 30 * time.Second,
+		HandshakeTimeout: 30 * time.Second, Deflate: e.o.deflate,
 	})
 }
 
@@ -289,6 +293,12 @@ func (p *producer) flush(ctx context.Context) error {
 	return nil
 }
 
+// marketPad selects AppendMarketValue's padding (-record-pad market).
+var marketPad bool
+
 func wsloadValue(seq, sent int64, size int) []byte {
+	if marketPad {
+		return wsload.AppendMarketValue(make([]byte, 0, max(size, 64)), seq, sent, size)
+	}
 	return wsload.AppendValue(make([]byte, 0, max(size, 64)), seq, sent, size)
 }

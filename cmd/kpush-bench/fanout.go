@@ -33,7 +33,9 @@ type Step struct {
 	KpushSystemSeconds      float64      `json:"kpush_system_seconds"` // of KpushCPUSeconds: in the kernel (on loopback, includes the receiving side's TCP work)
 	DeliveriesPerKpushCPU   float64      `json:"deliveries_per_kpush_cpu_second"`
 	KpushRSSBytes           float64      `json:"kpush_rss_bytes"`
-	FramesPerWrite          float64      `json:"frames_per_write"` // kpush deliveries per socket write
+	FramesPerWrite          float64      `json:"frames_per_write"`   // kpush deliveries per socket write
+	SocketWrites            float64      `json:"socket_writes"`      // kpush_socket_writes_total over the step
+	BytesPerDelivery        float64      `json:"bytes_per_delivery"` // bytes the clients read per delivery (frames, headers, pings)
 	Latency                 hist.Summary `json:"latency"`
 	KpushP50, KpushP99      float64      `json:"-"`             // kpush's own histogram, Kafka timestamp to socket write: bucket bounds in seconds (+Inf past the last)
 	KpushLatency            string       `json:"kpush_latency"` // the same, as text: "p50 <= x, p99 <= y"
@@ -238,6 +240,10 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	if w := m1.Writes - m0.Writes; w > 0 {
 		st.FramesPerWrite = (m1.Deliveries - m0.Deliveries) / w
 	}
+	st.SocketWrites = m1.SocketWrites - m0.SocketWrites
+	if st.Received > 0 {
+		st.BytesPerDelivery = float64(s1.Bytes-s0.Bytes) / float64(st.Received)
+	}
 	st.KpushSlowConsumerCloses = m1.SlowConsumers - m0.SlowConsumers
 	st.ConnectionsLost = (s1.Closed - s0.Closed) + (s1.Lost - s0.Lost)
 	st.Latency = l1.Sub(l0).Summary()
@@ -266,10 +272,10 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	if !judge {
 		st.KeptUp = st.Missing == 0 && st.ConnectionsLost == 0
 	}
-	logf("%s: %d records, %d/%d deliveries (%s/s), p50 %s p99 %s max %s (kpush's own histogram: p50 <= %s, p99 <= %s), kpush %.2f CPU-s (%.2f user + %.2f system; %.2f cores, %.1f frames per write) → %s deliveries per kpush CPU-second; generator %.2f cores; kept up: %v %s",
+	logf("%s: %d records, %d/%d deliveries (%s/s), p50 %s p99 %s max %s (kpush's own histogram: p50 <= %s, p99 <= %s), kpush %.2f CPU-s (%.2f user + %.2f system; %.2f cores, %.1f frames per write, %.0f socket writes, %.1f bytes read per delivery) → %s deliveries per kpush CPU-second; generator %.2f cores; kept up: %v %s",
 		label, produced, st.Received, expected, si(st.DeliveriesPerSec), ms(st.Latency.P50), ms(st.Latency.P99), ms(st.Latency.Max),
 		bound(st.KpushP50), bound(st.KpushP99),
-		st.KpushCPUSeconds, st.KpushUserSeconds, st.KpushSystemSeconds, st.KpushCores, st.FramesPerWrite, si(st.DeliveriesPerKpushCPU), st.Generator.Cores, st.KeptUp, st.Note)
+		st.KpushCPUSeconds, st.KpushUserSeconds, st.KpushSystemSeconds, st.KpushCores, st.FramesPerWrite, st.SocketWrites, st.BytesPerDelivery, si(st.DeliveriesPerKpushCPU), st.Generator.Cores, st.KeptUp, st.Note)
 	return st, nil
 }
 

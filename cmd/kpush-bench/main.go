@@ -60,6 +60,10 @@ type options struct {
 	history       int
 	slow          string
 	kpushCPUs     string
+	deflate       bool          // clients offer permessage-deflate; a started kpush accepts it
+	deflateMin    int           // a started kpush's gateway.compression_min_bytes
+	writeDelay    time.Duration // a started kpush's gateway.write_delay
+	maxRate       float64       // a started kpush's routes[].max_rate
 
 	idleSteps    []int
 	idleChannels int
@@ -146,6 +150,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.history, "route-history", 0, "a started kpush's route keeps this many records per channel for resumes (routes[].history.max_records; 0: none)")
 	fs.StringVar(&o.slow, "route-slow", "disconnect", "a started kpush's policy for full queues (routes[].slow): disconnect or conflate")
 	fs.StringVar(&o.kpushCPUs, "kpush-cpus", "", "run the started kpush on these CPUs (taskset -c LIST), e.g. 0,1")
+	fs.BoolVar(&o.deflate, "compression", false, "clients offer permessage-deflate and a started kpush accepts it (gateway.compression)")
+	fs.IntVar(&o.deflateMin, "compression-min-bytes", 64, "a started kpush's gateway.compression_min_bytes (with -compression)")
+	fs.DurationVar(&o.writeDelay, "write-delay", 0, "a started kpush's gateway.write_delay (coalesced writes; 0: off)")
+	fs.Float64Var(&o.maxRate, "route-max-rate", 0, "a started kpush's routes[].max_rate (frequency cap per channel and connection; 0: none)")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")
 	fs.IntVar(&o.idleChannels, "idle-channels", 1000, "idle: connections subscribe to one of this many channels")
@@ -156,6 +164,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.fanoutStep, "fanout-step", 5*time.Second, "fanout: duration of each rate step")
 	fs.IntVar(&o.fanoutOverload, "fanout-overload", 3, "fanout: rate steps still run after the first one that does not keep up (they show the cost per delivery under overload)")
 	fs.IntVar(&o.recordBytes, "record-bytes", 100, "record value size in bytes")
+	fs.BoolVar(&marketPad, "record-market-pad", false, "pad record values with market-data-like fields (repeating names, random numbers) instead of one repeated byte: for -compression")
 
 	fs.IntVar(&o.marketConns, "market-conns", 10000, "market: connections")
 	fs.IntVar(&o.marketSubs, "market-subs", 10, "market: symbols each connection subscribes to")

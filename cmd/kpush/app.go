@@ -221,6 +221,7 @@ func toGateway(m *consumer.Message) *gateway.Message {
 		Data:      m.Value,
 		Binary:    m.Route.Format == consumer.FormatBytes,
 		Conflate:  m.Route.Slow == consumer.SlowConflate,
+		MaxRate:   m.Route.MaxRate,
 	}
 }
 

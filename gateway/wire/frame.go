@@ -37,6 +37,10 @@ type ClientFrame struct {
 	Fin     bool
 	Op      ws.OpCode
 	Payload []byte
+	// Compressed is RSV1 on the first frame of a data message: the
+	// message is compressed with permessage-deflate (RFC 7692). Only
+	// ParseClientFrameExt with deflate set accepts it.
+	Compressed bool
 }
 
 // ParseClientFrame parses one client frame from b and unmasks its payload
@@ -45,15 +49,27 @@ type ClientFrame struct {
 // maxPayload are refused as soon as the header is read, before their
 // payload arrives.
 func ParseClientFrame(b []byte, maxPayload int) (f ClientFrame, n int, err error) {
+	return ParseClientFrameExt(b, maxPayload, false)
+}
+
+// ParseClientFrameExt is ParseClientFrame for a connection that may have
+// negotiated permessage-deflate: with deflate set, RSV1 is accepted on a
+// text or binary frame (the first of a message) and reported as
+// Compressed; on control and continuation frames it stays an error (RFC
+// 7692 §6). RSV2 and RSV3 are always errors.
+func ParseClientFrameExt(b []byte, maxPayload int, deflate bool) (f ClientFrame, n int, err error) {
 	if len(b) < 2 {
 		return f, 0, nil
 	}
 	b0, b1 := b[0], b[1]
 	f.Fin = b0&0x80 != 0
-	if b0&0x70 != 0 {
-		return f, 0, ErrFrameRSV
-	}
 	f.Op = ws.OpCode(b0 & 0x0f)
+	if rsv := b0 & 0x70; rsv != 0 {
+		if !deflate || rsv != 0x40 || (f.Op != ws.OpText && f.Op != ws.OpBinary) {
+			return f, 0, ErrFrameRSV
+		}
+		f.Compressed = true
+	}
 	if f.Op.IsReserved() {
 		return f, 0, ErrFrameOpcode
 	}

@@ -185,6 +185,42 @@ func FuzzParseFrame(f *testing.F) {
 		if fr.Op.IsControl() && (len(fr.Payload) > 125 || !fr.Fin) {
 			t.Fatalf("control frame op %d fin %v len %d accepted", fr.Op, fr.Fin, len(fr.Payload))
 		}
+		if fr.Compressed {
+			t.Fatal("RSV1 accepted without the extension")
+		}
+	})
+}
+
+// FuzzParseFrameDeflate: with permessage-deflate negotiated, RSV1 is
+// accepted only on text and binary frames, and otherwise the parser
+// answers exactly as without it.
+func FuzzParseFrameDeflate(f *testing.F) {
+	mask := []byte{1, 2, 3, 4}
+	for _, s := range [][]byte{
+		append([]byte{0xc1, 0x85}, append(mask, []byte("hello")...)...),
+		append([]byte{0xc9, 0x80}, mask...),
+		append([]byte{0x40, 0x80}, mask...),
+		append([]byte{0xa1, 0x80}, mask...),
+		{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'},
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		const max = 1024
+		fr, n, err := ParseClientFrameExt(bytes.Clone(b), max, true)
+		if err != nil && n != 0 {
+			t.Fatalf("error %v with n=%d", err, n)
+		}
+		if fr.Compressed && err == nil && n > 0 && fr.Op != ws.OpText && fr.Op != ws.OpBinary {
+			t.Fatalf("RSV1 accepted on op %d", fr.Op)
+		}
+		if len(b) > 0 && b[0]&0x40 == 0 {
+			// Without RSV1 the extension changes nothing.
+			fr2, n2, err2 := ParseClientFrame(bytes.Clone(b), max)
+			if n2 != n || err2 != err || fr2.Op != fr.Op || fr2.Fin != fr.Fin || !bytes.Equal(fr2.Payload, fr.Payload) {
+				t.Fatalf("%x: with deflate %v %d %v, without %v %d %v", b, fr, n, err, fr2, n2, err2)
+			}
+		}
 	})
 }
 

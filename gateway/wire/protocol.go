@@ -34,7 +34,11 @@ type Request struct {
 	Channels []string                    `json:"channels,omitempty"`
 	Since    map[string]map[string]int64 `json:"since,omitempty"`
 	Snapshot bool                        `json:"snapshot,omitempty"`
-	Token    string                      `json:"token,omitempty"`
+	// MaxRate caps the subscribe's channels at this many messages a
+	// second for the connection (the newest, with "skipped":N); nil: the
+	// route's default.
+	MaxRate *float64 `json:"max_rate,omitempty"`
+	Token   string   `json:"token,omitempty"`
 }
 
 // Frame is any server frame of protocol v1, as a client decodes it.

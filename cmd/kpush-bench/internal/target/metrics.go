@@ -29,6 +29,7 @@ type Metrics struct {
 	HandshakesOK  float64   `json:"handshakes_ok"`   // kpush_handshakes_total{result="ok"}
 	HandshakesBad float64   `json:"handshakes_fail"` // kpush_handshakes_total{result!="ok"}
 	Writes        float64   `json:"writes"`          // kpush_delivery_latency_seconds_count: socket writes carrying a record
+	SocketWrites  float64   `json:"socket_writes"`   // kpush_socket_writes_total: every write call
 	// LatencyBuckets are kpush_delivery_latency_seconds' cumulative
 	// buckets (Kafka timestamp to socket write, once per write), by upper
 	// bound in seconds.
@@ -79,6 +80,7 @@ var series = []struct {
 	{"kpush_subscriptions", "", "", func(m *Metrics) *float64 { return &m.Subscriptions }},
 	{"kpush_published_total", "", "", func(m *Metrics) *float64 { return &m.Published }},
 	{"kpush_deliveries_total", "", "", func(m *Metrics) *float64 { return &m.Deliveries }},
+	{"kpush_socket_writes_total", "", "", func(m *Metrics) *float64 { return &m.SocketWrites }},
 	{"kpush_queue_full_total", "", "", func(m *Metrics) *float64 { return &m.QueueFull }},
 	{"kpush_slow_consumers_total", "", "", func(m *Metrics) *float64 { return &m.SlowConsumers }},
 	{"kpush_handshakes_total", `result="ok"`, "", func(m *Metrics) *float64 { return &m.HandshakesOK }},

@@ -123,3 +123,16 @@ func FuzzServerFrames(f *testing.F) {
 		upgradeOK(b)
 	})
 }
+
+func TestAppendMarketValue(t *testing.T) {
+	for _, size := range []int{0, 100, 2048} {
+		v := AppendMarketValue(nil, 7, 1700000000123456789, size)
+		if size > 60 && len(v) != size {
+			t.Fatalf("size %d: %d bytes", size, len(v))
+		}
+		m, ok := parseMsg([]byte(`{"op":"msg","ch":"c","p":0,"o":1,"ts":1,"data":` + string(v) + `}`))
+		if !ok || m.seq != 7 || m.sentNanos != 1700000000123456789 {
+			t.Fatalf("size %d: %s parsed as %+v %v", size, v, m, ok)
+		}
+	}
+}

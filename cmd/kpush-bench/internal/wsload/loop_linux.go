@@ -2,7 +2,9 @@ package wsload
 
 import (
 	"bytes"
+	"compress/flate"
 	"errors"
+	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -69,9 +71,13 @@ type loop struct {
 	all      []*wconn // every connection this loop was given
 	queue    []*wconn // waiting to be dialed
 	inflight int
-	buf      []byte // read buffer, shared by all connections
-	reqBuf   []byte // request being encoded
-	frameBuf []byte // output frame being built
+	buf      []byte        // read buffer, shared by all connections
+	reqBuf   []byte        // request being encoded
+	frameBuf []byte        // output frame being built
+	inflater io.ReadCloser // flate reader for compressed frames (Config.Deflate); nil until one arrives
+	zin      []byte        // a compressed payload with the stream's end appended
+	zsrc     bytes.Reader  // over zin (a ByteReader: flate adds no buffer of its own)
+	zbuf     bytes.Buffer  // a compressed frame's inflated payload
 	rng      uint64
 	events   []unix.EpollEvent
 	lastScan int64
@@ -506,7 +512,16 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 			return used
 		}
 		payload := data[used+hdr : used+hdr+n]
+		compressed := data[used]&0x40 != 0
 		used += hdr + n
+		if compressed && op == ws.OpText {
+			p, err := l.inflate(payload)
+			if err != nil {
+				l.fail(w, "frame: inflate: "+err.Error())
+				return used
+			}
+			payload = p
+		}
 		switch op {
 		case ws.OpText:
 			l.text(w, payload, now)
@@ -532,6 +547,29 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 			return used
 		}
 	}
+}
+
+// deflateEnd completes a permessage-deflate payload as a DEFLATE stream:
+// the empty stored block the sender stripped (RFC 7692 §7.2.2), then a
+// final empty stored block, so the reader ends with io.EOF.
+var deflateEnd = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
+
+// inflate returns a compressed message's payload (permessage-deflate, no
+// context takeover: each message on its own), valid until the next call.
+// It allocates nothing once warm.
+func (l *loop) inflate(p []byte) ([]byte, error) {
+	l.zin = append(append(l.zin[:0], p...), deflateEnd...)
+	l.zsrc.Reset(l.zin)
+	if l.inflater == nil {
+		l.inflater = flate.NewReader(&l.zsrc)
+	} else if err := l.inflater.(flate.Resetter).Reset(&l.zsrc, nil); err != nil {
+		return nil, err
+	}
+	l.zbuf.Reset()
+	if _, err := l.zbuf.ReadFrom(l.inflater); err != nil {
+		return nil, err
+	}
+	return l.zbuf.Bytes(), nil
 }
 
 func (l *loop) text(w *wconn, p []byte, now int64) {

@@ -39,6 +39,17 @@ type Config struct {
 	// HandshakeTimeout fails a connection not subscribed (or upgraded, if it
 	// subscribes to nothing) within it; 0 means 10s.
 	HandshakeTimeout time.Duration
+	// Deflate offers permessage-deflate (as browsers do); compressed frames
+	// (RSV1) are inflated before they are checked. kpush accepts it only
+	// with no context takeover, so each message inflates on its own.
+	Deflate bool
+}
+
+func deflateOffer(on bool) string {
+	if !on {
+		return ""
+	}
+	return "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 }
 
 // Pool is a set of client connections served by event loops.
@@ -88,7 +99,7 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p.request = []byte("GET " + path + " HTTP/1.1\r\nHost: " + u.Host +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + wsKey +
-		"\r\nSec-WebSocket-Version: 13\r\nUser-Agent: kpush-bench\r\n\r\n")
+		"\r\nSec-WebSocket-Version: 13\r\nUser-Agent: kpush-bench\r\n" + deflateOffer(cfg.Deflate) + "\r\n")
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(p, i, max(1, cfg.MaxInFlight/cfg.Loops))
 		if err != nil {

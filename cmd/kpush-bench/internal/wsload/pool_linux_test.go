@@ -197,3 +197,33 @@ func TestRefusedUpgradeIsAFailure(t *testing.T) {
 		t.Fatalf("stats %+v, want five ready and three HTTP 503 failures", s)
 	}
 }
+
+// TestDeflateDeliveries: with Deflate the pool negotiates permessage-deflate,
+// inflates compressed records and checks them like plain ones; fewer bytes
+// cross the socket than the records' plain size.
+func TestDeflateDeliveries(t *testing.T) {
+	srv, url := startGateway(t, func(c *gateway.Config) { c.Compression = true; c.CompressionMinBytes = 64 })
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Deflate: true})
+	p.Open(2, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	b0 := p.Stats().Bytes
+	const n = 200
+	plain := 0
+	for seq := int64(1); seq <= n; seq++ {
+		m := &gateway.Message{Channel: "c", Offset: seq, Timestamp: 1, Data: AppendMarketValue(nil, seq, time.Now().UnixNano(), 2048)}
+		plain += len(gateway.EncodeMessage(m).Data)
+		srv.Publish(m, nil)
+	}
+	waitFor(t, 10*time.Second, "every delivery", func() bool { return p.Stats().Deliveries == 2*n })
+	s := p.Stats()
+	if s.Gaps != 0 || s.Dups != 0 {
+		t.Fatalf("gaps %d dups %d", s.Gaps, s.Dups)
+	}
+	if got := s.Bytes - b0; got >= int64(2*plain) {
+		t.Fatalf("%d bytes read for %d deliveries of %d plain bytes each: not compressed", got, 2*n, plain/n)
+	}
+}
