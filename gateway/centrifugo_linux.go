@@ -92,7 +92,7 @@ func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
 	if cmd.Connect != nil {
 		return s.cfConnect(c, cmd.ID, cmd.Connect)
 	}
-	if !c.cf.connected {
+	if !c.cfState().connected {
 		c.closeWith(cfCloseBadRequest, "connect first", true)
 		return false
 	}
@@ -122,7 +122,7 @@ func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
 // cfConnect checks the connect command's token with the auth settings (as
 // an upgrade's token) and answers with the ping interval.
 func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
-	if c.cf.connected {
+	if c.cfState().connected {
 		c.closeWith(cfCloseBadRequest, "already connected", true)
 		return false
 	}
@@ -144,10 +144,10 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 	}
 	var rb [8]byte
 	_, _ = rand.Read(rb[:])
-	c.cf.client = hex.EncodeToString(rb[:])
-	c.cf.connected = true
+	c.cfState().client = hex.EncodeToString(rb[:])
+	c.cfState().connected = true
 	ping := max(1, int(s.lim().PingInterval.Seconds()))
-	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cf.client, ping, cfExpiry(g))
+	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cfState().client, ping, cfExpiry(g))
 	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "connect", res)))
 	return true
 }
@@ -164,7 +164,7 @@ func cfExpiry(g *auth.Grant) string {
 // cfRefresh replaces the connection's token (the SDKs refresh before ttl).
 func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 	if s.verifier == nil {
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"}`)))
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"}`)))
 		return
 	}
 	g, err := s.verifier.Verify(token)
@@ -181,7 +181,7 @@ func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 		return
 	}
 	c.setGrant(g)
-	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cf.client+`","version":"kpush"`+cfExpiry(g)+`}`)))
+	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"`+cfExpiry(g)+`}`)))
 }
 
 // cfSubscribe subscribes one channel. The reply is queued before the
@@ -224,10 +224,10 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			// ok reply becomes the subscribe reply, and the records it
 			// sends first go into the reply's publications
 			// (cfFrameLocked).
-			if c.cf.pending == nil {
-				c.cf.pending = make(map[string]*cfPending)
+			if c.cfState().pending == nil {
+				c.cfState().pending = make(map[string]*cfPending)
 			}
-			c.cf.pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
+			c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
 			c.mu.Unlock()
 			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},
 				Since: map[string]map[string]int64{ch: {strconv.Itoa(int(part)): int64(req.Offset)}}})
@@ -304,7 +304,7 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		return nil
 	}
 	var pd *cfPending
-	for _, x := range c.cf.pending {
+	for _, x := range c.cfState().pending {
 		if x.id == r.ID {
 			pd = x
 		}
@@ -312,7 +312,7 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 	if pd == nil {
 		return nil
 	}
-	delete(c.cf.pending, pd.ch)
+	delete(c.cfState().pending, pd.ch)
 	if r.Op == "error" {
 		code := cfErrBadRequest
 		switch r.Code {
@@ -372,7 +372,7 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		if !ok {
 			return f
 		}
-		if pd := c.cf.pending[f.Channel]; pd != nil {
+		if pd := c.cfState().pending[f.Channel]; pd != nil {
 			// Before its subscribe reply: into the reply's publications;
 			// an unsolicited pong (RFC 6455 §5.5.3) takes its place.
 			if len(pd.pubs) > 0 {
@@ -386,7 +386,7 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
 		b = wire.ServerFrame(ws.OpText, []byte("{}"))
-	case f.Channel == "" && len(c.cf.pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
+	case f.Channel == "" && len(c.cfState().pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
 		op, payload := serverFramePayload(f.Data)
 		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
 			return f

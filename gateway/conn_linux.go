@@ -28,10 +28,11 @@ type conn struct {
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
 
-	tls *tlsState  // nil for plain ws; set before the conn is registered
-	sse *sseStream // nil for a WebSocket; an event stream's position (sse_linux.go); guarded by mu
-	cf  *cfSession // nil unless the conn speaks Centrifugo's protocol (centrifugo_linux.go)
-	sec connSec    // token grant, expiry and request rate (security_linux.go)
+	// alt is nil for a plain-ws protocol v1 connection (most of them);
+	// otherwise its TLS state, event stream or Centrifugo session. Set
+	// before the conn is registered.
+	alt *altProto
+	sec connSec // token grant, expiry and request rate (security_linux.go)
 
 	mu      sync.Mutex
 	out     outbound // guarded by mu; frames on their way to the socket (outbound.go)
@@ -43,6 +44,51 @@ type conn struct {
 	// (epoll's one-shot arming guarantees there is at most one); nil while
 	// no frame or message is partly read, so an idle conn does not carry it.
 	rd *readState
+}
+
+// altProto is what a connection has beyond plain-ws protocol v1, behind
+// one pointer so that such a connection (most of them, idle) pays 8 bytes
+// for all of it and stays in the 240-byte size class (TestConnSize).
+type altProto struct {
+	tls *tlsState  // wss and https event streams
+	sse *sseStream // an event stream's position (sse_linux.go); guarded by the conn's mu
+	cf  *cfSession // a Centrifugo client protocol session (centrifugo_linux.go)
+}
+
+// ext returns c.alt, made on first use; only before the conn is registered.
+func (c *conn) ext() *altProto {
+	if c.alt == nil {
+		c.alt = &altProto{}
+	}
+	return c.alt
+}
+
+// setTLS records the connection's TLS state; only before it is registered.
+func (c *conn) setTLS(t *tlsState) { c.ext().tls = t }
+
+// tlsLink returns the TLS state, nil for a plain connection.
+func (c *conn) tlsLink() *tlsState {
+	if c.alt == nil {
+		return nil
+	}
+	return c.alt.tls
+}
+
+// sseState returns the event stream state, nil unless c is an event stream.
+func (c *conn) sseState() *sseStream {
+	if c.alt == nil {
+		return nil
+	}
+	return c.alt.sse
+}
+
+// cfState returns the Centrifugo session, nil unless c speaks Centrifugo's
+// protocol.
+func (c *conn) cfState() *cfSession {
+	if c.alt == nil {
+		return nil
+	}
+	return c.alt.cf
 }
 
 // readState is what a connection's reader carries between reads.
@@ -226,7 +272,7 @@ func (c *conn) scheduleLocked() {
 // flush writes as much of the queue as the socket takes, with one writev per
 // round. It runs on a worker; flagFlushing makes it exclusive.
 func (c *conn) flush(w *worker) {
-	if c.tls != nil {
+	if c.tlsLink() != nil {
 		c.flushTLS(w)
 		return
 	}
@@ -255,9 +301,9 @@ func (c *conn) flush(w *worker) {
 			// never send the shared permessage-deflate form.
 			var b []byte
 			switch {
-			case c.sse != nil:
+			case c.sseState() != nil:
 				b = c.sseFrameLocked(i, f).Data
-			case c.cf != nil:
+			case c.cfState() != nil:
 				b = c.cfFrameLocked(i, f).Data
 			default:
 				b = c.out.wire(f)
@@ -394,7 +440,7 @@ func (c *conn) onReadable(w *worker) {
 	c.mu.Lock()
 	c.flags &^= flagReading
 	if alive && c.flags&flagClosed == 0 {
-		if c.tls != nil && !c.tls.drained {
+		if c.tlsLink() != nil && !c.tlsLink().drained {
 			// crypto/tls may hold records epoll cannot see: read again.
 			c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 		} else {
@@ -415,7 +461,7 @@ func (c *conn) onReadable(w *worker) {
 // returns false when the connection must be dropped without a close
 // handshake (EOF, socket error).
 func (c *conn) readFrames(w *worker) bool {
-	if c.sse != nil {
+	if c.sseState() != nil {
 		return c.sseDiscard(w)
 	}
 	maxPayload := c.srv.lim().MaxMessageBytes
@@ -583,7 +629,7 @@ func (c *conn) handleText(p []byte) bool {
 		c.closeWith(ws.StatusInvalidFramePayloadData, "text frame is not valid UTF-8", true)
 		return false
 	}
-	if c.cf != nil {
+	if c.cfState() != nil {
 		return c.srv.handleCentrifugo(c, p)
 	}
 	c.srv.handleRequest(c, p)
@@ -690,10 +736,10 @@ func (c *conn) releaseIfIdleLocked() {
 	c.srv.conns.Remove(fd, c)
 	netpoll.Close(fd)
 	c.releaseSecurityLocked()
-	if c.sse != nil {
+	if c.sseState() != nil {
 		c.srv.metrics.sseConns.Add(-1)
 	}
-	if c.cf != nil {
+	if c.cfState() != nil {
 		c.srv.metrics.cfConns.Add(-1)
 	}
 	c.fd = -1

@@ -346,7 +346,7 @@ func closeRejectReason(code ws.StatusCode) string {
 func (c *conn) releaseSecurityLocked() {
 	c.srv.slots.Add(-1)
 	c.srv.perIP.release(c.ip)
-	if c.tls != nil {
-		c.tls.link.Release()
+	if c.tlsLink() != nil {
+		c.tlsLink().link.Release()
 	}
 }

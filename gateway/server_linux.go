@@ -640,13 +640,13 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	if link != nil {
 		link.Detach(fd)
-		c.tls = &tlsState{tc: tc, link: link}
+		c.setTLS(&tlsState{tc: tc, link: link})
 	}
 	if s.verifier != nil {
 		c.setGrant(ua.grant)
 	}
 	if cf {
-		c.cf = &cfSession{}
+		c.ext().cf = &cfSession{}
 		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
@@ -664,7 +664,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	s.metrics.handshakes.WithLabelValues("ok").Inc()
-	if c.tls != nil || len(rest) > 0 {
+	if c.tlsLink() != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
 		// c.rd.partial, and crypto/tls may hold more records; epoll would
 		// report neither.

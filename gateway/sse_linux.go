@@ -180,11 +180,11 @@ func (s *Server) startSSE(nc, raw net.Conn, hr *http.Request, client *clientAddr
 	}
 	// From here as handshake() does for an upgraded WebSocket.
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip, sse: newSSEStream(req.sub.Channels)}
-	c.sse.seed(req.sub.Since)
+	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip, alt: &altProto{sse: newSSEStream(req.sub.Channels)}}
+	c.sseState().seed(req.sub.Since)
 	if link != nil {
 		link.Detach(fd)
-		c.tls = &tlsState{tc: tc, link: link}
+		c.setTLS(&tlsState{tc: tc, link: link})
 	}
 	if s.verifier != nil {
 		c.setGrant(grant)
@@ -204,7 +204,7 @@ func (s *Server) startSSE(nc, raw net.Conn, hr *http.Request, client *clientAddr
 		return
 	}
 	s.sseHandshake("ok")
-	if c.tls != nil {
+	if c.tlsLink() != nil {
 		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
 	if req.badID != nil {
@@ -345,11 +345,11 @@ func (c *conn) sseFrameLocked(i int, f *router.Frame) *router.Frame {
 	}
 	var b []byte
 	switch {
-	case c.sse.over:
+	case c.sseState().over:
 		b = []byte(": dropped\n\n") // after the stream's close event
 	case f.Channel != "" && f.Payload != nil:
 		var ok bool
-		if b, ok = c.sse.sseRecord(f); !ok {
+		if b, ok = c.sseState().sseRecord(f); !ok {
 			b = c.sseOverflowLocked()
 		}
 	default:
@@ -359,7 +359,7 @@ func (c *conn) sseFrameLocked(i int, f *router.Frame) *router.Frame {
 			// keeps it from the idle timeout.
 			c.lastSeen.Store(c.srv.clock.Load())
 		} else if op == ws.OpClose {
-			c.sse.over = true
+			c.sseState().over = true
 		}
 		b = sseControl(f.Data)
 	}
@@ -375,7 +375,7 @@ func (c *conn) sseFrameLocked(i int, f *router.Frame) *router.Frame {
 // marks the connection closing (later queued frames become comments; the
 // socket is half-closed once they are written). Caller holds c.mu.
 func (c *conn) sseOverflowLocked() []byte {
-	c.sse.over = true
+	c.sseState().over = true
 	c.flags |= flagClosing
 	for ch := range c.out.resume {
 		c.out.dropResume(ch)

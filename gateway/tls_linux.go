@@ -21,12 +21,12 @@ type tlsState struct {
 // read reads into b: plaintext through TLS, or raw bytes. It returns
 // syscall.EAGAIN when nothing more is available.
 func (c *conn) read(b []byte) (int, error) {
-	if c.tls == nil {
+	if c.tlsLink() == nil {
 		return netpoll.Read(c.fd, b)
 	}
-	n, err := c.tls.tc.Read(b)
-	c.tls.drained = err == syscall.EAGAIN
-	if c.tls.link.Pending() {
+	n, err := c.tlsLink().tc.Read(b)
+	c.tlsLink().drained = err == syscall.EAGAIN
+	if c.tlsLink().link.Pending() {
 		// Reading made crypto/tls answer something (an alert, a key
 		// update): have it flushed.
 		c.mu.Lock()
@@ -45,7 +45,7 @@ func (c *conn) read(b []byte) (int, error) {
 // the link's pending buffer (up to one worker buffer per round, so pending
 // ciphertext stays bounded) and written with one write per round.
 func (c *conn) flushTLS(w *worker) {
-	link := c.tls.link
+	link := c.tlsLink().link
 	for round := 0; round < 4; round++ {
 		c.mu.Lock()
 		if c.flags&flagClosed != 0 {
@@ -69,9 +69,9 @@ func (c *conn) flushTLS(w *worker) {
 				// never send the shared permessage-deflate form.
 				var b []byte
 				switch {
-				case c.sse != nil:
+				case c.sseState() != nil:
 					b = c.sseFrameLocked(i, f).Data
-				case c.cf != nil:
+				case c.cfState() != nil:
 					b = c.cfFrameLocked(i, f).Data
 				default:
 					b = c.out.wire(f)
@@ -95,7 +95,7 @@ func (c *conn) flushTLS(w *worker) {
 			c.mu.Unlock()
 			// Only this worker writes (flagFlushing); the reading worker
 			// may add an alert concurrently, which crypto/tls serialises.
-			if _, err := c.tls.tc.Write(plain); err != nil {
+			if _, err := c.tlsLink().tc.Write(plain); err != nil {
 				c.mu.Lock()
 				c.flags &^= flagFlushing
 				c.mu.Unlock()
