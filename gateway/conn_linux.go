@@ -91,6 +91,21 @@ func (c *conn) cfState() *cfSession {
 	return c.alt.cf
 }
 
+// wireLocked returns the bytes to write for f, the i-th queued frame: the
+// frame re-encoded for an event stream or a Centrifugo session (which never
+// get the shared permessage-deflate form), else f as this connection's
+// extensions want it. Caller holds c.mu.
+func (c *conn) wireLocked(i int, f *router.Frame) []byte {
+	switch {
+	case c.sseState() != nil:
+		return c.sseFrameLocked(i, f).Data
+	case c.cfState() != nil:
+		return c.cfFrameLocked(i, f).Data
+	default:
+		return c.out.wire(f)
+	}
+}
+
 // readState is what a connection's reader carries between reads.
 type readState struct {
 	partial []byte    // bytes of an incomplete frame carried to the next read
@@ -297,17 +312,7 @@ func (c *conn) flush(w *worker) {
 			if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 				f = c.out.markSkipped(i) // "skipped":N, before it is on the wire
 			}
-			// Event streams and Centrifugo sessions re-encode the frame and
-			// never send the shared permessage-deflate form.
-			var b []byte
-			switch {
-			case c.sseState() != nil:
-				b = c.sseFrameLocked(i, f).Data
-			case c.cfState() != nil:
-				b = c.cfFrameLocked(i, f).Data
-			default:
-				b = c.out.wire(f)
-			}
+			b := c.wireLocked(i, f)
 			if i == 0 {
 				b = b[c.out.head:]
 			}

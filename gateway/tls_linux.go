@@ -65,17 +65,7 @@ func (c *conn) flushTLS(w *worker) {
 				if c.out.conflated != nil && (i > 0 || c.out.head == 0) {
 					f = c.out.markSkipped(i) // "skipped":N, before it is copied
 				}
-				// Event streams and Centrifugo sessions re-encode the frame and
-				// never send the shared permessage-deflate form.
-				var b []byte
-				switch {
-				case c.sseState() != nil:
-					b = c.sseFrameLocked(i, f).Data
-				case c.cfState() != nil:
-					b = c.cfFrameLocked(i, f).Data
-				default:
-					b = c.out.wire(f)
-				}
+				b := c.wireLocked(i, f)
 				if i == 0 {
 					b = b[c.out.head:]
 				}
