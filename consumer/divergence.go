@@ -102,12 +102,15 @@ func (r *partReader) diverged(ctx context.Context, resp *fetched, offset int64) 
 	}
 	epoch, end, err := r.c.epochEnd(ctx, r.tp, r.lastEpoch)
 	if err != nil {
+		r.c.m.epochChecks.WithLabelValues("error").Inc()
 		return offset, true, err
 	}
 	r.validate = false
 	if epoch >= 0 && end >= offset {
+		r.c.m.epochChecks.WithLabelValues("same").Inc()
 		return offset, false, nil
 	}
+	r.c.m.epochChecks.WithLabelValues("diverged").Inc()
 	to := end
 	if epoch < 0 || end < 0 {
 		first, _, err := r.c.offsetRange(ctx, r.tp)

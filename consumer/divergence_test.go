@@ -169,4 +169,9 @@ func TestLeaderEpochDivergence(t *testing.T) {
 	if resets() != 2 {
 		t.Fatalf("kpush_consumer_resets_total{reason=leader_epoch} = %v, want 2", resets())
 	}
+	for result, want := range map[string]float64{"same": 1, "diverged": 2} {
+		if got := testutil.ToFloat64(c.m.epochChecks.WithLabelValues(result)); got != want {
+			t.Errorf("kpush_consumer_epoch_checks_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
 }

@@ -13,6 +13,8 @@ type metrics struct {
 	lag     *prometheus.GaugeVec
 	resets  *prometheus.CounterVec
 	fetches prometheus.Counter
+	// epochChecks counts OffsetForLeaderEpoch questions by result.
+	epochChecks *prometheus.CounterVec
 
 	replays       *prometheus.CounterVec
 	replayScanned prometheus.Counter
@@ -66,8 +68,12 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 		}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_resets_total",
-			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again). Offsets after a reset may repeat ones delivered before.",
+			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again), leader_epoch (the leader's log diverged from the delivered one: OffsetForLeaderEpoch, KIP-320). Offsets after a reset may repeat ones delivered before.",
 		}, []string{"reason"}),
+		epochChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_consumer_epoch_checks_total",
+			Help: "Checks that a partition's log still matches the delivered one after its leadership may have changed (OffsetForLeaderEpoch), by result: same, diverged, error (retried).",
+		}, []string{"result"}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_replays_total",
 			Help: "Partition read-backs for resuming clients, by result (complete, gone, reset, limit, stopped, no_route, ambiguous, error).",
@@ -83,7 +89,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 	m.skipRead = m.skipped.WithLabelValues("read_error")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.fetches, m.replays, m.replayScanned,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.epochChecks, m.fetches, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
 			Help: "1 when every routed partition is being read without error; 0 while any is starting, failing or deleted (see kpush_consumer_partitions{state} and /status). Not part of readiness.",
