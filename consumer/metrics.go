@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 		}, []string{"reason"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_errors_total",
-			Help: "Failed Kafka requests, by operation (metadata, list_offsets, fetch, decode); each is retried with backoff. It rises while a broker is unreachable.",
+			Help: "Failed Kafka requests, by operation (metadata, list_offsets, fetch, offset_for_leader_epoch, decode); each is retried with backoff. It rises while a broker is unreachable.",
 		}, []string{"op"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kpush_consumer_lag",
