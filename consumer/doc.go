@@ -6,7 +6,9 @@
 // consumer group: it reads every partition of every routed topic itself, one
 // goroutine per partition, and tracks offsets in memory. The readers of the
 // partitions one broker leads hand their fetches to that broker's fetch
-// group, which sends them as one Fetch request (see fetchGroup). It follows
+// group, which sends them as one Fetch request in a fetch session (KIP-227:
+// after a full request, only changed partitions are listed; see
+// fetchGroup). It follows
 // topics created and partitions added after it starts (polling metadata
 // every kafka.metadata_interval) and reads those from their first offset.
 //
