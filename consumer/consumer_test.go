@@ -280,15 +280,29 @@ func TestOneFetchPerBroker(t *testing.T) {
 	k := startFake(t, "t", 8)
 	var mu sync.Mutex
 	widest := 0
+	// covered is what one request fetches: the partitions it lists, or
+	// with a fetch session (KIP-227) those the session holds after it
+	// (an incremental request lists only changes).
+	covered := map[int32]bool{}
 	k.c.ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		k.c.KeepControl()
-		n := 0
-		for _, tp := range req.(*kmsg.FetchRequest).Topics {
-			n += len(tp.Partitions)
-		}
+		r := req.(*kmsg.FetchRequest)
 		mu.Lock()
-		widest = max(widest, n)
-		mu.Unlock()
+		defer mu.Unlock()
+		if r.SessionEpoch <= 0 {
+			clear(covered)
+		}
+		for _, tp := range r.Topics {
+			for _, p := range tp.Partitions {
+				covered[p.Partition] = true
+			}
+		}
+		for _, ft := range r.ForgottenTopics {
+			for _, p := range ft.Partitions {
+				delete(covered, p)
+			}
+		}
+		widest = max(widest, len(covered))
 		return nil, nil, false
 	})
 	sink := &chanSink{got: make(chan string, 10)}

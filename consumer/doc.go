@@ -6,7 +6,9 @@
 // consumer group: it reads every partition of every routed topic itself, one
 // goroutine per partition, and tracks offsets in memory. The readers of the
 // partitions one broker leads hand their fetches to that broker's fetch
-// group, which sends them as one Fetch request (see fetchGroup). It follows
+// group, which sends them as one Fetch request in a fetch session (KIP-227:
+// after a full request, only changed partitions are listed; see
+// fetchGroup). It follows
 // topics created and partitions added after it starts (polling metadata
 // every kafka.metadata_interval) and reads those from their first offset.
 //
@@ -18,9 +20,12 @@
 // stepped over using each fetch's aborted-transaction list, and nothing past
 // the last stable offset is read); control records (the commit and abort
 // markers of transactional producers) are never delivered. A log that goes
-// back under a reader (topic recreated, log truncated) is a reset: counted,
-// logged, a new continuity epoch, the next record of each channel marked
-// Reset, and Replay refuses positions from before it.
+// back under a reader (topic recreated, log truncated, or diverged under a
+// new leader: after a leadership change the reader asks the leader, with
+// OffsetForLeaderEpoch, where the leader epoch of the last batch it
+// delivered ends) is a reset: counted, logged, a new continuity epoch, the
+// next record of each channel marked Reset, and Replay refuses positions
+// from before it.
 //
 // While a partition cannot be read, Ready is false, its state shows in
 // kpush_consumer_partitions{state} and Status, and

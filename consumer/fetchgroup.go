@@ -37,6 +37,38 @@ type fetchGroup struct {
 	members map[topicPartition]bool
 	wake    chan struct{}
 	round   int
+
+	// sess is the group's fetch session with its broker; only run's
+	// goroutine (send) uses it.
+	sess fetchSession
+}
+
+// fetchSession is a fetch session (KIP-227): the broker keeps the
+// partitions of the group's last full request and their fetch offsets, so
+// a request after it (incremental) lists only partitions added or moved to
+// another offset and names those dropped, and the answer carries only
+// partitions with something new (records, or a changed high watermark,
+// last stable or log start offset). An idle group's long poll then lists
+// one partition (kafka-go routes a Fetch by its partitions' leader), not
+// all of them.
+type fetchSession struct {
+	id    int32 // 0: none; the next request is a full one
+	epoch int32 // of the next incremental request
+	parts map[topicPartition]*sessPart
+}
+
+// sessPart is what the broker's session holds for a partition, and the
+// partition's offsets as last answered, which an answer that leaves the
+// partition out leaves unchanged.
+type sessPart struct {
+	offset                   int64
+	hw, lastStable, logStart int64
+	answered                 bool // hw, lastStable and logStart are from an answer
+}
+
+func (s *fetchSession) reset() {
+	s.id, s.epoch = 0, 0
+	clear(s.parts)
 }
 
 // fetchCall is one partition reader's fetch, answered by its group.
@@ -174,13 +206,43 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 		SessionID:      -1,
 		SessionEpoch:   -1,
 	}
-	for _, call := range calls {
-		p := fetchAPI.RequestPartition{Partition: int32(call.tp.partition), CurrentLeaderEpoch: -1,
-			FetchOffset: call.offset, LogStartOffset: -1, PartitionMaxBytes: int32(c.cfg.FetchMaxBytes)}
-		if n := len(req.Topics); n > 0 && req.Topics[n-1].Topic == call.tp.topic {
+	if g.sess.parts == nil {
+		g.sess.parts = make(map[topicPartition]*sessPart)
+	}
+	full := g.sess.id == 0
+	req.SessionID, req.SessionEpoch = g.sess.id, g.sess.epoch
+	add := func(tp topicPartition, offset int64) {
+		p := fetchAPI.RequestPartition{Partition: int32(tp.partition), CurrentLeaderEpoch: -1,
+			FetchOffset: offset, LogStartOffset: -1, PartitionMaxBytes: int32(c.cfg.FetchMaxBytes)}
+		if n := len(req.Topics); n > 0 && req.Topics[n-1].Topic == tp.topic {
 			req.Topics[n-1].Partitions = append(req.Topics[n-1].Partitions, p)
 		} else {
-			req.Topics = append(req.Topics, fetchAPI.RequestTopic{Topic: call.tp.topic, Partitions: []fetchAPI.RequestPartition{p}})
+			req.Topics = append(req.Topics, fetchAPI.RequestTopic{Topic: tp.topic, Partitions: []fetchAPI.RequestPartition{p}})
+		}
+	}
+	inRequest := make(map[topicPartition]bool, len(calls))
+	for _, call := range calls {
+		inRequest[call.tp] = true
+		if sp := g.sess.parts[call.tp]; full || sp == nil || sp.offset != call.offset {
+			add(call.tp, call.offset)
+		}
+	}
+	if !full {
+		for tp := range g.sess.parts {
+			if inRequest[tp] {
+				continue
+			}
+			if n := len(req.ForgottenTopics); n > 0 && req.ForgottenTopics[n-1].Topic == tp.topic {
+				req.ForgottenTopics[n-1].Partitions = append(req.ForgottenTopics[n-1].Partitions, int32(tp.partition))
+			} else {
+				req.ForgottenTopics = append(req.ForgottenTopics, fetchAPI.RequestForgottenTopic{Topic: tp.topic, Partitions: []int32{int32(tp.partition)}})
+			}
+		}
+		if len(req.Topics) == 0 {
+			// Nothing changed: list one partition unchanged anyway, so
+			// kafka-go sends the request to the partitions' leader (the
+			// session's broker) rather than to a bootstrap broker.
+			add(calls[0].tp, calls[0].offset)
 		}
 	}
 	c.m.fetches.Inc()
@@ -195,6 +257,18 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 			err = fmt.Errorf("unexpected response %T", msg)
 		} else if res.ErrorCode != 0 {
 			err = kafka.Error(res.ErrorCode)
+		}
+	}
+	if err != nil {
+		// The broker's session, if any, no longer matches what the group
+		// thinks it holds: start a new one with the next request.
+		g.sess.reset()
+		if (errors.Is(err, kafka.FetchSessionIDNotFound) || errors.Is(err, kafka.InvalidFetchSessionEpoch)) && !full {
+			// The broker dropped the session (evicted, restarted): fetch
+			// again at once, in full.
+			c.m.fetchSessionResets.Inc()
+			g.send(ctx, calls)
+			return
 		}
 	}
 	var unroutable *fetchAPI.Error
@@ -221,11 +295,60 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 			parts[topicPartition{t.Topic, int(p.Partition)}] = p
 		}
 	}
+	// The session now holds exactly this request's partitions at their
+	// offsets; an answer leaving one of them out means nothing changed
+	// for it since the last answer that carried it.
+	if full {
+		clear(g.sess.parts)
+	}
+	for tp := range g.sess.parts {
+		if !inRequest[tp] {
+			delete(g.sess.parts, tp)
+		}
+	}
+	known := make(map[topicPartition]*sessPart, len(calls))
+	for _, call := range calls {
+		sp := g.sess.parts[call.tp]
+		if sp == nil {
+			sp = &sessPart{}
+			g.sess.parts[call.tp] = sp
+		}
+		sp.offset = call.offset
+		if p := parts[call.tp]; p != nil {
+			if p.ErrorCode != 0 {
+				// Listed again, as if new, in the next request.
+				delete(g.sess.parts, call.tp)
+				continue
+			}
+			sp.hw, sp.lastStable, sp.logStart = p.HighWatermark, p.LastStableOffset, p.LogStartOffset
+			sp.answered = true
+		}
+		if sp.answered {
+			known[call.tp] = sp
+		}
+	}
+	switch {
+	case res.SessionID == 0:
+		// The broker keeps no session (none offered, or it declined).
+		g.sess.reset()
+	case full:
+		g.sess.id, g.sess.epoch = res.SessionID, 1
+	default:
+		g.sess.epoch++
+		if g.sess.epoch <= 0 {
+			g.sess.epoch = 1 // wraps past the largest int32 to 1, not 0
+		}
+	}
 	g.mu.Lock()
 	now := time.Now().UnixNano()
 	answered := calls[:0]
 	for _, call := range calls {
 		p := parts[call.tp]
+		if sp := known[call.tp]; p == nil && !full && sp != nil {
+			// Left out of an incremental answer: unchanged.
+			p = &fetchAPI.ResponsePartition{Partition: int32(call.tp.partition), HighWatermark: sp.hw,
+				LastStableOffset: sp.lastStable, LogStartOffset: sp.logStart}
+		}
 		_, newer := g.pending[call.tp] // a reader that replaced this call's one
 		if p != nil && p.ErrorCode == 0 && p.RecordSet.Records == nil && p.HighWatermark <= call.offset &&
 			(p.LastStableOffset < 0 || p.LastStableOffset <= call.offset) && call.ps.status() == StatusReading &&
@@ -259,6 +382,7 @@ func (g *fetchGroup) send(ctx context.Context, calls []*fetchCall) {
 // sendEach fetches each call's partition in a request of its own, all at
 // once, and answers them.
 func (g *fetchGroup) sendEach(ctx context.Context, calls []*fetchCall) {
+	g.sess.reset()
 	var wg sync.WaitGroup
 	for _, call := range calls {
 		wg.Add(1)

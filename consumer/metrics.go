@@ -13,6 +13,10 @@ type metrics struct {
 	lag     *prometheus.GaugeVec
 	resets  *prometheus.CounterVec
 	fetches prometheus.Counter
+	// fetchSessionResets counts fetch sessions a broker dropped.
+	fetchSessionResets prometheus.Counter
+	// epochChecks counts OffsetForLeaderEpoch questions by result.
+	epochChecks *prometheus.CounterVec
 
 	replays       *prometheus.CounterVec
 	replayScanned prometheus.Counter
@@ -54,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 		}, []string{"reason"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_errors_total",
-			Help: "Failed Kafka requests, by operation (metadata, list_offsets, fetch, decode); each is retried with backoff. It rises while a broker is unreachable.",
+			Help: "Failed Kafka requests, by operation (metadata, list_offsets, fetch, offset_for_leader_epoch, decode); each is retried with backoff. It rises while a broker is unreachable.",
 		}, []string{"op"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kpush_consumer_lag",
@@ -64,10 +68,18 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 			Name: "kpush_consumer_fetch_requests_total",
 			Help: "Fetch requests sent to brokers (live reads and resume read-backs). While idle, each partition is fetched about once per kafka.fetch_max_wait.",
 		}),
+		fetchSessionResets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kpush_consumer_fetch_session_resets_total",
+			Help: "Fetch sessions (KIP-227) a broker no longer knew (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH: evicted, or the broker restarted); each is followed at once by a full fetch.",
+		}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_resets_total",
-			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again). Offsets after a reset may repeat ones delivered before.",
+			Help: "Partition logs found to have gone back under kpush, by reason: truncated (the log ends before the next offset, e.g. after an unclean leader election), recreated (the topic was deleted and created again), leader_epoch (the leader's log diverged from the delivered one: OffsetForLeaderEpoch, KIP-320). Offsets after a reset may repeat ones delivered before.",
 		}, []string{"reason"}),
+		epochChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpush_consumer_epoch_checks_total",
+			Help: "Checks that a partition's log still matches the delivered one after its leadership may have changed (OffsetForLeaderEpoch), by result: same, diverged, error (retried).",
+		}, []string{"result"}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_consumer_replays_total",
 			Help: "Partition read-backs for resuming clients, by result (complete, gone, reset, limit, stopped, no_route, ambiguous, error).",
@@ -83,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, c *Consumer) (*metrics, error) {
 	m.skipRead = m.skipped.WithLabelValues("read_error")
 	m.errMetadata = m.errors.WithLabelValues("metadata")
 	m.errDecode = m.errors.WithLabelValues("decode")
-	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.fetches, m.replays, m.replayScanned,
+	for _, col := range []prometheus.Collector{m.records, m.skipped, m.errors, m.lag, m.resets, m.epochChecks, m.fetches, m.fetchSessionResets, m.replays, m.replayScanned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_consumer_ready",
 			Help: "1 when every routed partition is being read without error; 0 while any is starting, failing or deleted (see kpush_consumer_partitions{state} and /status). Not part of readiness.",

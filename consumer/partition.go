@@ -21,6 +21,14 @@ type partReader struct {
 	filter txnFilter
 	m      *partMetrics
 	log    *slog.Logger
+
+	// lastEpoch is the partition leader epoch of the last record batch
+	// delivered (-1: none yet in this log); validate asks diverged to
+	// check it with the leader before the next records are delivered;
+	// leader is the last leader metadata named (-1: none yet).
+	lastEpoch int32
+	validate  bool
+	leader    int
 }
 
 func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
@@ -31,6 +39,9 @@ func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
 		router: newRecordRouter(c.m, tp, c.table.Load().byTopic[tp.topic], c.sink.Deliver),
 		m:      c.m.forPartition(tp),
 		log:    c.log.With("topic", tp.topic, "partition", tp.partition),
+
+		lastEpoch: -1,
+		leader:    -1,
 	}
 }
 
@@ -77,6 +88,13 @@ func (r *partReader) run(ctx context.Context, start int64) {
 	var goneSince time.Time
 	for ctx.Err() == nil {
 		r.state.beat.Store(time.Now().UnixNano())
+		if l := r.c.leaderOf(r.tp); l >= 0 {
+			// A new leader may hold another log: check before delivering.
+			if r.leader >= 0 && l != r.leader {
+				r.validate = true
+			}
+			r.leader = l
+		}
 		if offset < 0 || deleted {
 			first, last, err := r.c.offsetRange(ctx, r.tp)
 			if err != nil {
@@ -131,6 +149,9 @@ func (r *partReader) run(ctx context.Context, start int64) {
 				continue
 			}
 			goneSince = time.Time{}
+			if leaderChanged(err) {
+				r.validate = true
+			}
 			op := "fetch"
 			if errors.Is(err, kafka.OffsetOutOfRange) {
 				next, rerr := r.outOfRange(ctx, offset)
@@ -149,6 +170,20 @@ func (r *partReader) run(ctx context.Context, start int64) {
 			if !retry(op, err) {
 				return
 			}
+			continue
+		}
+		if to, drop, err := r.diverged(ctx, resp, offset); drop {
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				if !retry("offset_for_leader_epoch", err) {
+					return
+				}
+				continue
+			}
+			offset = to
+			r.state.next.Store(offset)
 			continue
 		}
 		next := r.dispatch(resp, offset)
@@ -183,6 +218,11 @@ const (
 	ResetTruncated = "truncated"
 	// ResetRecreated: the topic was deleted and created again.
 	ResetRecreated = "recreated"
+	// ResetLeaderEpoch: the partition's leader holds a log that diverged
+	// from the one records were delivered from (KIP-320: the last
+	// delivered leader epoch ends there before the next offset to read,
+	// or is unknown there; see partReader.diverged).
+	ResetLeaderEpoch = "leader_epoch"
 )
 
 // reset records that the partition's log went back: reading continues at
@@ -194,6 +234,8 @@ func (r *partReader) reset(reason string, from, to int64) {
 	r.router.epoch = nextEpoch()
 	r.router.markReset()
 	r.c.noteReset(r.tp, from)
+	// A new log: its leader epochs say nothing about the old one.
+	r.lastEpoch, r.validate = -1, false
 }
 
 // outOfRange decides where to continue after the broker said offset is not
@@ -245,6 +287,9 @@ func (r *partReader) dispatch(resp *fetched, offset int64) int64 {
 	})
 	if n > 0 {
 		r.m.records.Add(float64(n))
+	}
+	if e := batchEpochs(resp.records); e > r.lastEpoch {
+		r.lastEpoch = e
 	}
 	return next
 }

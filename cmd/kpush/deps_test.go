@@ -22,6 +22,7 @@ func TestPackageDependencies(t *testing.T) {
 	}{
 		{module + "/gateway/internal/netpoll", []string{module}},
 		{module + "/gateway/wire", []string{module}},
+		{module + "/consumer/internal/leaderepoch", []string{module}},
 		{module + "/router", []string{module + "/gateway", module + "/consumer"}},
 	}
 	for _, tc := range cases {

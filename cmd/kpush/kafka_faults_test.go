@@ -178,6 +178,15 @@ func TestRealKafkaBrokerKill9(t *testing.T) {
 	waitFor(t, 30*time.Second, "the flow to get records through after the restart", func() bool {
 		return fl.ackedCount() > ackedAtRestart+20
 	})
+	// The restart gave the partitions a new leader epoch: before delivering
+	// records written under it, kpush asked the broker where the epoch it
+	// last delivered ends (OffsetForLeaderEpoch, KIP-320). Same log: no reset.
+	waitFor(t, 30*time.Second, "a leader-epoch check after the restart", func() bool {
+		return app.metric(t, "kpush_consumer_epoch_checks_total", `result="same"`) >= 2
+	})
+	if got := app.metric(t, "kpush_consumer_resets_total", `reason="leader_epoch"`); got != 0 {
+		t.Errorf("kpush_consumer_resets_total{reason=\"leader_epoch\"} = %v after a clean restart, want 0", got)
+	}
 	acked = append(acked, fl.stop(t)...)
 
 	// What kpush must have delivered is exactly the log, as an independent

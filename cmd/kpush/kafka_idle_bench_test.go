@@ -4,12 +4,62 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kpush/kpush/consumer"
 )
+
+// brokerBytesSent sums the bytes this process has sent, and the broker
+// acknowledged, over its open TCP connections to port (the kernel's
+// tcpi_bytes_acked of each socket found in /proc/self/fd). Linux only; -1
+// when it cannot tell.
+func brokerBytesSent(port string) int64 {
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return -1
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	var sum int64
+	for _, e := range fds {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || !strings.HasPrefix(l, "socket:") {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue
+		}
+		switch a := sa.(type) {
+		case *unix.SockaddrInet4:
+			if a.Port != p {
+				continue
+			}
+		case *unix.SockaddrInet6:
+			if a.Port != p {
+				continue
+			}
+		default:
+			continue
+		}
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			continue
+		}
+		sum += int64(info.Bytes_acked)
+	}
+	return sum
+}
 
 // brokerConns counts this process's established TCP connections to port
 // (hex in /proc/net/tcp). Linux only; -1 when it cannot tell.
@@ -66,13 +116,14 @@ func BenchmarkKafkaIdle(b *testing.B) {
 		// partition) close after the transport's 30s idle timeout: what
 		// stays is the steady state.
 		time.Sleep(35 * time.Second)
-		f0, cpu0 := app.metric(b, "kpush_consumer_fetch_requests_total"), cpuSeconds()
+		f0, cpu0, sent0 := app.metric(b, "kpush_consumer_fetch_requests_total"), cpuSeconds(), brokerBytesSent(port)
 		time.Sleep(window) // the measurement window, not synchronisation
-		f1, cpu1 := app.metric(b, "kpush_consumer_fetch_requests_total"), cpuSeconds()
+		f1, cpu1, sent1 := app.metric(b, "kpush_consumer_fetch_requests_total"), cpuSeconds(), brokerBytesSent(port)
 		conns := brokerConns(port) - before
 		b.ReportMetric(float64(conns), "broker-conns")
 		b.ReportMetric((f1-f0)/window.Seconds(), "fetches/s")
 		b.ReportMetric((cpu1-cpu0)/window.Seconds()*100, "idle-cpu-%")
+		b.ReportMetric(float64(sent1-sent0)/window.Seconds(), "sent-B/s")
 		app.cancel()
 		err := <-app.done
 		app.done <- err // for startApp's cleanup
