@@ -416,11 +416,15 @@ kk_launch() {
 }
 
 # kk_wait_ready waits until the broker answers a Metadata request, failing
-# early if the JVM exits.
+# early if the JVM exits. With "soft" as $1 a JVM that exits makes it return 1
+# instead, for a caller that retries.
 kk_wait_ready() {
 	local deadline=$((SECONDS + KK_START_TIMEOUT))
 	while :; do
 		if ! kk_is_ours "$KK_PID"; then
+			if [[ ${1:-} == soft ]]; then
+				return 1
+			fi
 			kk_fail_start "the broker JVM (pid $KK_PID) exited during startup"
 		fi
 		if kk_port_open "$KK_PORT" && kk_probe; then
@@ -464,7 +468,17 @@ kk_start_existing() {
 	kk_resolve_jars
 	kk_log "starting broker on existing data $KK_DATA_DIR"
 	kk_launch
-	kk_wait_ready
+	if ! kk_wait_ready soft; then
+		# A restart right after kill -9 has been seen to exit at once, once
+		# in many runs (the old JVM's sockets or locks not yet released).
+		# Keep its log and try once more before failing.
+		cp "$KK_DATA_DIR/logs/server.log" "$KK_DATA_DIR/logs/server.log.failed-start" 2>/dev/null || true
+		kk_log "the broker JVM (pid $KK_PID) exited during startup; its log is in $KK_DATA_DIR/logs/server.log.failed-start; starting it once more"
+		sleep 2
+		kk_check_ports_free
+		kk_launch
+		kk_wait_ready
+	fi
 }
 
 # kk_check_ports_free fails if anything already listens on our ports.
