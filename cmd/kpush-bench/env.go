@@ -157,10 +157,10 @@ routes:
     snapshot: %v
     slow: %s
     max_rate: %g
-%slog:
+%s%slog:
   level: info
   format: json
-`, scenario, e.o.writeDelay, e.o.deflate, e.o.deflateMin, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, e.o.maxRate, historyYAML(e.o.history))
+`, scenario, e.o.writeDelay, e.o.deflate, e.o.deflateMin, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, e.o.maxRate, historyYAML(e.o.history), routerYAML(scenario, e.o.trimRouter))
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	p, err := target.Start(sctx, target.Options{
@@ -172,6 +172,15 @@ routes:
 	}
 	logf("kpush pid %d on %s (admin %s), log %s", p.Pid(), p.WSURL, p.AdminURL, p.LogPath)
 	return &kpushRef{wsURL: p.WSURL, adminURL: p.AdminURL, topic: topic, proc: p}, nil
+}
+
+// routerYAML is the router section: only the trim scenario sets one, so
+// the other scenarios also run against binaries that predate it.
+func routerYAML(scenario, body string) string {
+	if scenario != "trim" || body == "" {
+		return ""
+	}
+	return "router: " + body + "\n"
 }
 
 func historyYAML(records int) string {
