@@ -143,10 +143,7 @@ gateway:
   path: /ws
   max_connections: 1000000
   drain_timeout: 1s
-  write_delay: %s
-  compression: %v
-  compression_min_bytes: %d
-kafka:
+%skafka:
   brokers: [%s]
   start: latest
   metadata_interval: 1s
@@ -156,11 +153,10 @@ routes:
     format: json
     snapshot: %v
     slow: %s
-    max_rate: %g
-%s%slog:
+%s%s%slog:
   level: info
   format: json
-`, scenario, e.o.writeDelay, e.o.deflate, e.o.deflateMin, strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, e.o.maxRate, historyYAML(e.o.history), routerYAML(scenario, e.o.trimRouter))
+`, scenario, deliveryYAML(e.o), strings.Join(e.brokers, ", "), topic, e.o.channelPrefix, e.o.snapshot, e.o.slow, maxRateYAML(e.o.maxRate), historyYAML(e.o.history), routerYAML(scenario, e.o.trimRouter))
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	p, err := target.Start(sctx, target.Options{
@@ -172,6 +168,29 @@ routes:
 	}
 	logf("kpush pid %d on %s (admin %s), log %s", p.Pid(), p.WSURL, p.AdminURL, p.LogPath)
 	return &kpushRef{wsURL: p.WSURL, adminURL: p.AdminURL, topic: topic, proc: p}, nil
+}
+
+// deliveryYAML is the gateway's delivery keys, written only when set, so
+// that a kpush binary that predates them (for a before/after comparison)
+// still starts with the defaults.
+func deliveryYAML(o *options) string {
+	var b strings.Builder
+	if o.writeDelay != 0 {
+		fmt.Fprintf(&b, "  write_delay: %s\n", o.writeDelay)
+	}
+	if o.deflate {
+		fmt.Fprintf(&b, "  compression: true\n  compression_min_bytes: %d\n", o.deflateMin)
+	}
+	return b.String()
+}
+
+// maxRateYAML is the route's max_rate, written only when set (see
+// deliveryYAML).
+func maxRateYAML(rate float64) string {
+	if rate == 0 {
+		return ""
+	}
+	return fmt.Sprintf("    max_rate: %g\n", rate)
 }
 
 // routerYAML is the router section: only the trim scenario sets one, so
