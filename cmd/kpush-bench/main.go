@@ -98,6 +98,8 @@ type options struct {
 	trimChannels int
 	trimPhase    time.Duration
 	trimRouter   string
+
+	trimProbeChannels int
 }
 
 func main() {
@@ -191,6 +193,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.closeCycles, "close-cycles", 3, "closeall: open-all / close-all cycles")
 	fs.IntVar(&o.trimChannels, "trim-channels", 1000000, "trim: channels filled with a retained snapshot (one record per distinct key) between the two phases; also uses -close-conns, -close-probes, -close-rate")
 	fs.DurationVar(&o.trimPhase, "trim-phase", 10*time.Second, "trim: duration of each measured phase (kpush runs Trim once a second)")
+	fs.IntVar(&o.trimProbeChannels, "trim-probe-channels", 64, "trim: channels every probe subscribes to; the probe records go to them in turn, over many router shards")
 	fs.StringVar(&o.trimRouter, "trim-router", "{max_retained_bytes: 8589934592, max_age: 24h}", "trim: a started kpush's router section, so the budget keeps every channel; empty: none (the 51d00d5 binary rejects the key)")
 
 	if err := fs.Parse(args); err != nil {
@@ -239,6 +242,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.marketSubs > o.marketSymbols {
 		return nil, errors.New("-market-subs must not exceed -market-symbols")
+	}
+	if o.trimProbeChannels <= 0 || o.trimChannels < 0 {
+		return nil, errors.New("-trim-probe-channels must be positive and -trim-channels not negative")
 	}
 	if o.recordBytes < 0 || o.inFlight <= 0 {
 		return nil, errors.New("-record-bytes and -inflight must be positive")

@@ -141,7 +141,7 @@ func printReport(w io.Writer, r *Report) {
 		p("\nkpush released the dropped connections in %v s.\n", c.ReleaseSeconds)
 	}
 	if t := r.Trim; t != nil {
-		p("\n### Trim: %d connections × %d channels open, %d probes at %g records/s, %gs per phase, then %d retained channels\n\n", t.Conns, t.SubsPerConn, t.Probes, t.Rate, t.Seconds, t.Retained)
+		p("\n### Trim: %d connections × %d channels open, %d probes × %d channels at %g records/s, %gs per phase, then %d retained channels\n\n", t.Conns, t.SubsPerConn, t.Probes, t.ProbeChannels, t.Rate, t.Seconds, t.Retained)
 		p("| phase | kpush channels | samples | p50 | p90 | p99 | p99.9 | max | kpush cores |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, row := range []struct {
 			name string

@@ -19,12 +19,15 @@ import (
 // that its once-a-second sweep walks (router.Trim). A Trim that holds a
 // shard's lock across the whole shard shows up in the probes' p99 and max.
 type TrimResult struct {
-	Conns       int     `json:"conns"`
-	SubsPerConn int     `json:"subs_per_conn"`
-	Probes      int     `json:"probes"`
-	Rate        float64 `json:"rate"` // probe records/s
-	Retained    int     `json:"retained"`
-	Seconds     float64 `json:"seconds"` // of each measured phase
+	Conns       int `json:"conns"`
+	SubsPerConn int `json:"subs_per_conn"`
+	Probes      int `json:"probes"`
+	// ProbeChannels is how many channels every probe subscribes to; the
+	// records go to them in turn.
+	ProbeChannels int     `json:"probe_channels"`
+	Rate          float64 `json:"rate"` // probe records/s
+	Retained      int     `json:"retained"`
+	Seconds       float64 `json:"seconds"` // of each measured phase
 	// Baseline is the probes' latency before the fill; Retained with the
 	// channels retained.
 	Baseline TrimPhase `json:"baseline"`
@@ -53,20 +56,29 @@ func runTrim(ctx context.Context, e *env) (*TrimResult, error) {
 		return nil, err
 	}
 	defer k.stop()
-	res := &TrimResult{Conns: o.closeConns, SubsPerConn: o.marketSubs, Probes: o.closeProbes, Rate: o.closeRate,
+	res := &TrimResult{Conns: o.closeConns, SubsPerConn: o.marketSubs, Probes: o.closeProbes, ProbeChannels: o.trimProbeChannels, Rate: o.closeRate,
 		Retained: o.trimChannels, Seconds: o.trimPhase.Seconds()}
 	keys, chans := symbolNames(o.channelPrefix, o.marketSymbols)
-	probe := len(keys)
-	keys, chans = append(keys, "PROBE"), append(chans, o.channelPrefix+"PROBE")
 	subs, perSymbol := assignSymbols(o.closeConns, o.marketSubs, o.marketSymbols, o.marketZipf)
-	perSymbol = append(perSymbol, int64(o.closeProbes))
+	// The probes' records go round-robin to -trim-probe-channels channels,
+	// which hash to many of the router's shards, so that a Trim holding
+	// any shard's lock delays some of them (as in the router's and the
+	// gateway's Trim benchmarks).
+	first := len(keys)
+	var probeSubs []int32
+	for i := 0; i < o.trimProbeChannels; i++ {
+		key := fmt.Sprintf("PROBE%02d", i)
+		keys, chans = append(keys, key), append(chans, o.channelPrefix+key)
+		perSymbol = append(perSymbol, int64(o.closeProbes))
+		probeSubs = append(probeSubs, int32(first+i))
+	}
 
 	probes, err := e.newPool(k, chans, o.inFlight)
 	if err != nil {
 		return res, err
 	}
 	defer probes.Close()
-	if err := openAll(ctx, probes, k, o.closeProbes, func(int) []int32 { return []int32{int32(probe)} }); err != nil {
+	if err := openAll(ctx, probes, k, o.closeProbes, func(int) []int32 { return probeSubs }); err != nil {
 		return res, err
 	}
 	mass, err := e.newPool(k, chans, o.inFlight)
@@ -85,7 +97,11 @@ func runTrim(ctx context.Context, e *env) (*TrimResult, error) {
 		return res, err
 	}
 	prod := e.newProducer(k.topic, keys, perSymbol)
-	pick := func() int { return probe }
+	next := 0
+	pick := func() int {
+		next++
+		return first + next%o.trimProbeChannels
+	}
 	phase := func(name string) (TrimPhase, error) {
 		var ph TrimPhase
 		l0, c0, t0 := probes.Latency(), k.cpu(), time.Now()
