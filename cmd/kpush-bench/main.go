@@ -100,6 +100,7 @@ type options struct {
 	trimRouter   string
 
 	trimProbeChannels int
+	trimSettle        time.Duration
 }
 
 func main() {
@@ -194,6 +195,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.trimChannels, "trim-channels", 1000000, "trim: channels filled with a retained snapshot (one record per distinct key) between the two phases; also uses -close-conns, -close-probes, -close-rate")
 	fs.DurationVar(&o.trimPhase, "trim-phase", 10*time.Second, "trim: duration of each measured phase (kpush runs Trim once a second)")
 	fs.IntVar(&o.trimProbeChannels, "trim-probe-channels", 64, "trim: channels every probe subscribes to; the probe records go to them in turn, over many router shards")
+	fs.DurationVar(&o.trimSettle, "trim-settle", 3*time.Second, "trim: wait after the connections are open, before the baseline")
 	fs.StringVar(&o.trimRouter, "trim-router", "{max_retained_bytes: 8589934592, max_age: 24h}", "trim: a started kpush's router section, so the budget keeps every channel; empty: none (the 51d00d5 binary rejects the key)")
 
 	if err := fs.Parse(args); err != nil {

@@ -60,7 +60,7 @@ func TestTrimScenarioSmall(t *testing.T) {
 		"-scenarios", "trim", "-kpush-bin", bin, "-out", filepath.Join(dir, "out"),
 		"-close-conns", "30", "-close-probes", "3", "-close-rate", "100",
 		"-market-symbols", "20", "-market-subs", "2",
-		"-trim-channels", "2000", "-trim-phase", "1s", "-trim-probe-channels", "4",
+		"-trim-channels", "2000", "-trim-phase", "1s", "-trim-probe-channels", "4", "-trim-settle", "0s",
 	})
 	if err != nil {
 		t.Fatal(err)
