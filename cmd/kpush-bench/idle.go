@@ -142,7 +142,12 @@ func settledMemory(ctx context.Context, admin string, tries int) (target.Metrics
 
 // waitMetric polls kpush's metrics until cond holds (at most a minute).
 func waitMetric(ctx context.Context, k *kpushRef, what string, cond func(target.Metrics) bool) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	return waitMetricFor(ctx, k, what, time.Minute, cond)
+}
+
+// waitMetricFor polls kpush's metrics until cond holds, at most limit.
+func waitMetricFor(ctx context.Context, k *kpushRef, what string, limit time.Duration, cond func(target.Metrics) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
 		m, err := k.scrape(ctx)

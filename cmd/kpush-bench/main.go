@@ -94,6 +94,13 @@ type options struct {
 	closeProbes int
 	closeRate   float64
 	closeCycles int
+
+	trimChannels int
+	trimPhase    time.Duration
+	trimRouter   string
+
+	trimProbeChannels int
+	trimSettle        time.Duration
 }
 
 func main() {
@@ -185,6 +192,11 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.closeProbes, "close-probes", 20, "closeall: probe connections that stay and measure delivery latency")
 	fs.Float64Var(&o.closeRate, "close-rate", 500, "closeall: records/s to the probes' channel")
 	fs.IntVar(&o.closeCycles, "close-cycles", 3, "closeall: open-all / close-all cycles")
+	fs.IntVar(&o.trimChannels, "trim-channels", 1000000, "trim: channels filled with a retained snapshot (one record per distinct key) between the two phases; also uses -close-conns, -close-probes, -close-rate")
+	fs.DurationVar(&o.trimPhase, "trim-phase", 10*time.Second, "trim: duration of each measured phase (kpush runs Trim once a second)")
+	fs.IntVar(&o.trimProbeChannels, "trim-probe-channels", 64, "trim: channels every probe subscribes to; the probe records go to them in turn, over many router shards")
+	fs.DurationVar(&o.trimSettle, "trim-settle", 3*time.Second, "trim: wait after the connections are open, before the baseline")
+	fs.StringVar(&o.trimRouter, "trim-router", "{max_retained_bytes: 8589934592, max_age: 24h}", "trim: a started kpush's router section, so the budget keeps every channel; empty: none (the 51d00d5 binary rejects the key)")
 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -210,9 +222,9 @@ func parseFlags(args []string) (*options, error) {
 	o.scenarios = splitList(*scen)
 	for _, s := range o.scenarios {
 		switch s {
-		case "idle", "fanout", "market", "handshake", "closeall":
+		case "idle", "fanout", "market", "handshake", "closeall", "trim":
 		default:
-			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, fanout, market, handshake, closeall)", s)
+			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, fanout, market, handshake, closeall, trim)", s)
 		}
 	}
 	if o.idleSteps, err = parseInts(*idle); err != nil {
@@ -232,6 +244,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.marketSubs > o.marketSymbols {
 		return nil, errors.New("-market-subs must not exceed -market-symbols")
+	}
+	if o.trimProbeChannels <= 0 || o.trimChannels < 0 {
+		return nil, errors.New("-trim-probe-channels must be positive and -trim-channels not negative")
 	}
 	if o.recordBytes < 0 || o.inFlight <= 0 {
 		return nil, errors.New("-record-bytes and -inflight must be positive")
@@ -326,6 +341,8 @@ func runAll(ctx context.Context, o *options) (*Report, error) {
 			rep.Handshake, err = runHandshake(ctx, e)
 		case "closeall":
 			rep.CloseAll, err = runCloseAll(ctx, e)
+		case "trim":
+			rep.Trim, err = runTrim(ctx, e)
 		}
 		if err != nil {
 			logf("scenario %s failed: %v", s, err)
@@ -351,7 +368,7 @@ func maxConns(o *options) int {
 			n = max(n, o.marketConns)
 		case "handshake":
 			n = max(n, o.hsConns, o.stormConns)
-		case "closeall":
+		case "closeall", "trim":
 			n = max(n, o.closeConns+o.closeProbes)
 		}
 	}

@@ -25,6 +25,7 @@ type Report struct {
 	Market    *MarketResult    `json:"market,omitempty"`
 	Handshake *HandshakeResult `json:"handshake,omitempty"`
 	CloseAll  *CloseAllResult  `json:"closeall,omitempty"`
+	Trim      *TrimResult      `json:"trim,omitempty"`
 }
 
 // Machine says where the numbers come from.
@@ -138,6 +139,18 @@ func printReport(w io.Writer, r *Report) {
 			p("| %s | %d | %s | %s | %s | %s | %s |\n", row.name, row.s.Count, ms(row.s.P50), ms(row.s.P90), ms(row.s.P99), ms(row.s.P999), ms(row.s.Max))
 		}
 		p("\nkpush released the dropped connections in %v s.\n", c.ReleaseSeconds)
+	}
+	if t := r.Trim; t != nil {
+		p("\n### Trim: %d connections × %d channels open, %d probes × %d channels at %g records/s, %gs per phase, then %d retained channels\n\n", t.Conns, t.SubsPerConn, t.Probes, t.ProbeChannels, t.Rate, t.Seconds, t.Retained)
+		p("| phase | kpush channels | samples | p50 | p90 | p99 | p99.9 | max | kpush cores |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range []struct {
+			name string
+			ph   TrimPhase
+		}{{"baseline", t.Baseline}, {"retained", t.Trim}} {
+			s := row.ph.Latency
+			p("| %s | %.0f | %d | %s | %s | %s | %s | %s | %.2f |\n", row.name, row.ph.Channels, s.Count, ms(s.P50), ms(s.P90), ms(s.P99), ms(s.P999), ms(s.Max), row.ph.KpushCores)
+		}
+		p("\nThe fill took %.1f s; kpush's heap after it: %s.\n", t.FillSeconds, mib(t.HeapAlloc))
 	}
 }
 

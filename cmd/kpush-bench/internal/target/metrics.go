@@ -22,6 +22,7 @@ type Metrics struct {
 	HeapAlloc     float64   `json:"heap_alloc"`      // go_memstats_heap_alloc_bytes (live after a GC)
 	Connections   float64   `json:"connections"`     // kpush_connections
 	Subscriptions float64   `json:"subscriptions"`   // kpush_subscriptions
+	Channels      float64   `json:"channels"`        // kpush_channels
 	Published     float64   `json:"published"`       // kpush_published_total
 	Deliveries    float64   `json:"deliveries"`      // kpush_deliveries_total
 	QueueFull     float64   `json:"queue_full"`      // kpush_queue_full_total
@@ -78,6 +79,7 @@ var series = []struct {
 	{"go_memstats_heap_alloc_bytes", "", "", func(m *Metrics) *float64 { return &m.HeapAlloc }},
 	{"kpush_connections", "", "", func(m *Metrics) *float64 { return &m.Connections }},
 	{"kpush_subscriptions", "", "", func(m *Metrics) *float64 { return &m.Subscriptions }},
+	{"kpush_channels", "", "", func(m *Metrics) *float64 { return &m.Channels }},
 	{"kpush_published_total", "", "", func(m *Metrics) *float64 { return &m.Published }},
 	{"kpush_deliveries_total", "", "", func(m *Metrics) *float64 { return &m.Deliveries }},
 	{"kpush_socket_writes_total", "", "", func(m *Metrics) *float64 { return &m.SocketWrites }},
