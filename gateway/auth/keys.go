@@ -92,31 +92,9 @@ func (ks *keySet) parse(token string) (claims jwt.MapClaims, unknownKid bool, er
 		case *jwt.SigningMethodHMAC:
 			return ks.secret, nil
 		case *jwt.SigningMethodRSA:
-			if k, ok := ks.byKid[kid].(*rsa.PublicKey); ok {
-				return k, nil
-			}
-			unknownKid = kid != ""
-			set := jwt.VerificationKeySet{}
-			for _, k := range ks.rsa {
-				set.Keys = append(set.Keys, k)
-			}
-			if len(set.Keys) == 0 {
-				return nil, errors.New("no RS256 key")
-			}
-			return set, nil
+			return keyFor(ks.byKid, ks.rsa, kid, "RS256", &unknownKid)
 		case *jwt.SigningMethodECDSA:
-			if k, ok := ks.byKid[kid].(*ecdsa.PublicKey); ok {
-				return k, nil
-			}
-			unknownKid = kid != ""
-			set := jwt.VerificationKeySet{}
-			for _, k := range ks.ec {
-				set.Keys = append(set.Keys, k)
-			}
-			if len(set.Keys) == 0 {
-				return nil, errors.New("no ES256 key")
-			}
-			return set, nil
+			return keyFor(ks.byKid, ks.ec, kid, "ES256", &unknownKid)
 		}
 		return nil, fmt.Errorf("algorithm %s is not accepted", t.Method.Alg())
 	})
@@ -204,4 +182,23 @@ func parsePEMKeys(data []byte) ([]any, error) {
 		return nil, errors.New("no PEM public key found")
 	}
 	return keys, nil
+}
+
+// keyFor returns the key a token names by kid, or, for a token whose kid is
+// not in the set (or that names none), every key of its algorithm to try;
+// unknownKid is set when a named kid was not found, so the caller can ask
+// for a refetch.
+func keyFor[K any](byKid map[string]any, keys []K, kid, alg string, unknownKid *bool) (any, error) {
+	if k, ok := byKid[kid].(K); ok {
+		return k, nil
+	}
+	*unknownKid = kid != ""
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("no %s key", alg)
+	}
+	set := jwt.VerificationKeySet{}
+	for _, k := range keys {
+		set.Keys = append(set.Keys, k)
+	}
+	return set, nil
 }
