@@ -238,7 +238,7 @@ health=$(buildah inspect --type image --format '{{.Docker.Config.Healthcheck.Tes
 
 # ---- run it as the Kubernetes manifest does ---------------------------------
 manifest=deployments/kubernetes/base/deployment.yaml
-yaml_value() { sed -n "s/^ *$1: *\"\{0,1\}\([^\"#]*\)\"\{0,1\} *$/\1/p" "$manifest" | head -1; }
+yaml_value() { sed -n "s/^ *$1: *\"\{0,1\}\([^\"#]*\)\"\{0,1\} *$/\1/p" "$manifest" | awk 'NR == 1'; }
 uid=$(yaml_value runAsUser)
 gid=$(yaml_value runAsGroup)
 [ "$uid" = 65532 ] && [ "$gid" = 65532 ] || fail "$manifest runs as $uid:$gid; the image's nonroot user is 65532:65532"
@@ -367,6 +367,9 @@ code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' kpush-dt)
 wait "$probe_pid" || { cat "$work/probe.out" >&2; fail "the client was not closed with 1001 by the drain"; }
 grep '^closed ' "$work/probe.out"
 [ "$code" = 0 ] || fail "kpush exited $code after podman stop, want 0"
-"${PODMAN[@]}" logs kpush-dt 2>&1 | grep -q 'drain' || fail "kpush's log shows no drain"
+# Into a file first: under pipefail, `podman logs | grep -q` fails whenever
+# grep exits on its first match before podman has written everything (SIGPIPE).
+"${PODMAN[@]}" logs kpush-dt >"$work/kpush.log" 2>&1 || fail "podman logs kpush-dt"
+grep -q 'drain' "$work/kpush.log" || fail "kpush's log shows no drain"
 
 step "passed"

@@ -65,7 +65,8 @@ kk_require_java() {
 		kk_die "java not found: install a Java 17+ runtime or set JAVA_HOME"
 	fi
 	local line major
-	line=$("$KK_JAVA" -version 2>&1 | head -n 1)
+	# awk reads to the end: `| head -n 1` under pipefail can fail with SIGPIPE.
+	line=$("$KK_JAVA" -version 2>&1 | awk 'NR == 1')
 	major=$(sed -E 's/.*version "([0-9]+)(\.[0-9]+)?.*/\1/' <<<"$line")
 	if [[ $major == 1 ]]; then major=8; fi
 	[[ $major =~ ^[0-9]+$ ]] || kk_die "cannot read the Java version from: $line"
