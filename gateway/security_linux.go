@@ -180,11 +180,17 @@ func (s *Server) reserveSlot(ua *upgradeAuth) error {
 
 // handshakeFailed counts a handshake that ended in an error before upgrade.
 func (s *Server) handshakeFailed(err error) {
+	s.handshakeFailedAs(s.metrics.handshakes, err)
+}
+
+// handshakeFailedAs is handshakeFailed counting in hs (a protocol's
+// kpush_handshakes_total).
+func (s *Server) handshakeFailedAs(hs *prometheus.CounterVec, err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		s.metrics.rejected.WithLabelValues("handshake_timeout").Inc()
 	}
-	s.metrics.handshakes.WithLabelValues("failed").Inc()
+	hs.WithLabelValues("failed").Inc()
 }
 
 // setGrant installs a verified grant on a connection.

@@ -548,12 +548,13 @@ func (s *Server) handshake(nc net.Conn) {
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
 	cf := err == nil && !isWS && s.centrifugoRequested(pc)
 	isWS = isWS || cf
+	hs := s.metrics.handshakesOf(cf)
 	if errors.Is(err, errRequestLine) {
-		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
+		s.rejectAs(hs, nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
 		return
 	}
 	if err != nil {
-		s.handshakeFailed(err)
+		s.handshakeFailedAs(hs, err)
 		nc.Close()
 		return
 	}
@@ -576,22 +577,22 @@ func (s *Server) handshake(nc net.Conn) {
 	head, rest, err := readHead(pc, lim.MaxHeaderBytes)
 	pc.release()
 	if errors.Is(err, errHeaderTooLarge) {
-		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
+		s.rejectAs(hs, nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
 		return
 	}
 	if err != nil {
-		s.handshakeFailed(err)
+		s.handshakeFailedAs(hs, err)
 		nc.Close()
 		return
 	}
 	if s.draining.Load() {
-		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
+		s.rejectAs(hs, nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
 		return
 	}
 	// Refuse early when full; the slot itself is taken just before the 101
 	// answer (reserveSlot), once every other check has passed.
 	if s.slots.Load() >= int64(lim.MaxConnections) {
-		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
+		s.rejectAs(hs, nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
 	ua := upgradeAuth{deadline: deadline, client: client}
@@ -613,10 +614,10 @@ func (s *Server) handshake(nc net.Conn) {
 		var rej *ws.ConnectionRejectedError
 		if errors.As(err, &rej) {
 			// The upgrader has written the refusal.
-			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+			hs.WithLabelValues("rejected").Inc()
 			lingerClose(nc)
 		} else {
-			s.handshakeFailed(err)
+			s.handshakeFailedAs(hs, err)
 			nc.Close()
 		}
 		return
@@ -624,7 +625,7 @@ func (s *Server) handshake(nc net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	fd, err := netpoll.Detach(s.sys, raw)
 	if err != nil {
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		hs.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not take over an upgraded socket; closing it", "err", err)
 		raw.Close() // the client saw its 101: it must not wait on a socket nobody serves
 		return
@@ -659,11 +660,11 @@ func (s *Server) handshake(nc net.Conn) {
 		c.flags |= flagClosed | flagClosing
 		c.releaseIfIdleLocked()
 		c.mu.Unlock()
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		hs.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not watch a connection", "err", err)
 		return
 	}
-	s.metrics.handshakes.WithLabelValues("ok").Inc()
+	hs.WithLabelValues("ok").Inc()
 	if c.tlsLink() != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
 		// c.rd.partial, and crypto/tls may hold more records; epoll would
@@ -679,8 +680,14 @@ func (s *Server) handshake(nc net.Conn) {
 // reject answers a handshake with an HTTP error and closes the connection
 // (lingerClose, so the client gets to read the answer).
 func (s *Server) reject(c net.Conn, status int, reason, msg string) {
+	s.rejectAs(s.metrics.handshakes, c, status, reason, msg)
+}
+
+// rejectAs is reject counting the handshake in hs (a protocol's
+// kpush_handshakes_total).
+func (s *Server) rejectAs(hs *prometheus.CounterVec, c net.Conn, status int, reason, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
-	s.metrics.handshakes.WithLabelValues("rejected").Inc()
+	hs.WithLabelValues("rejected").Inc()
 	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		status, http.StatusText(status), len(msg), msg)
 	lingerClose(c)
