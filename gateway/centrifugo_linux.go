@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -218,49 +219,112 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		c.mu.Unlock()
 		return
 	}
-	if req.Recover {
-		if part, _, ok := parseCFEpoch(req.Epoch); ok {
-			// Resume through protocol v1's seam (memory, then Kafka); its
-			// ok reply becomes the subscribe reply, and the records it
-			// sends first go into the reply's publications
-			// (cfFrameLocked).
-			if c.cfState().pending == nil {
-				c.cfState().pending = make(map[string]*cfPending)
-			}
-			c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
-			c.mu.Unlock()
-			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},
-				Since: map[string]map[string]int64{ch: {strconv.Itoa(int(part)): int64(req.Offset)}}})
-			return
-		}
-	}
 	c.subs = append(c.subs, ch)
 	c.mu.Unlock()
-	recovering := req.Recover
-	// The reply is queued under the channel's shard lock, before any
-	// publication of it: the SDKs drop publications of a subscription they
-	// have not seen answered. A channel whose last record is kept (routes
-	// with snapshot: true) answers its position, so that the SDK can
-	// recover from it later.
+	// Everything is decided under the channel's shard lock, before any
+	// later publication of it: the reply (or, when recovering, the
+	// records that resume the channel, then the reply) is queued first, and
+	// the SDKs drop publications of a subscription they have not seen
+	// answered.
+	var job *resumeJob
+	var ok map[string]bool // the v1 verdict of a resume served at once
+	start := time.Now()    // resume_timeout runs from here
 	s.router.Subscribe(c, ch, func(v router.View) {
-		res := "{}"
-		if last := v.Last(); last != nil {
-			res = `{"recoverable":true,"epoch":"` + cfEpoch(last) + `","offset":` + strconv.FormatInt(last.Offset, 10)
-			if recovering {
-				res += `,"was_recovering":true`
+		if req.Recover {
+			if pos, ok2 := cfRecoverable(v, req.Epoch, req.Offset); ok2 {
+				// Resume through protocol v1's seam (memory, then Kafka);
+				// its ok reply becomes the subscribe reply, and the
+				// records it sends first go into the reply's
+				// publications (cfFrameLocked).
+				c.mu.Lock()
+				if c.cfState().pending == nil {
+					c.cfState().pending = make(map[string]*cfPending)
+				}
+				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
+				c.mu.Unlock()
+				recovered := map[string]bool{ch: true}
+				reserve := okReserve(int64(id), recovered)
+				if rc := s.resumeChannel(c, ch, []partPos{pos}, v, recovered, reserve); rc != nil {
+					job = &resumeJob{c: c, id: int64(id), deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered,
+						reserve: reserve, chans: []*resumeChan{rc}}
+				} else {
+					ok = recovered
+				}
+				return
 			}
-			res += "}"
-		} else if recovering {
-			res = `{"was_recovering":true}`
+			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
 		}
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
+		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", cfSubscribeResult(v, req.Recover))))
 	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
 	c.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		s.router.Unsubscribe(c, ch) // the close may have taken c.subs before this subscribe
+	case job != nil:
+		s.submitResume(job) // its ok reply follows the replayed records
+	case ok != nil:
+		c.send(okFrame(int64(id), ok))
 	}
+}
+
+// cfRecoverable reports whether a recover from the client's epoch can be
+// answered exactly, and from which Kafka position: the epoch must be one
+// kpush gave, the channel's records must come from one partition, and that
+// partition and topic must be the epoch's. A channel with no retained
+// record here (another instance gave the position, or the route retains
+// nothing) is read back from Kafka from the position. Called under the
+// channel's shard lock.
+func cfRecoverable(v router.View, epoch string, offset uint64) (partPos, bool) {
+	topic, part, _, ok := parseCFEpoch(epoch)
+	if !ok || v.Partitions() > 1 {
+		return partPos{}, false
+	}
+	if n := v.Newest(); n != nil && (n.Topic != topic || n.Partition != part) {
+		return partPos{}, false
+	}
+	return partPos{p: part, after: int64(offset)}, offset <= math.MaxInt64
+}
+
+// cfSubscribeResult is the subscribe reply of a channel subscribed without
+// a recovery (recovering: one whose recover could not be exact). A channel
+// whose newest retained record says where its stream is, and whose records
+// come from one partition, is recoverable: the reply carries its position.
+// A channel of a route with snapshot: true gets its last record in the
+// reply's publications (Centrifugo's cache recovery mode); after a recover
+// that failed it comes with "recovered":false. Called under the channel's
+// shard lock.
+func cfSubscribeResult(v router.View, recovering bool) string {
+	b := []byte{'{'}
+	sep := func() {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+	}
+	if n := v.Newest(); n != nil && v.Partitions() == 1 {
+		b = append(b, `"recoverable":true,"positioned":true,"epoch":"`...)
+		b = append(b, cfEpoch(n)...)
+		b = append(b, `","offset":`...)
+		b = strconv.AppendInt(b, n.Offset, 10)
+	}
+	if recovering {
+		sep()
+		b = append(b, `"was_recovering":true`...)
+	}
+	if last := v.Last(); last != nil {
+		if value, ok := recordValue(last.Payload); ok {
+			if !recovering {
+				sep()
+				b = append(b, `"recovered":true`...)
+			}
+			sep()
+			b = append(b, `"publications":[`...)
+			b = append(b, cfPub(last.Offset, value)...)
+			b = append(b, ']')
+		}
+	}
+	return string(append(b, '}'))
 }
 
 // cfPending is a recovering subscription whose reply is not written yet.
@@ -273,21 +337,36 @@ type cfPending struct {
 	last   *router.Frame
 }
 
-// cfEpoch names a record's partition stream: its partition and the
-// consumer's continuity epoch, which changes when the read of the
-// partition may have a hole (a reset, a restart).
+// cfEpoch names a record's partition stream: "<topic>:<partition>:<continuity
+// epoch, base 36>". The continuity epoch changes when the consumer's read of
+// the partition may have a hole (a reset or truncation detected, a
+// restart), so a client can tell a new stream; the topic and partition say
+// which Kafka position the offsets are, on any instance. Topic names hold
+// no ':'.
 func cfEpoch(f *router.Frame) string {
-	return strconv.Itoa(int(f.Partition)) + "." + strconv.FormatUint(f.Epoch, 36)
+	b := make([]byte, 0, len(f.Topic)+24)
+	b = append(b, f.Topic...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(f.Partition), 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, f.Epoch, 36)
+	return string(b)
 }
 
-func parseCFEpoch(e string) (part int32, epoch uint64, ok bool) {
-	p, ep, found := strings.Cut(e, ".")
+// parseCFEpoch reads an epoch cfEpoch made.
+func parseCFEpoch(e string) (topic string, part int32, epoch uint64, ok bool) {
+	rest, ep, found := strings.Cut(e, ":")
 	if !found {
-		return 0, 0, false
+		return "", 0, 0, false
+	}
+	topic = rest
+	p, ep, found := strings.Cut(ep, ":")
+	if !found || strings.Contains(ep, ":") {
+		return "", 0, 0, false
 	}
 	n, err1 := strconv.ParseInt(p, 10, 32)
 	m, err2 := strconv.ParseUint(ep, 36, 64)
-	return int32(n), m, err1 == nil && err2 == nil && n >= 0
+	return topic, int32(n), m, err1 == nil && err2 == nil && n >= 0
 }
 
 // cfSubscribeReply turns protocol v1's answer to a recovering subscribe

@@ -166,25 +166,27 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	g := startSSEServer(t, nil)
 	pub := func(from, to int64) {
 		for o := from; o <= to; o++ {
-			g.srv.Publish(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
+			g.srv.Publish(&Message{Channel: "ticks.AAPL", Topic: "ticks", Partition: 3, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
 				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
 		}
 	}
 	pub(100, 100) // the channel's position before the client comes
 	cl := cfClient(t, g.addr, centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	pubs, recovered := cfSub(t, cl, "ticks.AAPL")
+	// The route keeps the last record: the SDK gets it on subscribe
+	// (Centrifugo's cache mode), and the channel's position.
 	var got []int64
 	read := func(n int) {
 		for len(got) < n {
 			e := nextPub(t, pubs)
-			if int64(e.Offset) != 101+int64(len(got)) || string(e.Data) != fmt.Sprintf(`{"o":%d}`, e.Offset) {
+			if int64(e.Offset) != 100+int64(len(got)) || string(e.Data) != fmt.Sprintf(`{"o":%d}`, e.Offset) {
 				t.Fatalf("after %v: offset %d data %s", got, e.Offset, e.Data)
 			}
 			got = append(got, int64(e.Offset))
 		}
 	}
 	pub(101, 120)
-	read(20)
+	read(21)
 	for _, c := range g.srv.conns.Snapshot() {
 		c.abort() // the cut
 	}
@@ -195,11 +197,11 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("not resubscribed within 15s")
 	}
-	if !ev.WasRecovering || !ev.Recovered {
+	if !ev.WasRecovering || !ev.Recovered || !ev.Recoverable || ev.StreamPosition == nil || ev.StreamPosition.Epoch != "ticks:3:7" {
 		t.Fatalf("resubscribed with %+v", ev)
 	}
 	pub(141, 150)
-	read(50)
+	read(51)
 }
 
 // TestCentrifugoNodeSDK runs the centrifuge npm package (centrifuge-js) in
@@ -213,7 +215,7 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		}
 		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "40") })
+	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41") })
 }
 
 // TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
@@ -226,12 +228,13 @@ func TestCentrifugoPythonSDK(t *testing.T) {
 		}
 		t.Skip("no gateway/testdata/python/.venv (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "40") })
+	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41") })
 }
 
 // runSDKScript runs an SDK client script against a gateway: it must
-// subscribe to x, print its events as JSON lines, and after 40
-// publications try publish and history. Records 2..21 arrive live, 22..31
+// subscribe to x, print its events as JSON lines, and after 41
+// publications try publish and history. Record 1 comes with the subscribe
+// reply (the route keeps the last record), 2..21 arrive live, 22..31
 // while the connection is cut at the server (recovered on resubscribe),
 // 32..41 live again.
 func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
@@ -306,8 +309,9 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	}
 	expect("subscribed")
 	waitSubscribed(t, g.srv, 1)
+	readPubs(1) // the route's snapshot: the last record on subscribe
 	pub(2, 21)
-	readPubs(20)
+	readPubs(21)
 	for _, c := range g.srv.conns.Snapshot() {
 		c.abort() // the cut
 	}
@@ -315,10 +319,10 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	if l := expect("subscribed"); !l.Recovered || !l.WasRecovering {
 		t.Fatalf("resubscribed with %+v", l)
 	}
-	readPubs(30)
+	readPubs(31)
 	pub(32, 41)
-	readPubs(40)
-	if fmt.Sprint(got) != fmt.Sprint(span(2, 41)) {
+	readPubs(41)
+	if fmt.Sprint(got) != fmt.Sprint(span(1, 41)) {
 		t.Fatalf("got %v", got)
 	}
 	for _, name := range []string{"publish", "history"} {
@@ -394,6 +398,9 @@ func TestCentrifugoGoSDKRecoversOnSecondInstance(t *testing.T) {
 	proxy := startSwitchProxy(t, a.addr)
 	cl := cfClient(t, proxy.ln.Addr().String(), centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	pubs, resubscribed := cfSub(t, cl, "x")
+	if e := nextPub(t, pubs); e.Offset != 1 {
+		t.Fatalf("the snapshot on subscribe has offset %d", e.Offset)
+	}
 	var got []int64
 	read := func(n int) {
 		for len(got) < n {

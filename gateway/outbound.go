@@ -506,9 +506,11 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 	b = append(b, rest...)
 	return &router.Frame{
 		Channel:   f.Channel,
+		Topic:     f.Topic,
 		Partition: f.Partition,
 		Offset:    f.Offset,
 		Timestamp: f.Timestamp,
+		Epoch:     f.Epoch,
 		Data:      b,
 		Payload:   b[h:],
 		Conflate:  f.Conflate,

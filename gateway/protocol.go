@@ -216,6 +216,7 @@ func errorFrame(id int64, code, msg string) []byte {
 // Message describes one record to encode as a msg frame.
 type Message struct {
 	Channel   string
+	Topic     string // the Kafka topic ("" when unknown)
 	Partition int32
 	Offset    int64
 	Timestamp int64 // Unix milliseconds
@@ -298,6 +299,7 @@ func EncodeMessage(m *Message) *router.Frame {
 	wire.PutServerHeader(b[start:hl], ws.OpText, payload)
 	return &router.Frame{
 		Channel:   m.Channel,
+		Topic:     m.Topic,
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,

@@ -213,6 +213,7 @@ func (p *publisher) Deliver(m *consumer.Message) {
 func toGateway(m *consumer.Message) *gateway.Message {
 	return &gateway.Message{
 		Channel:   m.Channel,
+		Topic:     m.Topic,
 		Partition: m.Partition,
 		Offset:    m.Offset,
 		Timestamp: m.Timestamp,
