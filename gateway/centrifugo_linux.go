@@ -231,6 +231,14 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 	start := time.Now()    // resume_timeout runs from here
 	s.router.Subscribe(c, ch, func(v router.View) {
 		if req.Recover {
+			if n := v.Newest(); n != nil && v.Partitions() == 1 && req.Epoch == cfEpoch(n) && int64(req.Offset) == n.Offset {
+				// The client has the channel's newest record, from the
+				// same unbroken stream: nothing to recover.
+				s.countResume("memory", true, 0)
+				c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
+					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true}`)))
+				return
+			}
 			if pos, ok2 := cfRecoverable(v, req.Epoch, req.Offset); ok2 {
 				// Resume through protocol v1's seam (memory, then Kafka);
 				// its ok reply becomes the subscribe reply, and the
@@ -406,7 +414,7 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 	if pd.last != nil {
 		epoch, offset = cfEpoch(pd.last), pd.last.Offset
 	}
-	b := []byte(`{"recoverable":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
+	b := []byte(`{"recoverable":true,"positioned":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
 		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]))
 	if len(pd.pubs) > 0 {
 		b = append(b, `,"publications":[`...)

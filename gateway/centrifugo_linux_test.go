@@ -208,6 +208,16 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 // Node: exact data, a server-side cut recovered with no gap and no
 // duplicate, and the "not available" answers.
 func TestCentrifugoNodeSDK(t *testing.T) {
+	runSDKScript(t, false, nodeSDKCommand(t))
+}
+
+// TestCentrifugoNodeSDKSecondInstance: the same, the reconnect reaching a
+// second kpush instance.
+func TestCentrifugoNodeSDKSecondInstance(t *testing.T) {
+	runSDKScript(t, true, nodeSDKCommand(t))
+}
+
+func nodeSDKCommand(t *testing.T) func(url string) *exec.Cmd {
 	node, err := exec.LookPath("node")
 	if _, statErr := os.Stat("testdata/node/node_modules/centrifuge"); err != nil || statErr != nil {
 		if os.Getenv("CI") != "" {
@@ -215,12 +225,22 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		}
 		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41") })
+	return func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41") }
 }
 
 // TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
 // the virtual environment .ci/run makes in gateway/testdata/python/.venv.
 func TestCentrifugoPythonSDK(t *testing.T) {
+	runSDKScript(t, false, pythonSDKCommand(t))
+}
+
+// TestCentrifugoPythonSDKSecondInstance: the same, the reconnect reaching
+// a second kpush instance.
+func TestCentrifugoPythonSDKSecondInstance(t *testing.T) {
+	runSDKScript(t, true, pythonSDKCommand(t))
+}
+
+func pythonSDKCommand(t *testing.T) func(url string) *exec.Cmd {
 	py := "testdata/python/.venv/bin/python"
 	if _, err := os.Stat(py); err != nil {
 		if os.Getenv("CI") != "" {
@@ -228,7 +248,7 @@ func TestCentrifugoPythonSDK(t *testing.T) {
 		}
 		t.Skip("no gateway/testdata/python/.venv (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41") })
+	return func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41") }
 }
 
 // runSDKScript runs an SDK client script against a gateway: it must
@@ -236,18 +256,32 @@ func TestCentrifugoPythonSDK(t *testing.T) {
 // publications try publish and history. Record 1 comes with the subscribe
 // reply (the route keeps the last record), 2..21 arrive live, 22..31
 // while the connection is cut at the server (recovered on resubscribe),
-// 32..41 live again.
-func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
+// 32..41 live again. With second, the client goes through a proxy that
+// sends its reconnect to a second instance (fed the same records, its own
+// continuity epoch), which recovers it.
+func runSDKScript(t *testing.T, second bool, command func(url string) *exec.Cmd) {
 	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
+	srvs := []*Server{g.srv}
+	var b *served
+	addr := g.addr
+	var proxy *switchProxy
+	if second {
+		b = startSSEServer(t, nil)
+		srvs = append(srvs, b.srv)
+		proxy = startSwitchProxy(t, g.addr)
+		addr = proxy.ln.Addr().String()
+	}
 	pub := func(from, to int64) {
 		for o := from; o <= to; o++ {
-			g.srv.Publish(&Message{Channel: "x", Partition: 0, Offset: o, Epoch: 3, Timestamp: time.Now().UnixMilli(),
-				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			for i, s := range srvs {
+				s.Publish(&Message{Channel: "x", Topic: "t", Partition: 0, Offset: o, Epoch: uint64(3 + i), Timestamp: time.Now().UnixMilli(),
+					Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			}
 		}
 	}
 	pub(1, 1)
-	cmd := command(cfURL(g.addr))
+	cmd := command(cfURL(addr))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -312,6 +346,10 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	readPubs(1) // the route's snapshot: the last record on subscribe
 	pub(2, 21)
 	readPubs(21)
+	if second {
+		bAddr := b.addr
+		proxy.target.Store(&bAddr)
+	}
 	for _, c := range g.srv.conns.Snapshot() {
 		c.abort() // the cut
 	}
@@ -320,6 +358,10 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 		t.Fatalf("resubscribed with %+v", l)
 	}
 	readPubs(31)
+	if second && b.srv.Connections() != 1 {
+		// Before the last records: the script disconnects after them.
+		t.Fatalf("the client is not on the second instance (%d connections there)", b.srv.Connections())
+	}
 	pub(32, 41)
 	readPubs(41)
 	if fmt.Sprint(got) != fmt.Sprint(span(1, 41)) {
