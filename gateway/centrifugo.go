@@ -41,6 +41,7 @@ const (
 
 // Centrifugo's disconnect codes (WebSocket close codes) kpush closes with.
 const (
+	cfCloseExpired      = 3005 // the connection's token expired unrefreshed: the SDK reconnects, getting a new token
 	cfCloseInvalidToken = 3500 // a connect token that is not valid: the SDK does not reconnect
 	cfCloseBadRequest   = 3501 // a command that is not the protocol's, or one before connect
 )

@@ -153,6 +153,17 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 	return true
 }
 
+// tokenExpiredCode is the close code of a connection whose token expired
+// without a refresh: Centrifugo's "expired" disconnect (3005, after which
+// the SDKs reconnect and, answered 109 for the old token, ask the
+// application for a new one) on the Centrifugo endpoint, 4001 otherwise.
+func (c *conn) tokenExpiredCode() ws.StatusCode {
+	if c.cfState() != nil {
+		return cfCloseExpired
+	}
+	return CloseTokenExpired
+}
+
 // cfExpiry is the expires/ttl members for a grant with an expiry.
 func cfExpiry(g *auth.Grant) string {
 	if g == nil || g.Expires.IsZero() {

@@ -194,8 +194,12 @@ func closeReason(code ws.StatusCode) string {
 		return "message_too_big"
 	case ws.StatusInternalServerError:
 		return "internal"
-	case CloseTokenExpired:
+	case CloseTokenExpired, cfCloseExpired:
 		return "token_expired"
+	case cfCloseInvalidToken:
+		return "invalid_token"
+	case cfCloseBadRequest:
+		return "bad_request"
 	case CloseSlowConsumer:
 		return "slow_consumer"
 	case ws.StatusNoStatusRcvd:

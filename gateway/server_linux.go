@@ -513,7 +513,7 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 			c.abort()
 		}
 		for _, c := range toExpire {
-			c.closeWith(CloseTokenExpired, "token expired", true)
+			c.closeWith(c.tokenExpiredCode(), "token expired", true)
 		}
 		clear(toIdle)
 		clear(toCut)
