@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	centrifuge "github.com/centrifugal/centrifuge-go"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/kpush/kpush/router"
@@ -257,5 +258,45 @@ func TestCentrifugoEpochChangesAtAHole(t *testing.T) {
 	res, raw := third.subscribe("c", `,"recover":true,"epoch":"t:3:7","offset":2`)
 	if !res.WasRecovering || res.Recovered || res.Epoch != "t:3:8" || res.Offset != 5 || fmt.Sprint(res.offsets()) != "[5]" {
 		t.Fatalf("recover across the hole answered %s", raw)
+	}
+}
+
+// TestCentrifugoGoSDKSnapshotOnSubscribe: a route with snapshot: true gives
+// Centrifugo's cache behaviour to the unmodified centrifuge-go SDK: a fresh
+// subscribe delivers the channel's last record, exactly, with its stream
+// position, and live records follow it.
+func TestCentrifugoGoSDKSnapshotOnSubscribe(t *testing.T) {
+	g := startSSEServer(t, nil)
+	last := &router.Retention{Last: true}
+	for o := int64(40); o <= 42; o++ {
+		g.srv.Publish(&Message{Channel: "fx.EURUSD", Topic: "fx", Partition: 5, Offset: o, Epoch: 11, Timestamp: time.Now().UnixMilli(),
+			Data: []byte(fmt.Sprintf(`{"bid":1.0%d}`, o))}, last)
+	}
+	cl := cfClient(t, g.addr, centrifuge.Config{})
+	sub, err := cl.NewSubscription("fx.EURUSD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs := make(chan centrifuge.PublicationEvent, 16)
+	subscribed := make(chan centrifuge.SubscribedEvent, 1)
+	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
+	if err := sub.Subscribe(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-subscribed:
+		if !e.Recoverable || !e.Positioned || e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 42, Epoch: "fx:5:b"}) {
+			t.Fatalf("subscribed with %+v (position %+v)", e, e.StreamPosition)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("not subscribed within 15s")
+	}
+	if e := nextPub(t, pubs); string(e.Data) != `{"bid":1.042}` || e.Offset != 42 {
+		t.Fatalf("the snapshot: %s at offset %d", e.Data, e.Offset)
+	}
+	g.srv.Publish(&Message{Channel: "fx.EURUSD", Topic: "fx", Partition: 5, Offset: 43, Epoch: 11, Data: []byte(`{"bid":1.043}`)}, last)
+	if e := nextPub(t, pubs); string(e.Data) != `{"bid":1.043}` || e.Offset != 43 {
+		t.Fatalf("live after the snapshot: %s at offset %d", e.Data, e.Offset)
 	}
 }
