@@ -89,6 +89,7 @@ type cfSubscribe struct {
 	Recover bool   `json:"recover"`
 	Offset  uint64 `json:"offset"`
 	Epoch   string `json:"epoch"`
+	Delta   string `json:"delta"`
 }
 
 // cfReply encodes a reply: {"id":N,"<method>":<result>}.

@@ -24,6 +24,7 @@ import (
 type cfSession struct {
 	client    string // the client id given in the connect reply
 	connected bool
+	proto     bool // Centrifugo's Protobuf format (binary frames), set at the upgrade
 	// pending holds the recovering subscriptions whose reply is not
 	// written yet, by channel (nil until the first); guarded by the
 	// conn's mu.
@@ -70,7 +71,7 @@ func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
 		}
 		if ok, alive := c.allowRequest(nil); !ok {
 			if alive {
-				c.send(wire.ServerFrame(ws.OpText, cfError(0, 111, "too many requests")))
+				c.cfSend(cfError(0, 111, "too many requests"))
 			}
 			return alive
 		}
@@ -89,7 +90,7 @@ func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
 
 // centrifugoCommand answers one command; false once the connection closes.
 func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
-	reply := func(b []byte) { c.send(wire.ServerFrame(ws.OpText, b)) }
+	reply := func(b []byte) { c.cfSend(b) }
 	if cmd.Connect != nil {
 		return s.cfConnect(c, cmd.ID, cmd.Connect)
 	}
@@ -134,7 +135,7 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 		if g, err = s.verifier.Verify(req.Token); err != nil {
 			if errors.Is(err, auth.ErrTokenExpired) {
 				s.metrics.rejected.WithLabelValues("token_expired").Inc()
-				c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrTokenExpired, "token expired")))
+				c.cfSend(cfError(id, cfErrTokenExpired, "token expired"))
 				return true
 			}
 			s.metrics.rejected.WithLabelValues("invalid_token").Inc()
@@ -149,7 +150,7 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 	c.cfState().connected = true
 	ping := max(1, int(s.lim().PingInterval.Seconds()))
 	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cfState().client, ping, cfExpiry(g))
-	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "connect", res)))
+	c.cfSend(cfReply(id, "connect", res))
 	return true
 }
 
@@ -176,7 +177,7 @@ func cfExpiry(g *auth.Grant) string {
 // cfRefresh replaces the connection's token (the SDKs refresh before ttl).
 func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 	if s.verifier == nil {
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"}`)))
+		c.cfSend(cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"}`))
 		return
 	}
 	g, err := s.verifier.Verify(token)
@@ -185,15 +186,15 @@ func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 		if errors.Is(err, auth.ErrTokenExpired) {
 			code, msg = cfErrTokenExpired, "token expired"
 		}
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		c.cfSend(cfError(id, code, msg))
 		return
 	}
 	if old := c.sec.grant.Load(); old != nil && old.Subject != g.Subject {
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject")))
+		c.cfSend(cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject"))
 		return
 	}
 	c.setGrant(g)
-	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"`+cfExpiry(g)+`}`)))
+	c.cfSend(cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"`+cfExpiry(g)+`}`))
 }
 
 // cfSubscribe subscribes one channel. The reply is queued before the
@@ -203,7 +204,7 @@ func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 	fail := func(code int, msg string) {
 		s.metrics.clientErrors.WithLabelValues("centrifugo_subscribe").Inc()
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		c.cfSend(cfError(id, code, msg))
 	}
 	ch := req.Channel
 	if !router.ValidChannel(ch) {
@@ -246,8 +247,8 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				// The client has the channel's newest record, from the
 				// same unbroken stream: nothing to recover.
 				s.countResume("memory", true, 0)
-				c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
-					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true}`)))
+				c.cfSend(cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
+					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true}`))
 				return
 			}
 			if pos, ok2 := cfRecoverable(v, req.Epoch, req.Offset); ok2 {
@@ -273,7 +274,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			}
 			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
 		}
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", cfSubscribeResult(v, req.Recover))))
+		c.cfSend(cfReply(id, "subscribe", cfSubscribeResult(v, req.Recover)))
 	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
@@ -481,9 +482,13 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			b = []byte{0x8A, 0}
 			break
 		}
-		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
+		b = c.srv.cfPushes.push(f, v, c.cfState().proto)
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
-		b = wire.ServerFrame(ws.OpText, []byte("{}"))
+		if c.cfState().proto {
+			b = wire.ServerFrame(ws.OpBinary, cfPingProto)
+		} else {
+			b = wire.ServerFrame(ws.OpText, []byte("{}"))
+		}
 	case f.Channel == "" && len(c.cfState().pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
 		op, payload := serverFramePayload(f.Data)
 		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
@@ -494,6 +499,14 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			return f
 		}
 		b = wire.ServerFrame(ws.OpText, r)
+		if c.cfState().proto {
+			pb, err := cfReplyProto(r)
+			if err != nil {
+				c.srv.log.Error("gateway: centrifugo reply not sent", "err", err)
+				return f
+			}
+			b = wire.ServerFrame(ws.OpBinary, pb)
+		}
 	default:
 		return f
 	}
@@ -502,4 +515,57 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 	c.out.bytes += len(b) - len(f.Data)
 	c.out.frames[i] = nf
 	return nf
+}
+
+// cfSend queues a reply built in the JSON form, transcoded for a Protobuf
+// session.
+func (c *conn) cfSend(js []byte) {
+	if cf := c.cfState(); cf != nil && cf.proto {
+		b, err := cfReplyProto(js)
+		if err != nil {
+			c.srv.log.Error("gateway: centrifugo reply not sent", "err", err) // a kpush bug: its own replies
+			return
+		}
+		c.send(wire.ServerFrame(ws.OpBinary, b))
+		return
+	}
+	c.send(wire.ServerFrame(ws.OpText, js))
+}
+
+// handleCentrifugoProto answers the Commands of one binary message of a
+// Protobuf session (compressed: permessage-deflate). It returns false once
+// the connection is closing.
+func (s *Server) handleCentrifugoProto(c *conn, p []byte, compressed bool) bool {
+	if compressed {
+		m, err := inflateMessage(p, s.lim().MaxMessageBytes)
+		switch {
+		case err == errInflatedTooLarge:
+			s.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
+			c.closeWith(ws.StatusMessageTooBig, err.Error(), true)
+			return false
+		case err != nil:
+			s.metrics.clientErrors.WithLabelValues("bad_deflate").Inc()
+			c.closeWith(ws.StatusInvalidFramePayloadData, "compressed message does not inflate", true)
+			return false
+		}
+		p = m
+	}
+	alive := true
+	err := cfDecodeProto(p, func(cmd *cfCommand) bool {
+		if ok, live := c.allowRequest(nil); !ok {
+			if live {
+				c.cfSend(cfError(0, 111, "too many requests"))
+			}
+			alive = live
+			return false
+		}
+		alive = s.centrifugoCommand(c, cmd)
+		return alive
+	})
+	if err != nil && alive {
+		s.metrics.clientErrors.WithLabelValues("centrifugo_bad_command").Inc()
+		c.closeWith(cfCloseBadRequest, "bad request", true)
+		return false
+	}
+	return alive
 }

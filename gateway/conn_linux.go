@@ -568,6 +568,16 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		c.closeWith(code, "", true)
 		return false
 	case ws.OpBinary:
+		if cf := c.cfState(); cf != nil && cf.proto {
+			if !f.Fin {
+				rd := c.readState()
+				rd.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
+				rd.msgOp = ws.OpBinary
+				rd.msgZ = f.Compressed
+				return true
+			}
+			return c.srv.handleCentrifugoProto(c, f.Payload, f.Compressed)
+		}
 		c.srv.metrics.clientErrors.WithLabelValues("binary_frame").Inc()
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
 		return false
@@ -601,6 +611,11 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		}
 		msg := rd.msg
 		rd.msg = nil
+		if rd.msgOp == ws.OpBinary {
+			z := rd.msgZ
+			rd.msgZ = false
+			return c.srv.handleCentrifugoProto(c, msg, z) // only Protobuf sessions start binary messages
+		}
 		if rd.msgZ {
 			rd.msgZ = false
 			return c.handleCompressed(msg)

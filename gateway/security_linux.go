@@ -97,6 +97,9 @@ type upgradeAuth struct {
 	slot bool
 	// client is the client address being worked out (clientaddr_linux.go).
 	client *clientAddr
+	// cf: the request is for gateway.centrifugo_path; cfProto: it asks
+	// for Centrifugo's Protobuf format (centrifugo_proto.go).
+	cf, cfProto bool
 }
 
 // upgrader returns the gobwas/ws upgrader for one handshake: it checks the
@@ -109,6 +112,7 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 				return ua.headErr
 			}
 			ua.tok.query = queryToken(uri)
+			ua.cfProto = ua.cfProto || ua.cf && cfFormatProtobuf(uri)
 			return nil
 		},
 		OnHeader: func(key, value []byte) error {
@@ -131,6 +135,9 @@ func (s *Server) upgrader(ua *upgradeAuth) ws.Upgrader {
 			sel, tok := selectProtocol(v)
 			if tok != "" {
 				ua.tok.protocol = tok
+			}
+			if ua.cf && cfWantsProtobuf(v) {
+				sel, ua.cfProto = cfProtobufSubprotocol, true
 			}
 			return sel, true
 		},

@@ -46,6 +46,7 @@ type Server struct {
 	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
 	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
 	deflateConns atomic.Int64      // connections that negotiated permessage-deflate (deflate.go)
+	cfPushes     *cfPushCache      // Centrifugo forms of the records being pushed (centrifugo_proto.go)
 	deflated     atomic.Int64      // records compressed (kpush_deflated_records_total)
 
 	httpHandler http.Handler
@@ -108,6 +109,7 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	s := &Server{
+		cfPushes:   newCFPushCache(),
 		cfg:        cfg,
 		router:     rt,
 		log:        log,
@@ -595,7 +597,7 @@ func (s *Server) handshake(nc net.Conn) {
 		s.rejectAs(hs, nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	ua := upgradeAuth{deadline: deadline, client: client}
+	ua := upgradeAuth{deadline: deadline, client: client, cf: cf}
 	defer func() {
 		if ua.slot { // still ours: the conn never took it over
 			s.slots.Add(-1)
@@ -647,7 +649,7 @@ func (s *Server) handshake(nc net.Conn) {
 		c.setGrant(ua.grant)
 	}
 	if cf {
-		c.ext().cf = &cfSession{}
+		c.ext().cf = &cfSession{proto: ua.cfProto}
 		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
