@@ -208,16 +208,24 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 // Node: exact data, a server-side cut recovered with no gap and no
 // duplicate, and the "not available" answers.
 func TestCentrifugoNodeSDK(t *testing.T) {
-	runSDKScript(t, false, nodeSDKCommand(t))
+	runSDKScript(t, sdkRun{}, nodeSDKCommand(t, ""))
 }
 
 // TestCentrifugoNodeSDKSecondInstance: the same, the reconnect reaching a
 // second kpush instance.
 func TestCentrifugoNodeSDKSecondInstance(t *testing.T) {
-	runSDKScript(t, true, nodeSDKCommand(t))
+	runSDKScript(t, sdkRun{second: true}, nodeSDKCommand(t, ""))
 }
 
-func nodeSDKCommand(t *testing.T) func(url string) *exec.Cmd {
+// TestCentrifugoNodeSDKProtobuf: the same with the package's Protobuf
+// build, in the Protobuf format.
+func TestCentrifugoNodeSDKProtobuf(t *testing.T) {
+	runSDKScript(t, sdkRun{proto: true}, nodeSDKCommand(t, "protobuf"))
+}
+
+// nodeSDKCommand runs cf_client.mjs; format "protobuf" selects the
+// package's Protobuf build.
+func nodeSDKCommand(t *testing.T, format string) func(url string) *exec.Cmd {
 	node, err := exec.LookPath("node")
 	if _, statErr := os.Stat("testdata/node/node_modules/centrifuge"); err != nil || statErr != nil {
 		if os.Getenv("CI") != "" {
@@ -225,19 +233,21 @@ func nodeSDKCommand(t *testing.T) func(url string) *exec.Cmd {
 		}
 		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	return func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41") }
+	return func(url string) *exec.Cmd {
+		return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41", format)
+	}
 }
 
 // TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
 // the virtual environment .ci/run makes in gateway/testdata/python/.venv.
 func TestCentrifugoPythonSDK(t *testing.T) {
-	runSDKScript(t, false, pythonSDKCommand(t))
+	runSDKScript(t, sdkRun{}, pythonSDKCommand(t))
 }
 
 // TestCentrifugoPythonSDKSecondInstance: the same, the reconnect reaching
 // a second kpush instance.
 func TestCentrifugoPythonSDKSecondInstance(t *testing.T) {
-	runSDKScript(t, true, pythonSDKCommand(t))
+	runSDKScript(t, sdkRun{second: true}, pythonSDKCommand(t))
 }
 
 func pythonSDKCommand(t *testing.T) func(url string) *exec.Cmd {
@@ -259,7 +269,8 @@ func pythonSDKCommand(t *testing.T) func(url string) *exec.Cmd {
 // 32..41 live again. With second, the client goes through a proxy that
 // sends its reconnect to a second instance (fed the same records, its own
 // continuity epoch), which recovers it.
-func runSDKScript(t *testing.T, second bool, command func(url string) *exec.Cmd) {
+func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) {
+	second := run.second
 	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
 	srvs := []*Server{g.srv}
@@ -343,6 +354,11 @@ func runSDKScript(t *testing.T, second bool, command func(url string) *exec.Cmd)
 	}
 	expect("subscribed")
 	waitSubscribed(t, g.srv, 1)
+	for _, c := range g.srv.conns.Snapshot() {
+		if cf := c.cfState(); cf == nil || cf.proto != run.proto {
+			t.Fatalf("the script's session: %+v, want Protobuf %v", cf, run.proto)
+		}
+	}
 	readPubs(1) // the route's snapshot: the last record on subscribe
 	pub(2, 21)
 	readPubs(21)
@@ -376,6 +392,10 @@ func runSDKScript(t *testing.T, second bool, command func(url string) *exec.Cmd)
 		t.Fatalf("state after the not-available answers: %+v", l)
 	}
 }
+
+// sdkRun is how runSDKScript runs: second sends the reconnect to a second
+// instance; proto expects the script to use the Protobuf format.
+type sdkRun struct{ second, proto bool }
 
 // switchProxy forwards TCP connections to whichever address target holds.
 type switchProxy struct {
