@@ -29,6 +29,10 @@ type cfSession struct {
 	// written yet, by channel (nil until the first); guarded by the
 	// conn's mu.
 	pending map[string]*cfPending
+	// delta holds the channels subscribed with delta: "fossil", each with
+	// the last record sent on it (nil: none yet), the base of the next
+	// delta; guarded by the conn's mu.
+	delta map[string]*router.Frame
 }
 
 // centrifugoRequested reports whether the peeked request line asks for
@@ -211,6 +215,11 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		fail(cfErrBadRequest, fmt.Sprintf("channel %q must match ^[A-Za-z0-9_.:@/-]{1,200}$", truncate(ch, 64)))
 		return
 	}
+	delta := req.Delta == cfDeltaFossil
+	if req.Delta != "" && !delta {
+		fail(cfErrBadRequest, fmt.Sprintf("delta %q is not supported (only %q)", truncate(req.Delta, 32), cfDeltaFossil))
+		return
+	}
 	if s.verifier != nil && !s.isPublic(ch) && !c.sec.grant.Load().Allows(ch) {
 		s.metrics.rejected.WithLabelValues("forbidden").Inc()
 		fail(cfErrPermissionDenied, "permission denied")
@@ -232,6 +241,13 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		return
 	}
 	c.subs = append(c.subs, ch)
+	cf := c.cfState()
+	if delta {
+		if cf.delta == nil {
+			cf.delta = make(map[string]*router.Frame)
+		}
+		cf.delta[ch] = nil // no publication sent yet
+	}
 	c.mu.Unlock()
 	// Everything is decided under the channel's shard lock, before any
 	// later publication of it: the reply (or, when recovering, the
@@ -248,7 +264,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				// same unbroken stream: nothing to recover.
 				s.countResume("memory", true, 0)
 				c.cfSend(cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
-					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true}`))
+					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true`+cfDeltaMember(delta)+`}`))
 				return
 			}
 			if pos, ok2 := cfRecoverable(v, req.Epoch, req.Offset); ok2 {
@@ -260,7 +276,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				if c.cfState().pending == nil {
 					c.cfState().pending = make(map[string]*cfPending)
 				}
-				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
+				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, delta: delta, str: delta && !cf.proto}
 				c.mu.Unlock()
 				recovered := map[string]bool{ch: true}
 				reserve := okReserve(int64(id), recovered)
@@ -274,7 +290,15 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			}
 			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
 		}
-		c.cfSend(cfReply(id, "subscribe", cfSubscribeResult(v, req.Recover)))
+		res, sent := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
+		if sent != nil && delta {
+			c.mu.Lock()
+			if _, still := cf.delta[ch]; still {
+				cf.delta[ch] = sent // the base of the next delta
+			}
+			c.mu.Unlock()
+		}
+		c.cfSend(cfReply(id, "subscribe", res))
 	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
@@ -314,8 +338,10 @@ func cfRecoverable(v router.View, epoch string, offset uint64) (partPos, bool) {
 // A channel of a route with snapshot: true gets its last record in the
 // reply's publications (Centrifugo's cache recovery mode); after a recover
 // that failed it comes with "recovered":false. Called under the channel's
-// shard lock.
-func cfSubscribeResult(v router.View, recovering bool) string {
+// shard lock. With delta (the subscription asked for delta: "fossil") the
+// reply says so; with str a publication's data is a JSON string (delta in
+// the JSON format). sent is the record sent in the reply, if any.
+func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, sent *router.Frame) {
 	b := []byte{'{'}
 	sep := func() {
 		if len(b) > 1 {
@@ -340,11 +366,16 @@ func cfSubscribeResult(v router.View, recovering bool) string {
 			}
 			sep()
 			b = append(b, `"publications":[`...)
-			b = append(b, cfPub(last.Offset, value)...)
+			b = append(b, cfPubAs(last.Offset, value, str)...)
 			b = append(b, ']')
+			sent = last
 		}
 	}
-	return string(append(b, '}'))
+	if delta {
+		sep()
+		b = append(b, `"delta":true`...)
+	}
+	return string(append(b, '}')), sent
 }
 
 // cfPending is a recovering subscription whose reply is not written yet.
@@ -353,6 +384,8 @@ type cfPending struct {
 	ch     string
 	offset uint64 // the position the client gave
 	epoch  string
+	delta  bool   // delta: "fossil" negotiated
+	str    bool   // the publications' data are JSON strings (delta, JSON format)
 	pubs   []byte // publications gathered for the reply, comma separated
 	last   *router.Frame
 }
@@ -427,7 +460,12 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		epoch, offset = cfEpoch(pd.last), pd.last.Offset
 	}
 	b := []byte(`{"recoverable":true,"positioned":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
-		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]))
+		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]) + cfDeltaMember(pd.delta))
+	if cf := c.cfState(); pd.delta && len(pd.pubs) > 0 {
+		if _, still := cf.delta[pd.ch]; still {
+			cf.delta[pd.ch] = pd.last // the base of the next delta
+		}
+	}
 	if len(pd.pubs) > 0 {
 		b = append(b, `,"publications":[`...)
 		b = append(b, pd.pubs...)
@@ -452,6 +490,9 @@ func (s *Server) unsubscribeQuiet(c *conn, ch string) {
 	clear(c.subs[len(kept):])
 	c.subs = kept
 	c.out.dropResume(ch)
+	if cf := c.cfState(); cf != nil {
+		delete(cf.delta, ch)
+	}
 	c.mu.Unlock()
 	if found {
 		s.router.Unsubscribe(c, ch)
@@ -477,12 +518,18 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			if len(pd.pubs) > 0 {
 				pd.pubs = append(pd.pubs, ',')
 			}
-			pd.pubs = append(pd.pubs, cfPub(f.Offset, v)...)
+			pd.pubs = append(pd.pubs, cfPubAs(f.Offset, v, pd.str)...)
 			pd.last = f
 			b = []byte{0x8A, 0}
 			break
 		}
-		b = c.srv.cfPushes.push(f, v, c.cfState().proto)
+		cf := c.cfState()
+		if base, ok := cf.delta[f.Channel]; ok {
+			b = c.srv.cfPushes.pushDelta(f, v, base, cf.proto)
+			cf.delta[f.Channel] = f
+			break
+		}
+		b = c.srv.cfPushes.push(f, v, cf.proto)
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
 		if c.cfState().proto {
 			b = wire.ServerFrame(ws.OpBinary, cfPingProto)
@@ -568,4 +615,25 @@ func (s *Server) handleCentrifugoProto(c *conn, p []byte, compressed bool) bool 
 		return false
 	}
 	return alive
+}
+
+// cfDeltaFossil is the one delta type kpush computes.
+const cfDeltaFossil = "fossil"
+
+// cfDeltaMember is the subscribe reply's member saying that delta
+// compression was negotiated.
+func cfDeltaMember(delta bool) string {
+	if delta {
+		return `,"delta":true`
+	}
+	return ""
+}
+
+// cfPubAs encodes a publication for a subscribe reply: its data a JSON
+// string with str (a subscription with delta in the JSON format).
+func cfPubAs(offset int64, value []byte, str bool) []byte {
+	if str {
+		return cfPubString(offset, value, false)
+	}
+	return cfPub(offset, value)
 }

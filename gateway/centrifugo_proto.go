@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
+	"github.com/centrifugal/fdelta"
 	"github.com/centrifugal/protocol"
 	"github.com/gobwas/ws"
 	"github.com/kpush/kpush/gateway/wire"
@@ -140,9 +143,10 @@ func cfReplyProto(js []byte) ([]byte, error) {
 }
 
 // cfPushProto encodes a publication push: value (the record as protocol
-// v1's "data") becomes the Publication's data.
-func cfPushProto(channel string, offset int64, value []byte) []byte {
-	pub := &protocol.Publication{Data: value}
+// v1's "data", or a fossil delta when delta is set) becomes the
+// Publication's data.
+func cfPushProto(channel string, offset int64, value []byte, delta bool) []byte {
+	pub := &protocol.Publication{Data: value, Delta: delta}
 	if offset > 0 {
 		pub.Offset = uint64(offset)
 	}
@@ -158,54 +162,144 @@ func cfPushProto(channel string, offset int64, value []byte) []byte {
 var cfPingProto = []byte{0}
 
 // cfPushCache keeps the Centrifugo forms of the records being pushed, so
-// that a record is encoded once for all of its channel's subscribers, not
-// once per subscriber. It is direct-mapped by channel: a slot holds the
-// encodings of one channel's most recent record; a newer record of the
-// channel, or another channel hashing to the slot, replaces it (and its
-// subscribers still flushing the older record encode it again). So it
-// holds at most cfPushSlots records, whatever the number of channels.
-// Safe for concurrent use: entries are immutable and swapped atomically.
+// that a record is encoded (and its delta computed) once for all of its
+// channel's subscribers, not once per subscriber. It is direct-mapped by
+// record (the frame's identity): a slot holds the encodings of one recent
+// record, and another record hashing to the slot replaces it (subscribers
+// still flushing the older record then encode it again). So it holds at
+// most cfPushSlots records, whatever the number of channels, and a burst
+// of records is shared as long as the subscribers' flushes are fewer than
+// cfPushSlots records apart. Safe for concurrent use: each slot has its
+// own lock, held while one of its forms is made.
 type cfPushCache struct {
-	seed  maphash.Seed
-	slots [cfPushSlots]atomic.Pointer[cfEncoded]
+	seed   maphash.Seed
+	slots  [cfPushSlots]cfPushSlot
+	deltas atomic.Uint64 // fossil deltas computed
 }
 
-const cfPushSlots = 1024
+const cfPushSlots = 4096
+
+type cfPushSlot struct {
+	mu sync.Mutex
+	e  cfEncoded // guarded by mu
+}
 
 // cfEncoded is one record's wire frames for Centrifugo sessions.
 type cfEncoded struct {
 	f     *router.Frame
 	json  []byte // a text frame; nil until a JSON session needed it
 	proto []byte // a binary frame; nil until a Protobuf session needed it
+
+	// For subscriptions with delta: "fossil" (see pushDelta).
+	jsonStr    []byte        // the JSON push with the data as a JSON string
+	deltaBase  *router.Frame // the record the delta was computed against
+	delta      []byte        // fossil delta from deltaBase's data; nil: not smaller than the data
+	jsonDelta  []byte        // the JSON push of delta
+	protoDelta []byte        // the Protobuf push of delta
 }
 
 func newCFPushCache() *cfPushCache { return &cfPushCache{seed: maphash.MakeSeed()} }
 
+// lock locks f's slot and returns its entry, emptied for f when it held
+// another record. The caller unlocks the slot.
+func (pc *cfPushCache) lock(f *router.Frame) (*cfPushSlot, *cfEncoded) {
+	sl := &pc.slots[maphash.Comparable(pc.seed, f)%cfPushSlots]
+	sl.mu.Lock()
+	if sl.e.f != f {
+		sl.e = cfEncoded{f: f}
+	}
+	return sl, &sl.e
+}
+
 // push returns f's publication push as a WebSocket frame in the JSON or
 // the Protobuf form; value is the record as protocol v1's "data".
 func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
-	slot := &pc.slots[maphash.String(pc.seed, f.Channel)%cfPushSlots]
-	e := slot.Load()
-	if e != nil && e.f == f {
-		if proto && e.proto != nil {
-			return e.proto
-		}
-		if !proto && e.json != nil {
-			return e.json
-		}
-	}
-	n := &cfEncoded{f: f}
-	if e != nil && e.f == f {
-		*n = *e
-	}
-	var b []byte
+	sl, e := pc.lock(f)
+	defer sl.mu.Unlock()
 	if proto {
-		b = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value))
-		n.proto = b
-	} else {
-		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value))
-		n.json = b
+		if e.proto == nil {
+			e.proto = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false))
+		}
+		return e.proto
 	}
-	slot.Store(n)
-	return b
+	if e.json == nil {
+		e.json = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value))
+	}
+	return e.json
+}
+
+// pushDelta returns f's push for a subscription with delta: "fossil" whose
+// client last got the record base (nil: none yet). The delta is computed
+// once per record, against the base of the first subscriber that needs
+// it, which for subscribers keeping up is the channel's previous record;
+// a subscriber with another base (it was behind, or conflated) gets the
+// whole record, so no delta is ever computed per subscriber. In the JSON
+// form the data of such subscriptions is a JSON string, whole or delta,
+// as the SDKs expect.
+func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Frame, proto bool) []byte {
+	baseValue, ok := []byte(nil), base != nil && base.Channel == f.Channel
+	if ok {
+		baseValue, ok = recordValue(base.Payload)
+	}
+	sl, e := pc.lock(f)
+	defer sl.mu.Unlock()
+	if ok && e.deltaBase == nil {
+		// The first subscriber of f that has a base: compute the delta.
+		e.deltaBase = base
+		pc.deltas.Add(1)
+		if d := fdelta.Create(baseValue, value); len(d) < len(value) {
+			e.delta = d
+		}
+	}
+	useDelta := ok && e.deltaBase == base && e.delta != nil
+	switch {
+	case useDelta && proto:
+		if e.protoDelta == nil {
+			e.protoDelta = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, e.delta, true))
+		}
+		return e.protoDelta
+	case useDelta:
+		if e.jsonDelta == nil {
+			e.jsonDelta = wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, e.delta, true))
+		}
+		return e.jsonDelta
+	case proto:
+		if e.proto == nil {
+			e.proto = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false))
+		}
+		return e.proto
+	default:
+		if e.jsonStr == nil {
+			e.jsonStr = wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, value, false))
+		}
+		return e.jsonStr
+	}
+}
+
+// cfPushString encodes a publication push of a subscription with delta in
+// the JSON form: data (the record, or a delta when delta is set) as a JSON
+// string.
+func cfPushString(channel string, offset int64, data []byte, delta bool) []byte {
+	b := make([]byte, 0, 64+len(channel)+len(data)*5/4)
+	b = append(b, `{"push":{"channel":"`...)
+	b = append(b, channel...) // channel names need no escaping
+	b = append(b, `","pub":`...)
+	b = append(b, cfPubString(offset, data, delta)...)
+	return append(b, "}}"...)
+}
+
+// cfPubString encodes a publication whose data is a JSON string.
+func cfPubString(offset int64, data []byte, delta bool) []byte {
+	s, _ := json.Marshal(string(data)) // a string always encodes
+	b := make([]byte, 0, 48+len(s))
+	b = append(b, `{"data":`...)
+	b = append(b, s...)
+	if offset > 0 {
+		b = append(b, `,"offset":`...)
+		b = strconv.AppendInt(b, offset, 10)
+	}
+	if delta {
+		b = append(b, `,"delta":true`...)
+	}
+	return append(b, '}')
 }
