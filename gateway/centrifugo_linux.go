@@ -33,6 +33,21 @@ type cfSession struct {
 	// the last record sent on it (nil: none yet), the base of the next
 	// delta; guarded by the conn's mu.
 	delta map[string]*router.Frame
+	// pos holds the channels answered with a stream position, each with
+	// the partition the position is of; stale the channels told to
+	// resubscribe because records of another partition came (see
+	// cfFrameLocked). Guarded by the conn's mu.
+	pos   map[string]int32
+	stale map[string]bool
+}
+
+// setPosLocked notes that ch was answered with a position in partition p.
+// Caller holds c.mu.
+func (cf *cfSession) setPosLocked(ch string, p int32) {
+	if cf.pos == nil {
+		cf.pos = make(map[string]int32)
+	}
+	cf.pos[ch] = p
 }
 
 // centrifugoRequested reports whether the peeked request line asks for
@@ -226,6 +241,12 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		return
 	}
 	c.mu.Lock()
+	if c.cfState().stale[ch] {
+		// The resubscribe asked for with 2500: the old subscription goes.
+		c.mu.Unlock()
+		s.unsubscribeQuiet(c, ch)
+		c.mu.Lock()
+	}
 	switch {
 	case contains(c.subs, ch):
 		c.mu.Unlock()
@@ -263,6 +284,9 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				// The client has the channel's newest record, from the
 				// same unbroken stream: nothing to recover.
 				s.countResume("memory", true, 0)
+				c.mu.Lock()
+				cf.setPosLocked(ch, n.Partition)
+				c.mu.Unlock()
 				c.cfSend(cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
 					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true`+cfDeltaMember(delta)+`}`))
 				return
@@ -290,14 +314,15 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			}
 			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
 		}
-		res, sent := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
-		if sent != nil && delta {
-			c.mu.Lock()
-			if _, still := cf.delta[ch]; still {
-				cf.delta[ch] = sent // the base of the next delta
-			}
-			c.mu.Unlock()
+		res, sent, pos := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
+		c.mu.Lock()
+		if _, still := cf.delta[ch]; still && sent != nil {
+			cf.delta[ch] = sent // the base of the next delta
 		}
+		if pos != nil {
+			cf.setPosLocked(ch, pos.Partition)
+		}
+		c.mu.Unlock()
 		c.cfSend(cfReply(id, "subscribe", res))
 	})
 	c.mu.Lock()
@@ -340,8 +365,9 @@ func cfRecoverable(v router.View, epoch string, offset uint64) (partPos, bool) {
 // that failed it comes with "recovered":false. Called under the channel's
 // shard lock. With delta (the subscription asked for delta: "fossil") the
 // reply says so; with str a publication's data is a JSON string (delta in
-// the JSON format). sent is the record sent in the reply, if any.
-func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, sent *router.Frame) {
+// the JSON format). sent is the record sent in the reply, if any; pos the
+// record whose position the reply gives, if any.
+func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, sent, pos *router.Frame) {
 	b := []byte{'{'}
 	sep := func() {
 		if len(b) > 1 {
@@ -349,6 +375,7 @@ func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, 
 		}
 	}
 	if n := v.Newest(); n != nil && v.Partitions() == 1 {
+		pos = n
 		b = append(b, `"recoverable":true,"positioned":true,"epoch":"`...)
 		b = append(b, cfEpoch(n)...)
 		b = append(b, `","offset":`...)
@@ -375,7 +402,7 @@ func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, 
 		sep()
 		b = append(b, `"delta":true`...)
 	}
-	return string(append(b, '}')), sent
+	return string(append(b, '}')), sent, pos
 }
 
 // cfPending is a recovering subscription whose reply is not written yet.
@@ -461,10 +488,16 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 	}
 	b := []byte(`{"recoverable":true,"positioned":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
 		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]) + cfDeltaMember(pd.delta))
-	if cf := c.cfState(); pd.delta && len(pd.pubs) > 0 {
+	cf := c.cfState()
+	if pd.delta && len(pd.pubs) > 0 {
 		if _, still := cf.delta[pd.ch]; still {
 			cf.delta[pd.ch] = pd.last // the base of the next delta
 		}
+	}
+	if pd.last != nil {
+		cf.setPosLocked(pd.ch, pd.last.Partition)
+	} else if _, part, _, ok := parseCFEpoch(epoch); ok {
+		cf.setPosLocked(pd.ch, part)
 	}
 	if len(pd.pubs) > 0 {
 		b = append(b, `,"publications":[`...)
@@ -492,6 +525,8 @@ func (s *Server) unsubscribeQuiet(c *conn, ch string) {
 	c.out.dropResume(ch)
 	if cf := c.cfState(); cf != nil {
 		delete(cf.delta, ch)
+		delete(cf.pos, ch)
+		delete(cf.stale, ch)
 	}
 	c.mu.Unlock()
 	if found {
@@ -524,6 +559,34 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			break
 		}
 		cf := c.cfState()
+		if cf.stale[f.Channel] {
+			// Told to resubscribe: the SDK drops publications until then.
+			b = []byte{0x8A, 0}
+			break
+		}
+		if p, ok := cf.pos[f.Channel]; ok && p != f.Partition {
+			// The channel was answered with a position in partition p, and
+			// records of another partition come: its stream is not one
+			// partition, and its offsets do not say where the client is.
+			// Centrifugo's "insufficient state" unsubscribe (2500) makes
+			// the SDK resubscribe with recover, which is then answered
+			// recovered:false, without a position.
+			delete(cf.pos, f.Channel)
+			if cf.stale == nil {
+				cf.stale = make(map[string]bool)
+			}
+			cf.stale[f.Channel] = true
+			js := []byte(`{"push":{"channel":"` + f.Channel + `","unsubscribe":{"code":2500,"reason":"insufficient state"}}}`)
+			b = wire.ServerFrame(ws.OpText, js)
+			if cf.proto {
+				pb, err := cfReplyProto(js)
+				if err != nil {
+					return f
+				}
+				b = wire.ServerFrame(ws.OpBinary, pb)
+			}
+			break
+		}
 		if base, ok := cf.delta[f.Channel]; ok {
 			b = c.srv.cfPushes.pushDelta(f, v, base, cf.proto)
 			cf.delta[f.Channel] = f

@@ -300,3 +300,80 @@ func TestCentrifugoGoSDKSnapshotOnSubscribe(t *testing.T) {
 		t.Fatalf("live after the snapshot: %s at offset %d", e.Data, e.Offset)
 	}
 }
+
+// TestCentrifugoGoSDKSecondPartitionMidStream: a channel answered with a
+// position in one partition starts getting records of another. kpush tells
+// the unmodified centrifuge-go SDK to resubscribe (unsubscribe push 2500,
+// "insufficient state"); the SDK does, with recover, and is answered
+// recovered:false without a position, then gets the channel's records
+// (whole, without recovery) from then on.
+func TestCentrifugoGoSDKSecondPartitionMidStream(t *testing.T) {
+	g := startSSEServer(t, nil)
+	last := &router.Retention{Last: true}
+	pub := func(p int32, o int64) {
+		g.srv.Publish(&Message{Channel: "c", Topic: "t", Partition: p, Offset: o, Epoch: 3, Timestamp: time.Now().UnixMilli(),
+			Data: []byte(fmt.Sprintf(`{"p":%d,"o":%d}`, p, o))}, last)
+	}
+	pub(0, 1)
+	cl := cfClient(t, g.addr, centrifuge.Config{})
+	sub, err := cl.NewSubscription("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs := make(chan centrifuge.PublicationEvent, 64)
+	subscribed := make(chan centrifuge.SubscribedEvent, 4)
+	subscribing := make(chan centrifuge.SubscribingEvent, 4)
+	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
+	sub.OnSubscribing(func(e centrifuge.SubscribingEvent) { subscribing <- e })
+	if err := sub.Subscribe(); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string) centrifuge.SubscribedEvent {
+		t.Helper()
+		select {
+		case e := <-subscribed:
+			return e
+		case <-time.After(15 * time.Second):
+			t.Fatalf("no subscribed event (%s)", what)
+		}
+		return centrifuge.SubscribedEvent{}
+	}
+	if e := wait("first"); !e.Recoverable || e.StreamPosition == nil || e.StreamPosition.Epoch != "t:0:3" {
+		t.Fatalf("subscribed with %+v", e)
+	}
+	if e := nextPub(t, pubs); string(e.Data) != `{"p":0,"o":1}` {
+		t.Fatalf("snapshot %s", e.Data)
+	}
+	<-subscribing // the first subscribe's
+	pub(0, 2)
+	if e := nextPub(t, pubs); e.Offset != 2 {
+		t.Fatalf("offset %d", e.Offset)
+	}
+	pub(1, 1) // another partition
+	select {
+	case e := <-subscribing:
+		if e.Code != 2500 {
+			t.Fatalf("resubscribing with code %d %q", e.Code, e.Reason)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the SDK was not told to resubscribe")
+	}
+	e := wait("resubscribe")
+	if !e.WasRecovering || e.Recovered || e.Recoverable || e.Positioned {
+		t.Fatalf("resubscribed with %+v", e)
+	}
+	if e := nextPub(t, pubs); string(e.Data) != `{"p":1,"o":1}` {
+		t.Fatalf("after the resubscribe: the last record %s", e.Data)
+	}
+	pub(1, 2)
+	pub(0, 3)
+	for _, want := range []string{`{"p":1,"o":2}`, `{"p":0,"o":3}`} {
+		if e := nextPub(t, pubs); string(e.Data) != want {
+			t.Fatalf("got %s, want %s", e.Data, want)
+		}
+	}
+	if n := g.srv.router.Stats().Subscriptions; n != 1 {
+		t.Fatalf("%d subscriptions after the resubscribe, want 1", n)
+	}
+}
