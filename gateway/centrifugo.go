@@ -37,6 +37,7 @@ const (
 	cfErrBadRequest       = 107
 	cfErrNotAvailable     = 108
 	cfErrTokenExpired     = 109
+	cfErrUnrecoverable    = 112
 )
 
 // Centrifugo's disconnect codes (WebSocket close codes) kpush closes with.
@@ -90,7 +91,13 @@ type cfSubscribe struct {
 	Offset  uint64 `json:"offset"`
 	Epoch   string `json:"epoch"`
 	Delta   string `json:"delta"`
+	Flag    int64  `json:"flag"`
 }
+
+// cfFlagRejectUnrecovered is the subscribe flag of SDKs that reload their
+// state themselves (centrifuge-go's GetState): a recovery that cannot be
+// exact is answered with error 112 instead of recovered:false.
+const cfFlagRejectUnrecovered = 2
 
 // cfReply encodes a reply: {"id":N,"<method>":<result>}.
 func cfReply(id uint32, method string, result string) []byte {

@@ -41,6 +41,17 @@ type cfSession struct {
 	stale map[string]bool
 }
 
+// markStaleLocked marks ch as waiting for the SDK's resubscribe: its
+// publications are not sent, and the resubscribe replaces the
+// subscription. Caller holds c.mu.
+func (cf *cfSession) markStaleLocked(ch string) {
+	delete(cf.pos, ch)
+	if cf.stale == nil {
+		cf.stale = make(map[string]bool)
+	}
+	cf.stale[ch] = true
+}
+
 // setPosLocked notes that ch was answered with a position in partition p.
 // Caller holds c.mu.
 func (cf *cfSession) setPosLocked(ch string, p int32) {
@@ -300,7 +311,8 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				if c.cfState().pending == nil {
 					c.cfState().pending = make(map[string]*cfPending)
 				}
-				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, delta: delta, str: delta && !cf.proto}
+				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, delta: delta, str: delta && !cf.proto,
+					reject: req.Flag&cfFlagRejectUnrecovered != 0}
 				c.mu.Unlock()
 				recovered := map[string]bool{ch: true}
 				reserve := okReserve(int64(id), recovered)
@@ -313,6 +325,13 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				return
 			}
 			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
+			if req.Flag&cfFlagRejectUnrecovered != 0 {
+				c.mu.Lock()
+				cf.markStaleLocked(ch)
+				c.mu.Unlock()
+				c.cfSend(cfError(id, cfErrUnrecoverable, "unrecoverable position"))
+				return
+			}
 		}
 		res, sent, pos := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
 		c.mu.Lock()
@@ -411,6 +430,7 @@ type cfPending struct {
 	ch     string
 	offset uint64 // the position the client gave
 	epoch  string
+	reject bool   // answer error 112 rather than recovered:false
 	delta  bool   // delta: "fossil" negotiated
 	str    bool   // the publications' data are JSON strings (delta, JSON format)
 	pubs   []byte // publications gathered for the reply, comma separated
@@ -481,6 +501,10 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 			code = cfErrPermissionDenied
 		}
 		return cfError(r.ID, code, r.Message)
+	}
+	if pd.reject && !r.Recovered[pd.ch] {
+		c.cfState().markStaleLocked(pd.ch)
+		return cfError(r.ID, cfErrUnrecoverable, "unrecoverable position")
 	}
 	epoch, offset := pd.epoch, int64(pd.offset)
 	if pd.last != nil {
@@ -571,11 +595,7 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			// Centrifugo's "insufficient state" unsubscribe (2500) makes
 			// the SDK resubscribe with recover, which is then answered
 			// recovered:false, without a position.
-			delete(cf.pos, f.Channel)
-			if cf.stale == nil {
-				cf.stale = make(map[string]bool)
-			}
-			cf.stale[f.Channel] = true
+			cf.markStaleLocked(f.Channel)
 			js := []byte(`{"push":{"channel":"` + f.Channel + `","unsubscribe":{"code":2500,"reason":"insufficient state"}}}`)
 			b = wire.ServerFrame(ws.OpText, js)
 			if cf.proto {

@@ -97,7 +97,7 @@ func cfFromProto(c *protocol.Command) *cfCommand {
 	}
 	if c.Subscribe != nil {
 		s := c.Subscribe
-		out.Subscribe = &cfSubscribe{Channel: s.Channel, Recover: s.Recover, Offset: s.Offset, Epoch: s.Epoch, Delta: s.Delta}
+		out.Subscribe = &cfSubscribe{Channel: s.Channel, Recover: s.Recover, Offset: s.Offset, Epoch: s.Epoch, Delta: s.Delta, Flag: s.Flag}
 	}
 	if c.Unsubscribe != nil {
 		out.Unsubscribe = &cfChannel{Channel: c.Unsubscribe.Channel}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,5 +376,63 @@ func TestCentrifugoGoSDKSecondPartitionMidStream(t *testing.T) {
 	}
 	if n := g.srv.router.Stats().Subscriptions; n != 1 {
 		t.Fatalf("%d subscriptions after the resubscribe, want 1", n)
+	}
+}
+
+// TestCentrifugoGoSDKGetStateUnrecoverable: centrifuge-go with GetState
+// asks (subscribe flag 2) for error 112 instead of recovered:false. A
+// position of another partition (refused at once) and one older than what
+// kpush can serve (refused after the resume fails) are each answered 112,
+// and the SDK calls GetState again; the third position is recovered
+// exactly.
+func TestCentrifugoGoSDKGetStateUnrecoverable(t *testing.T) {
+	g := startSSEServer(t, nil)
+	keep := &router.Retention{Last: true, HistoryRecords: 3, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	pub := func(o int64) {
+		g.srv.Publish(&Message{Channel: "c", Topic: "t", Partition: 0, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
+			Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+	}
+	for o := int64(1); o <= 5; o++ {
+		pub(o) // the history keeps 3..5
+	}
+	positions := []centrifuge.StreamPosition{{Offset: 3, Epoch: "t:9:7"}, {Offset: 1, Epoch: "t:0:7"}, {Offset: 3, Epoch: "t:0:7"}}
+	var calls atomic.Int32
+	cl := cfClient(t, g.addr, centrifuge.Config{})
+	sub, err := cl.NewSubscription("c", centrifuge.SubscriptionConfig{
+		MinResubscribeDelay: 10 * time.Millisecond, MaxResubscribeDelay: 50 * time.Millisecond,
+		GetState: func(centrifuge.SubscriptionGetStateEvent) (centrifuge.StreamPosition, error) {
+			i := int(calls.Add(1)) - 1
+			return positions[min(i, len(positions)-1)], nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs := make(chan centrifuge.PublicationEvent, 64)
+	subscribed := make(chan centrifuge.SubscribedEvent, 4)
+	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
+	if err := sub.Subscribe(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-subscribed:
+		if !e.WasRecovering || !e.Recovered {
+			t.Fatalf("subscribed with %+v", e)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("not subscribed")
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("GetState called %d times, want 3 (two positions answered 112)", n)
+	}
+	pub(6)
+	for _, want := range []uint64{4, 5, 6} {
+		if e := nextPub(t, pubs); e.Offset != want || string(e.Data) != fmt.Sprintf(`{"o":%d}`, want) {
+			t.Fatalf("got offset %d %s, want %d", e.Offset, e.Data, want)
+		}
+	}
+	if n := g.srv.router.Stats().Subscriptions; n != 1 {
+		t.Fatalf("%d subscriptions, want 1", n)
 	}
 }
