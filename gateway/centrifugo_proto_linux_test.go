@@ -84,8 +84,9 @@ func TestCentrifugoGoSDKProtobuf(t *testing.T) {
 }
 
 // TestCentrifugoProtobufBadFrames: binary frames that do not hold whole
-// Commands close the session with 3501 (bad request), and a binary frame
-// on a JSON session is refused as before (1003); kpush stays up.
+// Commands close the session with 3501 (bad request), one larger than
+// gateway.max_message_bytes (4096 by default) with 1009, and a binary
+// frame on a JSON session is refused as before (1003); kpush stays up.
 func TestCentrifugoProtobufBadFrames(t *testing.T) {
 	g := startSSEServer(t, nil)
 	for _, tc := range []struct {
@@ -98,6 +99,7 @@ func TestCentrifugoProtobufBadFrames(t *testing.T) {
 		{"length past the frame", cfURL(g.addr), []string{cfProtobufSubprotocol}, []byte{0x7f, 1, 2}, cfCloseBadRequest},
 		{"not a Command", cfURL(g.addr) + "?format=protobuf", nil, []byte{3, 0xff, 0xff, 0xff}, cfCloseBadRequest},
 		{"binary on a JSON session", cfURL(g.addr), nil, []byte{0}, ws.StatusUnsupportedData},
+		{"past max_message_bytes", cfURL(g.addr), []string{cfProtobufSubprotocol}, make([]byte, 8192), ws.StatusMessageTooBig},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

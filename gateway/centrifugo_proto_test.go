@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/centrifugal/protocol"
+)
+
+// FuzzCFDecodeProto: whatever a client sends in a binary frame, decoding
+// neither panics nor hands on a command after a malformed one.
+func FuzzCFDecodeProto(f *testing.F) {
+	for _, c := range []*protocol.Command{
+		{Id: 1, Connect: &protocol.ConnectRequest{Token: "t"}},
+		{Id: 2, Subscribe: &protocol.SubscribeRequest{Channel: "ticks.AAPL", Recover: true, Offset: 7, Epoch: "t:0:1", Delta: "fossil", Flag: 2}},
+		{},
+	} {
+		b, _ := c.MarshalVT()
+		f.Add(append(binary.AppendUvarint(nil, uint64(len(b))), b...))
+	}
+	f.Add([]byte{0x7f, 1})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		n := 0
+		err := cfDecodeProto(p, func(c *cfCommand) bool { n++; return true })
+		if err == nil && n == 0 && len(p) > 0 && p[0] != 0 {
+			// Something non-empty decoded to no command without an error:
+			// only a frame of empty messages may.
+			var cmd protocol.Command
+			if l, k := binary.Uvarint(p); k > 0 && int(l) <= len(p)-k && cmd.UnmarshalVT(p[k:k+int(l)]) == nil {
+				t.Fatalf("frame %x: a whole Command decoded to nothing", p)
+			}
+		}
+	})
+}
+
+// TestCFDecodeProto: a frame of several Commands gives them in order, with
+// the members kpush reads.
+func TestCFDecodeProto(t *testing.T) {
+	var frame []byte
+	for _, c := range []*protocol.Command{
+		{Id: 1, Connect: &protocol.ConnectRequest{Token: "tok"}},
+		{Id: 2, Subscribe: &protocol.SubscribeRequest{Channel: "x", Recover: true, Offset: 9, Epoch: "t:1:2", Delta: "fossil", Flag: 2}},
+		{Id: 3, History: &protocol.HistoryRequest{Channel: "x"}},
+		{},
+	} {
+		b, _ := c.MarshalVT()
+		frame = append(binary.AppendUvarint(frame, uint64(len(b))), b...)
+	}
+	var got []*cfCommand
+	if err := cfDecodeProto(frame, func(c *cfCommand) bool { got = append(got, c); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 || got[0].Connect == nil || got[0].Connect.Token != "tok" ||
+		got[1].Subscribe == nil || *got[1].Subscribe != (cfSubscribe{Channel: "x", Recover: true, Offset: 9, Epoch: "t:1:2", Delta: "fossil", Flag: 2}) ||
+		got[2].History == nil || got[3].ID != 0 || got[3].Connect != nil {
+		t.Fatalf("decoded %+v", got)
+	}
+	if err := cfDecodeProto(frame[:len(frame)-3], func(*cfCommand) bool { return true }); err == nil {
+		t.Fatal("a truncated frame decoded without an error")
+	}
+}
