@@ -167,17 +167,28 @@ var cfPingProto = []byte{0}
 // record (the frame's identity): a slot holds the encodings of one recent
 // record, and another record hashing to the slot replaces it (subscribers
 // still flushing the older record then encode it again). So it holds at
-// most cfPushSlots records, whatever the number of channels, and a burst
-// of records is shared as long as the subscribers' flushes are fewer than
-// cfPushSlots records apart. Safe for concurrent use: each slot has its
-// own lock, held while one of its forms is made.
+// most cfPushSlots records, and a burst of records is shared as long as
+// the subscribers' flushes are fewer than cfPushSlots records apart.
+//
+// Its memory is bounded by cfPushCacheBytes (the records it holds on to and
+// their encodings; slots filled at the same moment may each pass it by one
+// form): past it, a record is encoded for each subscriber without being
+// kept, and delta subscribers get it whole.
+//
+// Safe for concurrent use: each slot has its own lock, held while one of
+// its forms is made; bytes is updated under the slot's lock.
 type cfPushCache struct {
 	seed   maphash.Seed
 	slots  [cfPushSlots]cfPushSlot
+	bytes  atomic.Int64  // held by all slots
+	limit  int64         // cfPushCacheBytes; tests lower it
 	deltas atomic.Uint64 // fossil deltas computed
 }
 
-const cfPushSlots = 4096
+const (
+	cfPushSlots      = 4096
+	cfPushCacheBytes = 32 << 20
+)
 
 type cfPushSlot struct {
 	mu sync.Mutex
@@ -186,29 +197,52 @@ type cfPushSlot struct {
 
 // cfEncoded is one record's wire frames for Centrifugo sessions.
 type cfEncoded struct {
-	f     *router.Frame
-	json  []byte // a text frame; nil until a JSON session needed it
-	proto []byte // a binary frame; nil until a Protobuf session needed it
+	f     *router.Frame // nil: the slot holds nothing
+	size  int64         // bytes counted in the cache's bytes
+	json  []byte        // a text frame; nil until a JSON session needed it
+	proto []byte        // a binary frame; nil until a Protobuf session needed it
 
 	// For subscriptions with delta: "fossil" (see pushDelta).
 	jsonStr    []byte        // the JSON push with the data as a JSON string
 	deltaBase  *router.Frame // the record the delta was computed against
-	delta      []byte        // fossil delta from deltaBase's data; nil: not smaller than the data
+	delta      []byte        // fossil delta from deltaBase's data; nil: none (not smaller, or no room)
 	jsonDelta  []byte        // the JSON push of delta
 	protoDelta []byte        // the Protobuf push of delta
 }
 
-func newCFPushCache() *cfPushCache { return &cfPushCache{seed: maphash.MakeSeed()} }
+func newCFPushCache() *cfPushCache {
+	return &cfPushCache{seed: maphash.MakeSeed(), limit: cfPushCacheBytes}
+}
 
-// lock locks f's slot and returns its entry, emptied for f when it held
-// another record. The caller unlocks the slot.
+// lock locks f's slot and returns its entry for f. When the slot held
+// another record it is emptied, and taken for f if the cache has room for
+// f's frame; otherwise the entry returned is not the slot's (its f is nil)
+// and nothing made for f is kept. The caller unlocks the slot.
 func (pc *cfPushCache) lock(f *router.Frame) (*cfPushSlot, *cfEncoded) {
 	sl := &pc.slots[maphash.Comparable(pc.seed, f)%cfPushSlots]
 	sl.mu.Lock()
-	if sl.e.f != f {
-		sl.e = cfEncoded{f: f}
+	if sl.e.f == f {
+		return sl, &sl.e
 	}
-	return sl, &sl.e
+	pc.bytes.Add(-sl.e.size)
+	sl.e = cfEncoded{}
+	if n := int64(len(f.Data)); pc.bytes.Load()+n <= pc.limit {
+		sl.e = cfEncoded{f: f, size: n}
+		pc.bytes.Add(n)
+		return sl, &sl.e
+	}
+	return sl, &cfEncoded{}
+}
+
+// keep stores b in *dst of e when e is a slot's and the cache has room for
+// it, and returns b.
+func (pc *cfPushCache) keep(e *cfEncoded, dst *[]byte, b []byte) []byte {
+	if e.f != nil && pc.bytes.Load()+int64(len(b)) <= pc.limit {
+		*dst = b
+		e.size += int64(len(b))
+		pc.bytes.Add(int64(len(b)))
+	}
+	return b
 }
 
 // push returns f's publication push as a WebSocket frame in the JSON or
@@ -217,15 +251,15 @@ func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
 	sl, e := pc.lock(f)
 	defer sl.mu.Unlock()
 	if proto {
-		if e.proto == nil {
-			e.proto = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false))
+		if e.proto != nil {
+			return e.proto
 		}
-		return e.proto
+		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false)))
 	}
-	if e.json == nil {
-		e.json = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value))
+	if e.json != nil {
+		return e.json
 	}
-	return e.json
+	return pc.keep(e, &e.json, wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value)))
 }
 
 // pushDelta returns f's push for a subscription with delta: "fossil" whose
@@ -233,9 +267,9 @@ func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
 // once per record, against the base of the first subscriber that needs
 // it, which for subscribers keeping up is the channel's previous record;
 // a subscriber with another base (it was behind, or conflated) gets the
-// whole record, so no delta is ever computed per subscriber. In the JSON
-// form the data of such subscriptions is a JSON string, whole or delta,
-// as the SDKs expect.
+// whole record, so no delta is ever computed per subscriber (nor when the
+// cache has no room to keep it). In the JSON form the data of such
+// subscriptions is a JSON string, whole or delta, as the SDKs expect.
 func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Frame, proto bool) []byte {
 	baseValue, ok := []byte(nil), base != nil && base.Channel == f.Channel
 	if ok {
@@ -243,36 +277,41 @@ func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Fra
 	}
 	sl, e := pc.lock(f)
 	defer sl.mu.Unlock()
-	if ok && e.deltaBase == nil {
+	if ok && e.f != nil && e.deltaBase == nil {
 		// The first subscriber of f that has a base: compute the delta.
-		e.deltaBase = base
-		pc.deltas.Add(1)
-		if d := fdelta.Create(baseValue, value); len(d) < len(value) {
-			e.delta = d
+		// Keeping base counts against the cache's bytes.
+		if room := int64(len(base.Data)); pc.bytes.Load()+room <= pc.limit {
+			e.deltaBase = base
+			e.size += room
+			pc.bytes.Add(room)
+			pc.deltas.Add(1)
+			if d := fdelta.Create(baseValue, value); len(d) < len(value) {
+				pc.keep(e, &e.delta, d)
+			}
 		}
 	}
 	useDelta := ok && e.deltaBase == base && e.delta != nil
 	switch {
 	case useDelta && proto:
-		if e.protoDelta == nil {
-			e.protoDelta = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, e.delta, true))
+		if e.protoDelta != nil {
+			return e.protoDelta
 		}
-		return e.protoDelta
+		return pc.keep(e, &e.protoDelta, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, e.delta, true)))
 	case useDelta:
-		if e.jsonDelta == nil {
-			e.jsonDelta = wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, e.delta, true))
+		if e.jsonDelta != nil {
+			return e.jsonDelta
 		}
-		return e.jsonDelta
+		return pc.keep(e, &e.jsonDelta, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, e.delta, true)))
 	case proto:
-		if e.proto == nil {
-			e.proto = wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false))
+		if e.proto != nil {
+			return e.proto
 		}
-		return e.proto
+		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false)))
 	default:
-		if e.jsonStr == nil {
-			e.jsonStr = wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, value, false))
+		if e.jsonStr != nil {
+			return e.jsonStr
 		}
-		return e.jsonStr
+		return pc.keep(e, &e.jsonStr, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, value, false)))
 	}
 }
 

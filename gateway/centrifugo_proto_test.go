@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
+	"github.com/centrifugal/fdelta"
 	"github.com/centrifugal/protocol"
+	"github.com/kpush/kpush/router"
 )
 
 // FuzzCFDecodeProto: whatever a client sends in a binary frame, decoding
@@ -57,5 +60,54 @@ func TestCFDecodeProto(t *testing.T) {
 	}
 	if err := cfDecodeProto(frame[:len(frame)-3], func(*cfCommand) bool { return true }); err == nil {
 		t.Fatal("a truncated frame decoded without an error")
+	}
+}
+
+// TestCFPushCacheBytesBound drives the push cache past its byte bound with
+// large records: it never holds more than the bound, every push is still
+// right, and small records are still shared (encoded once).
+func TestCFPushCacheBytesBound(t *testing.T) {
+	pc := newCFPushCache()
+	pc.limit = 1 << 20
+	big := func(i int64) *router.Frame {
+		v := []byte(`{"blob":"` + strings.Repeat(string(rune('a'+i%26)), 200<<10) + `"}`)
+		return EncodeMessage(&Message{Channel: "big", Topic: "t", Offset: i, Data: v})
+	}
+	var prev *router.Frame
+	for i := int64(1); i <= 40; i++ {
+		f := big(i)
+		v, _ := recordValue(f.Payload)
+		j := pc.push(f, v, false)
+		p := pc.push(f, v, true)
+		d := pc.pushDelta(f, v, prev, true)
+		if held := pc.bytes.Load(); held > pc.limit || held < 0 {
+			t.Fatalf("record %d: the cache holds %d bytes, bound %d", i, held, pc.limit)
+		}
+		if _, payload := serverFramePayload(j); !strings.Contains(string(payload), string(v)) {
+			t.Fatalf("record %d: JSON push without its data", i)
+		}
+		for _, b := range [][]byte{p, d} {
+			_, payload := serverFramePayload(b)
+			r, err := protocol.NewProtobufReplyDecoder(payload).Decode()
+			if err != nil || r.Push == nil || r.Push.Pub == nil || r.Push.Pub.Offset != uint64(i) {
+				t.Fatalf("record %d: Protobuf push %+v: %v", i, r, err)
+			}
+			if !r.Push.Pub.Delta && string(r.Push.Pub.Data) != string(v) {
+				t.Fatalf("record %d: whole push with other data", i)
+			}
+			if r.Push.Pub.Delta {
+				pv, _ := recordValue(prev.Payload)
+				if got, err := fdelta.Apply(pv, r.Push.Pub.Data); err != nil || string(got) != string(v) {
+					t.Fatalf("record %d: delta does not give the record: %v", i, err)
+				}
+			}
+		}
+		prev = f
+	}
+	small := EncodeMessage(&Message{Channel: "small", Offset: 1, Data: []byte(`{"x":1}`)})
+	v, _ := recordValue(small.Payload)
+	pc.limit = cfPushCacheBytes
+	if a, b := pc.push(small, v, true), pc.push(small, v, true); &a[0] != &b[0] {
+		t.Fatal("a small record was encoded twice")
 	}
 }
