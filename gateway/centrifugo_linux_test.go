@@ -241,16 +241,23 @@ func nodeSDKCommand(t *testing.T, format string) func(url string) *exec.Cmd {
 // TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
 // the virtual environment .ci/run makes in gateway/testdata/python/.venv.
 func TestCentrifugoPythonSDK(t *testing.T) {
-	runSDKScript(t, sdkRun{}, pythonSDKCommand(t))
+	runSDKScript(t, sdkRun{}, pythonSDKCommand(t, ""))
 }
 
 // TestCentrifugoPythonSDKSecondInstance: the same, the reconnect reaching
 // a second kpush instance.
 func TestCentrifugoPythonSDKSecondInstance(t *testing.T) {
-	runSDKScript(t, sdkRun{second: true}, pythonSDKCommand(t))
+	runSDKScript(t, sdkRun{second: true}, pythonSDKCommand(t, ""))
 }
 
-func pythonSDKCommand(t *testing.T) func(url string) *exec.Cmd {
+// TestCentrifugoPythonSDKProtobuf: the same in the Protobuf format.
+func TestCentrifugoPythonSDKProtobuf(t *testing.T) {
+	runSDKScript(t, sdkRun{proto: true}, pythonSDKCommand(t, "protobuf"))
+}
+
+// pythonSDKCommand runs cf_client.py; format "protobuf" selects the
+// Protobuf format.
+func pythonSDKCommand(t *testing.T, format string) func(url string) *exec.Cmd {
 	py := "testdata/python/.venv/bin/python"
 	if _, err := os.Stat(py); err != nil {
 		if os.Getenv("CI") != "" {
@@ -258,7 +265,9 @@ func pythonSDKCommand(t *testing.T) func(url string) *exec.Cmd {
 		}
 		t.Skip("no gateway/testdata/python/.venv (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)")
 	}
-	return func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41") }
+	return func(url string) *exec.Cmd {
+		return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41", format)
+	}
 }
 
 // runSDKScript runs an SDK client script against a gateway: it must
