@@ -94,7 +94,7 @@ func (c *conn) setSendBuffer(t *testing.T, n int) {
 	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, n); err != nil {
+	if err := syscall.SetsockoptInt(int(c.fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, n); err != nil {
 		t.Fatalf("SO_SNDBUF: %v", err)
 	}
 }

@@ -79,7 +79,7 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		peer.Close()
 		<-drained
 	})
-	c := &conn{srv: srv, fd: fd, gen: 1}
+	c := &conn{session: session{srv: srv}, fd: int32(fd), gen: 1}
 	w := &worker{s: srv, rbuf: make([]byte, 1024), iov: make([]syscall.Iovec, 0, netpoll.MaxIovecs)}
 	return &writerRig{srv: srv, c: c, w: w}
 }
