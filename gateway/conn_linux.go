@@ -626,7 +626,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.frames = nil
 	c.out.bytes = 0
 	c.out.resume = nil
-	c.out.held = 0
+	c.out.heldCount = 0
 	c.out.conflated = nil
 	c.out.caps = nil
 	if c.out.deflate {

@@ -44,7 +44,7 @@ type outbound struct {
 	head      int                    // bytes of frames[0] already written
 	inflight  int32                  // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
 	deflate   bool                   // the connection negotiated permessage-deflate: write Deflated when a frame has it
-	held      int                    // live frames held aside for resumes (chanResume.held)
+	heldCount int                    // live frames held aside for resumes: the sum of every chanResume.held's length
 	conflated map[string]skipMark    // channel → records dropped by conflation or a cap, not yet reported
 	resume    map[string]*chanResume // channels replaying or with floors
 	caps      *capSet                // frequency-capped channels (capped.go); nil: none
@@ -102,7 +102,7 @@ const (
 
 // fits reports whether n more frames of size bytes fit the bounds.
 func (o *outbound) fits(b queueBounds, n, size int) bool {
-	return len(o.frames)+o.held+n <= b.messages && o.bytes+size <= b.bytes
+	return len(o.frames)+o.heldCount+n <= b.messages && o.bytes+size <= b.bytes
 }
 
 // protected is how many frames at the head of the queue are on their way to
@@ -378,7 +378,7 @@ func (o *outbound) hold(st *chanResume, f *router.Frame, b queueBounds, pc *poli
 		st.lossy = true
 	}
 	st.held = append(st.held, f)
-	o.held++
+	o.heldCount++
 	o.bytes += len(f.Data)
 	return pushAside
 }
@@ -401,7 +401,7 @@ func (o *outbound) releaseHeld(st *chanResume) {
 	for _, h := range st.held {
 		o.bytes -= len(h.Data)
 	}
-	o.held -= len(st.held)
+	o.heldCount -= len(st.held)
 	clear(st.held)
 	st.held = st.held[:0]
 }
@@ -448,7 +448,7 @@ func (o *outbound) finishResume(ch string, st *chanResume, frames []*router.Fram
 	}
 	held := st.held
 	st.held, st.replaying = nil, false
-	o.held -= len(held)
+	o.heldCount -= len(held)
 	for _, h := range held {
 		if st.below(h) {
 			o.bytes -= len(h.Data)

@@ -105,7 +105,7 @@ func (s *pushServer) maxQueue() (frames, bytes int) {
 	for _, c := range s.conns.Snapshot() {
 		c.mu.Lock()
 		if c.out.bytes > bytes {
-			frames, bytes = len(c.out.frames)+c.out.held, c.out.bytes
+			frames, bytes = len(c.out.frames)+c.out.heldCount, c.out.bytes
 		}
 		c.mu.Unlock()
 	}
