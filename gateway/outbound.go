@@ -13,13 +13,14 @@ import (
 
 // outbound is one connection's queue of frames on their way to its socket,
 // with its bounds, the slow-consumer policy that applies when a frame does
-// not fit, and the per-channel state of the resume seam (resume_linux.go
-// explains the seam). It knows nothing of sockets: the connection
-// (conn_linux.go) writes from the front of frames and reports what was
-// written with consume, and unit tests drive it directly (outbound_test.go).
+// not fit, and the per-channel state of the resume seam (resume_seam.go
+// explains the seam). It knows nothing of sockets: the connection's
+// transport (conn_linux.go) writes from the front of frames and reports
+// what was written with consume, and unit tests drive it directly
+// (outbound_test.go).
 //
-// It is not safe for concurrent use: the connection's mu guards it, and
-// every method assumes the caller holds that lock.
+// It is not safe for concurrent use: its session's mu guards it, and every
+// method assumes the caller holds that lock.
 //
 // Slow consumers. The queue is bounded by max_queue_messages and
 // max_queue_bytes (live frames held for a resume included). When a frame
@@ -296,7 +297,7 @@ func (o *outbound) dropPending() {
 	o.frames = o.frames[:keep]
 }
 
-// The resume seam's per-channel state (resume_linux.go explains the seam).
+// The resume seam's per-channel state (resume_seam.go explains the seam).
 
 // partPos is a position in one partition: the client has every record up to
 // and including offset after.
