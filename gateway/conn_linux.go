@@ -126,7 +126,9 @@ var (
 // by the router with a shard lock held, so it only appends and schedules.
 func (c *conn) Enqueue(f *router.Frame) bool { return c.deliver(c, f) }
 
-// The session's methods, with c as its transport.
+// send, allowRequest and closeWith are the session's methods of the same
+// names with c as the transport, for the connection's own code (reading,
+// the ticker, event streams, Centrifugo).
 
 func (c *conn) sess() *session                         { return &c.session }
 func (c *conn) send(b []byte)                          { c.session.send(c, b) }
