@@ -49,7 +49,7 @@ func (l *fakeLink) closingLocked(unsubscribe bool) {
 // request hands one protocol v1 request to the session.
 func (l *fakeLink) request(p string) { l.srv.handleRequest(l, []byte(p)) }
 
-func newSessionServer(t *testing.T, mutate func(*Config)) *Server {
+func newSessionServer(t testing.TB, mutate func(*Config)) *Server {
 	t.Helper()
 	cfg := Config{Listen: "127.0.0.1:0"}
 	if mutate != nil {
@@ -275,4 +275,44 @@ func closeCodeOf(t *testing.T, b []byte) ws.StatusCode {
 		t.Fatalf("close frame %x: %s", b, why)
 	}
 	return code
+}
+
+// deliverOne queues f on l through Enqueue, as the router does, and
+// consumes it as the writer would.
+func deliverOne(tb testing.TB, l *fakeLink, f *router.Frame) {
+	if !l.Enqueue(f) {
+		tb.Fatal("the session refused a record")
+	}
+	l.mu.Lock()
+	l.out.consume(l.out.bytes)
+	l.mu.Unlock()
+}
+
+// TestSessionDeliverDoesNotAllocate: a live record goes through the
+// session to its queue without allocating (the Linux writer adds its own
+// check, TestWriterDoesNotAllocate).
+func TestSessionDeliverDoesNotAllocate(t *testing.T) {
+	l := newFakeLink(newSessionServer(t, nil), "192.0.2.1")
+	f := benchFrame()
+	deliverOne(t, l, f) // the queue's first slice
+	if n := testing.AllocsPerRun(1000, func() { deliverOne(t, l, f) }); n != 0 {
+		t.Fatalf("%.1f allocations per delivery, want 0", n)
+	}
+}
+
+// BenchmarkSessionDeliver: one live record through the session (the body
+// of Enqueue) to its queue, without a socket.
+func BenchmarkSessionDeliver(b *testing.B) {
+	l := newFakeLink(newSessionServer(b, nil), "192.0.2.1")
+	f := benchFrame()
+	b.ReportAllocs()
+	for b.Loop() {
+		deliverOne(b, l, f)
+	}
+}
+
+// benchFrame is a market record of typical size.
+func benchFrame() *router.Frame {
+	return EncodeMessage(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: 123456, Timestamp: 1700000000000,
+		Data: []byte(`{"sym":"AAPL","price":189.52,"bid":189.51,"ask":189.53,"size":300,"seq":123456,"ts":1700000000000}`)})
 }

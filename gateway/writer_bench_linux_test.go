@@ -125,11 +125,6 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 	}
 }
 
-func benchFrame() *router.Frame {
-	return EncodeMessage(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: 123456, Timestamp: 1700000000000,
-		Data: []byte(`{"sym":"AAPL","price":189.52,"bid":189.51,"ask":189.53,"size":300,"seq":123456,"ts":1700000000000}`)})
-}
-
 // BenchmarkWriter measures Enqueue plus flush per delivery. One op is one
 // delivery; frames/flush is how many deliveries share one writev.
 func BenchmarkWriter(b *testing.B) {
