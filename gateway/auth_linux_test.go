@@ -10,20 +10,13 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/client"
 )
 
 func startAuthGateway(t testing.TB, mutate func(*Config)) *secGateway {
 	t.Helper()
 	g := startSecGateway(t, func(c *Config) {
-		c.Auth = auth.Config{
-			Mode:        auth.ModeJWT,
-			HS256Secret: secTestSecret,
-			Audience:    "kpush",
-			ClockSkew:   time.Millisecond,
-			Grants:      []string{"user.{sub}.>"},
-		}
+		c.Auth = testAuthConfig()
 		c.PingInterval = 200 * time.Millisecond // sweep (and expiry checks) every tick
 		c.IdleTimeout = 10 * time.Second
 		if mutate != nil {

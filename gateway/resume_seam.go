@@ -328,7 +328,18 @@ func (s *Server) resumeLive(j *resumeJob, rc *resumeChan) bool {
 // completeResume delivers a finished job: per channel the replayed frames
 // (or the failure's snapshot), the held live frames, then the ok reply.
 // A job already answered (timed out) is left alone.
-func (s *Server) completeResume(j *resumeJob) {
+func (s *Server) completeResume(j *resumeJob) { s.answerResume(j, false) }
+
+// expireResume answers a job at its deadline, wherever it is: every channel
+// still waiting fails (its snapshot, then the live frames held), and the ok
+// reply goes out. A read-back still running stops at the same deadline and
+// its result is dropped.
+func (s *Server) expireResume(j *resumeJob) { s.answerResume(j, true) }
+
+// answerResume answers j once, under the connection's lock: completed, or
+// expired at its deadline. An expired job does not touch what the read-back
+// writes (out, ok): it may still be running.
+func (s *Server) answerResume(j *resumeJob, expired bool) {
 	c := j.t.sess()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -336,7 +347,9 @@ func (s *Server) completeResume(j *resumeJob) {
 		return
 	}
 	j.finished = true
-	if j.timer != nil {
+	if expired {
+		s.metrics.rejected.WithLabelValues("resume_timeout").Inc()
+	} else if j.timer != nil {
 		j.timer.Stop()
 	}
 	if c.flags&(flagClosing|flagClosed) != 0 {
@@ -347,39 +360,14 @@ func (s *Server) completeResume(j *resumeJob) {
 			j.recovered[rc.ch] = false // unsubscribed or revoked meanwhile
 			continue
 		}
-		frames := append(rc.mem, rc.out...)
-		ok := c.finishResumeLocked(j.t, rc.ch, rc.st, frames, rc.parts, rc.ok, rc.st.last, j.reserve)
+		var frames []*router.Frame
+		ok := false
+		if !expired {
+			frames, ok = append(rc.mem, rc.out...), rc.ok
+		}
+		ok = c.finishResumeLocked(j.t, rc.ch, rc.st, frames, rc.parts, ok, rc.st.last, j.reserve)
 		j.recovered[rc.ch] = ok
 		s.countResume("kafka", ok, len(frames))
-	}
-	c.sendLocked(j.t, okFrame(j.id, j.recovered))
-}
-
-// expireResume answers a job at its deadline, wherever it is: every channel
-// still waiting fails (its snapshot, then the live frames held), and the ok
-// reply goes out. A read-back still running stops at the same deadline and
-// its result is dropped. It does not touch what the read-back writes (out,
-// ok).
-func (s *Server) expireResume(j *resumeJob) {
-	c := j.t.sess()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if j.finished {
-		return
-	}
-	j.finished = true
-	s.metrics.rejected.WithLabelValues("resume_timeout").Inc()
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		return
-	}
-	for _, rc := range j.chans {
-		if c.out.resume[rc.ch] != rc.st {
-			j.recovered[rc.ch] = false
-			continue
-		}
-		c.finishResumeLocked(j.t, rc.ch, rc.st, nil, rc.parts, false, rc.st.last, j.reserve)
-		j.recovered[rc.ch] = false
-		s.countResume("kafka", false, 0)
 	}
 	c.sendLocked(j.t, okFrame(j.id, j.recovered))
 }

@@ -130,16 +130,23 @@ func publishOffsets(s *Server, ch string, keep *router.Retention, offsets ...int
 	}
 }
 
+// newResumeSession returns a server reading resumes back through rp, its
+// resume pool running, and a session on it.
+func newResumeSession(t *testing.T, rp Replayer, mutate func(*Config)) (*Server, *fakeLink) {
+	t.Helper()
+	s := newSessionServer(t, mutate)
+	s.SetReplayer(rp)
+	runResumePool(t, s)
+	return s, newFakeLink(s, "192.0.2.1")
+}
+
 // TestSessionResumeSeam: live records published while a channel is read
 // back are held; when the read-back ends, the replayed records come first,
 // then the held ones without the overlap, then the ok reply. Later live
 // records go straight to the queue.
 func TestSessionResumeSeam(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 5)...)
-	s := newSessionServer(t, nil)
-	s.SetReplayer(rp)
-	runResumePool(t, s)
-	l := newFakeLink(s, "192.0.2.1")
+	s, l := newResumeSession(t, rp, nil)
 	l.request(`{"op":"subscribe","id":1,"channels":["r.a"],"since":{"r.a":{"0":2}}}`)
 	rp.waitStarted(t)
 	publishOffsets(s, "r.a", nil, 4, 5, 6, 7) // 4 and 5 are read back too
@@ -174,12 +181,9 @@ func TestSessionResumeSeam(t *testing.T) {
 // the same deadline; whichever answers, the client sees the same.)
 func TestSessionResumeTimeout(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 9)...) // never released: the deadline ends it
-	s := newSessionServer(t, func(c *Config) { c.ResumeTimeout = 200 * time.Millisecond })
-	s.SetReplayer(rp)
-	runResumePool(t, s)
+	s, l := newResumeSession(t, rp, func(c *Config) { c.ResumeTimeout = 200 * time.Millisecond })
 	keep := &router.Retention{Last: true}
 	publishOffsets(s, "r.t", keep, 9)
-	l := newFakeLink(s, "192.0.2.1")
 	l.request(`{"op":"subscribe","id":1,"channels":["r.t"],"since":{"r.t":{"0":2}}}`)
 	rp.waitStarted(t)
 	publishOffsets(s, "r.t", keep, 10)
@@ -194,10 +198,7 @@ func TestSessionResumeTimeout(t *testing.T) {
 // back loses its resume state; the read-back delivers nothing of it.
 func TestSessionResumeUnsubscribed(t *testing.T) {
 	rp := newFakeReplayer(true, span(1, 5)...)
-	s := newSessionServer(t, nil)
-	s.SetReplayer(rp)
-	runResumePool(t, s)
-	l := newFakeLink(s, "192.0.2.1")
+	s, l := newResumeSession(t, rp, nil)
 	l.request(`{"op":"subscribe","id":1,"channels":["r.u"],"since":{"r.u":{"0":0}}}`)
 	rp.waitStarted(t)
 	publishOffsets(s, "r.u", nil, 6)

@@ -39,19 +39,25 @@ func testToken(t testing.TB, secret string, mut func(jwt.MapClaims)) string {
 	return s
 }
 
+// testAuthConfig is auth.mode jwt with HS256 tokens signed with
+// secTestSecret for the audience kpush, and the grant user.{sub}.>.
+func testAuthConfig() auth.Config {
+	return auth.Config{
+		Mode:        auth.ModeJWT,
+		HS256Secret: secTestSecret,
+		Audience:    "kpush",
+		ClockSkew:   time.Millisecond,
+		Grants:      []string{"user.{sub}.>"},
+	}
+}
+
 // newAuthSession returns a server with auth.mode jwt (grants user.{sub}.>,
 // public channels public.*) and a session holding token's grant (none:
 // anonymous).
 func newAuthSession(t *testing.T, token string, mutate func(*Config)) (*Server, *fakeLink) {
 	t.Helper()
 	s := newSessionServer(t, func(c *Config) {
-		c.Auth = auth.Config{
-			Mode:        auth.ModeJWT,
-			HS256Secret: secTestSecret,
-			Audience:    "kpush",
-			ClockSkew:   time.Millisecond,
-			Grants:      []string{"user.{sub}.>"},
-		}
+		c.Auth = testAuthConfig()
 		if mutate != nil {
 			mutate(c)
 		}
