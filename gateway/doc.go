@@ -23,7 +23,7 @@
 //   - protocol.go: request parsing, replies, EncodeMessage (a record
 //     encoded once as a complete frame);
 //   - server.go, metrics.go: the Server's sessions' half (configuration,
-//     limits, verifier, resume queue) and the metrics.
+//     limits, verifier, resume queue, Publish) and the metrics.
 //
 // The transport half (the _linux.go files; the parsers they use are
 // portable and tested on any system):

@@ -126,7 +126,7 @@ func replyOffsets(t *testing.T, got []string) []string {
 
 func publishOffsets(s *Server, ch string, keep *router.Retention, offsets ...int64) {
 	for _, o := range offsets {
-		publishTo(s, &Message{Channel: ch, Offset: o, Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+		s.Publish(&Message{Channel: ch, Offset: o, Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
 	}
 }
 

@@ -692,22 +692,6 @@ func (s *Server) forceCloseAll() {
 	}
 }
 
-// Publish encodes m once and queues it to every subscriber of its channel.
-// keep (nil for nothing) says what the router retains of the channel for
-// snapshots and resumes; it is the route's and shared. It returns the number
-// of connections that accepted it. A record nobody subscribes to and
-// nothing retains is not encoded at all.
-func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame {
-		f := EncodeMessage(m)
-		if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
-			f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
-			s.deflated.Add(1)
-		}
-		return f
-	})
-}
-
 // fallbackHandler serves plain HTTP on the WebSocket port.
 func (s *Server) fallbackHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -31,6 +31,5 @@ func (s *Server) Addr() net.Addr                            { return nil }
 func (s *Server) Connections() int                          { return 0 }
 func (s *Server) Run(context.Context) error                 { return errNotLinux }
 func (s *Server) Shutdown(context.Context) error            { return errNotLinux }
-func (s *Server) Publish(*Message, *router.Retention) int   { return 0 }
 func (s *Server) Serve(context.Context, net.Listener) error { return errNotLinux }
 func (s *Server) Err() error                                { return errNotLinux }

@@ -66,12 +66,6 @@ func newFakeLink(s *Server, ip string) *fakeLink {
 	return &fakeLink{session: session{srv: s, ip: ip}}
 }
 
-// publishTo encodes m and publishes it through the server's router, as
-// Server.Publish does (without permessage-deflate).
-func publishTo(s *Server, m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame { return EncodeMessage(m) })
-}
-
 // payloads returns the payloads of the text frames queued on c, and forgets
 // them as written.
 func payloads(t *testing.T, c *session) []string {
@@ -128,7 +122,7 @@ func TestSessionSubscribeFromHistory(t *testing.T) {
 	c := newFakeLink(s, "192.0.2.1")
 	keep := &router.Retention{Last: true, HistoryRecords: 10, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	for o := int64(1); o <= 4; o++ {
-		publishTo(s, &Message{Channel: "h.a", Offset: o, Epoch: 1, Data: []byte(`1`)}, keep)
+		s.Publish(&Message{Channel: "h.a", Offset: o, Epoch: 1, Data: []byte(`1`)}, keep)
 	}
 	c.request(`{"op":"subscribe","id":1,"channels":["h.a"],"since":{"h.a":{"0":2}}}`)
 	got := strings.Join(payloads(t, &c.session), "\n")
@@ -140,7 +134,7 @@ func TestSessionSubscribeFromHistory(t *testing.T) {
 	}
 	// Live records follow; one at or below the client's position is not
 	// sent again.
-	publishTo(s, &Message{Channel: "h.a", Offset: 5, Epoch: 1, Data: []byte(`1`)}, keep)
+	s.Publish(&Message{Channel: "h.a", Offset: 5, Epoch: 1, Data: []byte(`1`)}, keep)
 	if got := payloads(t, &c.session); len(got) != 1 || !strings.Contains(got[0], `"o":5`) {
 		t.Fatalf("live record after the resume: %q", got)
 	}
@@ -153,7 +147,7 @@ func TestSessionSubscribeFromHistory(t *testing.T) {
 	}
 	// Unsubscribe: no more records.
 	c.request(`{"op":"unsubscribe","id":3,"channels":["h.a"]}`)
-	publishTo(s, &Message{Channel: "h.a", Offset: 6, Epoch: 1, Data: []byte(`1`)}, keep)
+	s.Publish(&Message{Channel: "h.a", Offset: 6, Epoch: 1, Data: []byte(`1`)}, keep)
 	if got := payloads(t, &c.session); len(got) != 1 || got[0] != `{"op":"ok","id":3}` {
 		t.Fatalf("after unsubscribe: %q", got)
 	}
@@ -171,7 +165,7 @@ func TestSessionSubscriptionBound(t *testing.T) {
 	if len(got) != 2 || got[0] != `{"op":"ok","id":1}` || !strings.Contains(got[1], `"code":"too_many_subscriptions"`) {
 		t.Fatalf("replies %q", got)
 	}
-	if n := publishTo(s, &Message{Channel: "b.c", Data: []byte(`1`)}, nil); n != 0 {
+	if n := s.Publish(&Message{Channel: "b.c", Data: []byte(`1`)}, nil); n != 0 {
 		t.Fatalf("the refused channel reached %d connections", n)
 	}
 	s.router.Unsubscribe(c, "b.a", "b.b")
@@ -195,10 +189,10 @@ func TestSessionUnsubscribe(t *testing.T) {
 	if subs != "u.b" || capped {
 		t.Fatalf("after unsubscribe: subs %q, u.a still capped %v", subs, capped)
 	}
-	if n := publishTo(s, &Message{Channel: "u.a", Data: []byte(`1`)}, nil); n != 0 {
+	if n := s.Publish(&Message{Channel: "u.a", Data: []byte(`1`)}, nil); n != 0 {
 		t.Fatalf("the dropped channel reached %d connections", n)
 	}
-	if n := publishTo(s, &Message{Channel: "u.b", Data: []byte(`1`)}, nil); n != 1 {
+	if n := s.Publish(&Message{Channel: "u.b", Data: []byte(`1`)}, nil); n != 1 {
 		t.Fatalf("the kept channel reached %d connections, want 1", n)
 	}
 	s.router.Unsubscribe(c, "u.b")
@@ -231,7 +225,7 @@ func TestSessionSlowRepliesClose(t *testing.T) {
 		t.Fatalf("kpush_connection_closes_total{reason=slow_consumer} = %v, want 1", got)
 	}
 	// A closing session takes no more frames or requests.
-	if publishTo(s, &Message{Channel: "s.a", Data: []byte(`1`)}, nil) != 0 {
+	if s.Publish(&Message{Channel: "s.a", Data: []byte(`1`)}, nil) != 0 {
 		t.Fatal("a closing session accepted a record")
 	}
 	c.request(`{"op":"subscribe","id":9,"channels":["s.b"]}`)
@@ -252,9 +246,9 @@ func TestSessionWakesItsTransport(t *testing.T) {
 	c := newFakeLink(s, "192.0.2.1")
 	c.request(`{"op":"subscribe","id":1,"channels":["w.a"]}`)
 	c.request(`{"op":"subscribe","id":2,"channels":["w.c"],"max_rate":1}`)
-	publishTo(s, &Message{Channel: "w.a", Offset: 1, Data: []byte(`1`)}, nil)
-	publishTo(s, &Message{Channel: "w.c", Offset: 1, Data: []byte(`1`)}, nil)
-	publishTo(s, &Message{Channel: "w.c", Offset: 2, Data: []byte(`1`)}, nil) // within the cap's interval: waits
+	s.Publish(&Message{Channel: "w.a", Offset: 1, Data: []byte(`1`)}, nil)
+	s.Publish(&Message{Channel: "w.c", Offset: 1, Data: []byte(`1`)}, nil)
+	s.Publish(&Message{Channel: "w.c", Offset: 2, Data: []byte(`1`)}, nil) // within the cap's interval: waits
 	c.mu.Lock()
 	wakes, delayed, armed := c.wakes, c.delayed, len(c.armed)
 	c.mu.Unlock()
