@@ -317,7 +317,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				recovered := map[string]bool{ch: true}
 				reserve := okReserve(int64(id), recovered)
 				if rc := s.resumeChannel(c, ch, []partPos{pos}, v, recovered, reserve); rc != nil {
-					job = &resumeJob{c: c, id: int64(id), deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered,
+					job = &resumeJob{t: c, id: int64(id), deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered,
 						reserve: reserve, chans: []*resumeChan{rc}}
 				} else {
 					ok = recovered

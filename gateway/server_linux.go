@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -19,35 +18,21 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
-	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Server accepts WebSocket connections, serves protocol v1 on them and
-// writes routed frames to their subscribers.
-type Server struct {
-	// cfg is the configuration given to New. Its live-changeable keys are
-	// only the starting values: read those through lim().
-	cfg    Config
-	limits atomic.Pointer[Limits] // replaced whole by SetLimits
-	router *router.Router
-	log    *slog.Logger
-
-	metrics      *metrics
-	policy       policyCounters // the outbound queues' counters, on metrics
-	conns        *netpoll.Registry[conn]
-	work         *netpoll.WorkQueue[conn]
-	readPoller   *netpoll.Poller
-	writePoller  *netpoll.Poller
-	clock        atomic.Int64      // coarse time in Unix ms, advanced by the ticker
-	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
-	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
-	deflateConns atomic.Int64      // connections that negotiated permessage-deflate (deflate.go)
-	cfPushes     *cfPushCache      // Centrifugo forms of the records being pushed (centrifugo_proto.go)
-	deflated     atomic.Int64      // records compressed (kpush_deflated_records_total)
+// netState is the transport's half of the Server (server.go has the
+// sessions' half): the listener and its handshakes, the pollers, the
+// registry of connections, the worker queue and the timer wheel.
+type netState struct {
+	conns       *netpoll.Registry[conn]
+	work        *netpoll.WorkQueue[conn]
+	readPoller  *netpoll.Poller
+	writePoller *netpoll.Poller
+	timers      *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -56,7 +41,6 @@ type Server struct {
 	ln       net.Listener // nil until Run listens
 	running  bool
 	ready    chan struct{} // closed once listening
-	draining atomic.Bool
 	stop     chan struct{} // closed by Shutdown: stops accepting
 	stopOnce sync.Once
 	drained  chan struct{} // closed when Shutdown has closed every connection
@@ -67,21 +51,7 @@ type Server struct {
 	sys        netpoll.Sys           // epoll and dup; replaced by tests to inject faults
 	fatal      chan error            // a poller failed: Serve must end (capacity 2)
 	fatalErr   atomic.Pointer[error] // the first such failure, for Err
-
-	// Security (security_linux.go, tls_linux.go); set by New, read-only
-	// while serving, except public (replaced by SetPublicChannels).
-	tlsConfig *tls.Config // nil: plain ws
-	certs     *certStore
-	verifier  *auth.Verifier // nil: auth.mode none
-	public    atomic.Pointer[PublicChannels]
-	perIP     *ipLimiter
-	addrs     clientAddrs  // trusted proxies (clientaddr_linux.go)
-	slots     atomic.Int64 // connections open or past the max_connections check
-
-	replayer      Replayer        // nil: resumes beyond the history fail
-	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
-	resumeShares  *resumeShares   // places in resumeQ per client address
-	resumePending atomic.Int64    // read-backs queued or running
+	addrs      clientAddrs           // trusted proxies (clientaddr_linux.go)
 }
 
 // New returns a Server. It does not listen until Run.
@@ -92,27 +62,17 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 // newServer is New with the system calls on kpush's own descriptors made
 // through sys (tests inject faults with it).
 func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Logger, sys netpoll.Sys) (*Server, error) {
-	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if rt == nil {
-		return nil, errors.New("gateway: nil router")
-	}
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	if cfg.Workers == 0 {
-		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	s, err := newCore(cfg, rt, reg, log)
+	if err != nil {
+		return nil, err
 	}
-	s := &Server{
-		cfPushes:   newCFPushCache(),
-		cfg:        cfg,
-		router:     rt,
-		log:        log,
+	if s.cfg.Workers == 0 {
+		s.cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	s.netState = netState{
 		conns:      netpoll.NewRegistry[conn](),
 		work:       netpoll.NewWorkQueue[conn](),
 		httpConns:  make(chan net.Conn),
@@ -120,30 +80,11 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		stop:       make(chan struct{}),
 		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
-		hsShare:    newHandshakeShare(cfg.MaxHandshakes),
+		handshakes: make(chan struct{}, s.cfg.MaxHandshakes),
+		hsShare:    newHandshakeShare(s.cfg.MaxHandshakes),
 		sys:        sys,
 		fatal:      make(chan error, 2),
-		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 		timers:     newTimerWheel[conn](),
-	}
-	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
-	s.clock.Store(time.Now().UnixMilli())
-	lim := cfg.Limits()
-	s.limits.Store(&lim)
-	m, err := newMetrics(reg, s)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: register metrics: %w", err)
-	}
-	s.metrics = m
-	s.policy = policyCounters{
-		compactions: m.slowConsumers.WithLabelValues("conflate"),
-		abandoned:   m.slowConsumers.WithLabelValues("abandon_resume"),
-		conflated:   m.conflated,
-		snapshots:   m.snapshots,
-	}
-	if err := s.initSecurity(reg); err != nil {
-		return nil, err
 	}
 	if err := s.initClientAddrs(reg); err != nil {
 		return nil, err
@@ -157,10 +98,6 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 	}
 	return s, nil
 }
-
-// SetReplayer sets where resumes older than the in-memory history are read
-// back from (Kafka). Without one they answer recovered:false. Call before Run.
-func (s *Server) SetReplayer(r Replayer) { s.replayer = r }
 
 // HandleHTTP sets the handler for plain HTTP requests on the WebSocket port
 // (any path other than gateway.path), such as the demo page. Call before Run.
@@ -181,26 +118,6 @@ func (s *Server) Addr() net.Addr {
 
 // Connections returns the number of open connections.
 func (s *Server) Connections() int { return s.conns.Count() }
-
-// Draining reports whether Shutdown has begun.
-func (s *Server) Draining() bool { return s.draining.Load() }
-
-// SetLimits applies the live-changeable keys of cfg (see Limits) to the
-// running server and ignores the others. cfg is defaulted and validated
-// first; an invalid cfg changes nothing. Safe to call concurrently with
-// everything else.
-func (s *Server) SetLimits(cfg Config) error {
-	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	lim := cfg.Limits()
-	s.limits.Store(&lim)
-	return nil
-}
-
-// lim returns the limits in force.
-func (s *Server) lim() *Limits { return s.limits.Load() }
 
 // Run listens on cfg.Listen and serves until ctx is cancelled or Shutdown
 // completes. Cancelling ctx closes every connection at once; Shutdown drains
@@ -419,7 +336,7 @@ func (s *Server) runWorker() {
 			case netpoll.Flush:
 				t.C.flush(w)
 			case netpoll.Closing:
-				t.C.dropSubscriptions()
+				t.C.dropSubscriptions(t.C)
 			}
 			w.batch[i] = netpoll.Task[conn]{}
 		}
@@ -633,7 +550,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip}
+	c := &conn{session: session{srv: s, ip: client.ip}, fd: int32(fd), gen: s.conns.NextGen()}
 	if _, ok := ext.Accepted(); ok {
 		c.out.deflate = true
 		s.deflateConns.Add(1) // until releaseIfIdleLocked
@@ -780,22 +697,6 @@ func (s *Server) forceCloseAll() {
 			s.router.Unsubscribe(c, subs...)
 		}
 	}
-}
-
-// Publish encodes m once and queues it to every subscriber of its channel.
-// keep (nil for nothing) says what the router retains of the channel for
-// snapshots and resumes; it is the route's and shared. It returns the number
-// of connections that accepted it. A record nobody subscribes to and
-// nothing retains is not encoded at all.
-func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame {
-		f := EncodeMessage(m)
-		if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
-			f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
-			s.deflated.Add(1)
-		}
-		return f
-	})
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

@@ -111,7 +111,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name:        "kpush_connections",
 			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
 			ConstLabels: prometheus.Labels{"protocol": "v1"},
-		}, func() float64 { return float64(int64(s.conns.Count()) - m.sseConns.Load() - m.cfConns.Load()) }),
+		}, func() float64 { return float64(int64(s.Connections()) - m.sseConns.Load() - m.cfConns.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "kpush_connections",
 			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
