@@ -28,10 +28,14 @@ type Config struct {
 	// SourceAddrs spreads connections over 127.0.0.1 ... 127.0.0.N when the
 	// target is on loopback; 0 means one address per 20,000 connections
 	// opened at once, at least 4, and enough that no address has more than
-	// 64 handshakes in flight: kpush gives one address at most an eighth of
+	// 16 handshakes in flight: kpush gives one address at most an eighth of
 	// gateway.max_handshakes (128 of the default 1024) once half of them are
 	// in use, and closes what is over, as a storm from real clients on many
-	// addresses would never see.
+	// addresses would never see. kpush counts a handshake until its
+	// goroutine has registered the connection, which on a loaded machine
+	// can be long after the client saw the 101 and dialed the next one, so
+	// the client's own count needs a wide margin under kpush's share (1,024
+	// in flight from 4 addresses had 65-343 of 2,000 refused).
 	SourceAddrs int
 	// MaxInFlight bounds connections that are connecting, upgrading or
 	// waiting for their subscribe reply, over all loops; 0 means 256.
@@ -51,6 +55,10 @@ func deflateOffer(on bool) string {
 	}
 	return "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 }
+
+// maxInFlightPerAddr is the most handshakes the default spread of source
+// addresses (Config.SourceAddrs) puts in flight from one address.
+const maxInFlightPerAddr = 16
 
 // Pool is a set of client connections served by event loops.
 type Pool struct {
@@ -123,7 +131,7 @@ func (p *Pool) Open(n int, subs func(i int) []int32) {
 	perLoop := make([][]*wconn, len(p.loops))
 	srcs := p.cfg.SourceAddrs
 	if srcs <= 0 {
-		srcs = max(4, (int(p.nextID)+n)/20000+1, (p.cfg.MaxInFlight+63)/64)
+		srcs = max(4, (int(p.nextID)+n)/20000+1, (p.cfg.MaxInFlight+maxInFlightPerAddr-1)/maxInFlightPerAddr)
 	}
 	for i := 0; i < n; i++ {
 		id := p.nextID
