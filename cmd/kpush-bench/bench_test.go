@@ -31,6 +31,7 @@ func TestQuickRunEndToEnd(t *testing.T) {
 		"-market-conns", "40", "-market-symbols", "20", "-market-subs", "3", "-market-rate", "100",
 		"-market-duration", "1s", "-warmup", "500ms", "-market-partitions", "3",
 		"-hs-conns", "60", "-hs-inflight", "8", "-storm-conns", "50", "-storm-inflight", "16",
+		"-kernel-loop", "200ms",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +64,13 @@ func TestQuickRunEndToEnd(t *testing.T) {
 		if st.KpushCPUSeconds <= 0 || st.Latency.Count != uint64(st.Received) {
 			t.Errorf("fanout step: kpush CPU %.3f, %d latencies for %d deliveries", st.KpushCPUSeconds, st.Latency.Count, st.Received)
 		}
+		// Uncapped, every delivery is the newest value of its channel.
+		if st.Newest == nil || st.Newest.Count != uint64(st.Received) {
+			t.Errorf("fanout step: newest-value latency %+v for %d deliveries", st.Newest, st.Received)
+		}
+		if k := st.Kernel; k == nil || k.Sockets != 30 || k.Writes == 0 || k.DeliveriesPerCPU <= 0 || st.KernelRatio <= 0 {
+			t.Errorf("fanout step: plain writev loop %+v, ratio %v: want one over 30 sockets", k, st.KernelRatio)
+		}
 	}
 	m := rep.Market
 	if m == nil || m.Step.Produced == 0 || m.Step.Received != m.Step.Expected || m.Step.Duplicates != 0 || m.Step.Gaps != 0 {
@@ -75,7 +83,10 @@ func TestQuickRunEndToEnd(t *testing.T) {
 	if h.Storm == nil || h.Storm.Failed != 0 || h.Storm.Seconds <= 0 {
 		t.Fatalf("storm result %+v", h.Storm)
 	}
-	for _, heading := range []string{"### Idle connections", "### Fan-out", "### Market mix", "### Handshakes", "Reconnect storm"} {
+	if m.Step.Kernel == nil || m.Step.Kernel.Sockets != 40 || m.Step.KernelRatio <= 0 {
+		t.Errorf("market: plain writev loop %+v, ratio %v: want one over 40 sockets", m.Step.Kernel, m.Step.KernelRatio)
+	}
+	for _, heading := range []string{"### Idle connections", "### Fan-out", "### Market mix", "### Handshakes", "Reconnect storm", "Against the plain writev loop"} {
 		if !strings.Contains(out.String(), heading) {
 			t.Errorf("report lacks %q:\n%s", heading, out.String())
 		}

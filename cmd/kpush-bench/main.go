@@ -64,6 +64,7 @@ type options struct {
 	deflateMin    int           // a started kpush's gateway.compression_min_bytes
 	writeDelay    time.Duration // a started kpush's gateway.write_delay
 	maxRate       float64       // a started kpush's routes[].max_rate
+	kernelLoop    time.Duration // the plain writev loop's time per frames-per-write figure; 0: none
 
 	idleSteps    []int
 	idleChannels int
@@ -160,6 +161,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.deflate, "compression", false, "clients offer permessage-deflate and a started kpush accepts it (gateway.compression)")
 	fs.IntVar(&o.deflateMin, "compression-min-bytes", 64, "a started kpush's gateway.compression_min_bytes (with -compression)")
 	fs.DurationVar(&o.writeDelay, "write-delay", 0, "a started kpush's gateway.write_delay (coalesced writes; 0: off)")
+	fs.DurationVar(&o.kernelLoop, "kernel-loop", time.Second, "fanout and market: after the scenario, run the plain writev loop (same frames, same number of sockets, one writev each) this long per frames-per-write figure, and give kpush's deliveries per CPU-second as a ratio of it; 0: none")
 	fs.Float64Var(&o.maxRate, "route-max-rate", 0, "a started kpush's routes[].max_rate (frequency cap per channel and connection; 0: none)")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")

@@ -108,6 +108,11 @@ func printReport(w io.Writer, r *Report) {
 				ms(f.Half.Latency.P50), ms(f.Half.Latency.P90), ms(f.Half.Latency.P99), ms(f.Half.Latency.P999), ms(f.Half.Latency.Max))
 		}
 		p("\n")
+		steps := append([]Step{}, f.Steps...)
+		if f.Half != nil {
+			steps = append(steps, *f.Half)
+		}
+		kernelTable(p, steps)
 	}
 	if m := r.Market; m != nil {
 		p("\n### Market mix: %d connections × %d of %d symbols (Zipf %.2f), %g records/s (%s over symbols), %d partitions\n\n",
@@ -115,6 +120,7 @@ func printReport(w io.Writer, r *Report) {
 		p("Hottest symbol: %d subscribers; %.0f deliveries per record on average.\n\n", m.HottestSymbolSubs, m.MeanDeliveriesPerRecord)
 		stepHeader(p)
 		stepRow(p, m.Step)
+		kernelTable(p, []Step{m.Step})
 	}
 	if h := r.Handshake; h != nil {
 		p("\n### Handshakes\n\n")
@@ -171,4 +177,32 @@ func stepRow(p func(string, ...any), s Step) {
 	}
 	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
 		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
+}
+
+// kernelTable sets each step against the plain writev loop of the same run
+// (kernel.go): nothing when the loop did not run.
+func kernelTable(p func(string, ...any), steps []Step) {
+	have := false
+	for _, s := range steps {
+		have = have || s.Kernel != nil
+	}
+	if !have {
+		return
+	}
+	p("\nAgainst the plain writev loop of the same run (same frames, same number of sockets, one writev each with kpush's frames per write, rounded):\n\n")
+	p("| records/s | frames/write | kpush deliveries per CPU-s | plain loop frames per CPU-s (sockets × frames per writev) | kpush ÷ plain | p99 | p99 of the newest value | plain loop: one record to every subscriber | p99 ÷ that | newest p99 ÷ that |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range steps {
+		k := s.Kernel
+		if k == nil {
+			continue
+		}
+		newest, newestRatio := "", ""
+		if s.Newest != nil {
+			newest, newestRatio = ms(s.Newest.P99), fmt.Sprintf("%.1f", s.NewestP99OverSweep)
+		}
+		p("| %g | %.1f | %s | %s (%d × %d) | %.2f | %s | %s | %s | %.1f | %s |\n", s.Rate, s.FramesPerWrite, si(s.DeliveriesPerKpushCPU),
+			si(k.DeliveriesPerCPU), k.Sockets, k.FramesPerWrite, s.KernelRatio, ms(s.Latency.P99), newest,
+			ms(time.Duration(s.KernelSweepSeconds*float64(time.Second))), s.P99OverSweep, newestRatio)
+	}
 }

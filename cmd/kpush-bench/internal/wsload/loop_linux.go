@@ -84,6 +84,7 @@ type loop struct {
 
 	stats     loopStats
 	latency   hist.H
+	newest    hist.H // Pool.NewestLatency
 	handshake hist.H
 
 	reasonMu   sync.Mutex
@@ -597,6 +598,20 @@ func (l *loop) text(w *wconn, p []byte, now int64) {
 			l.stats.unknown.Add(1)
 			return
 		}
+		if sent := l.p.cfg.Sent; sent != nil && m.seq > 0 && (!s.seen || m.seq > s.seq) {
+			// Every record since the last one this connection saw of the
+			// channel is now superseded at the client (the first frame
+			// after subscribing stands for itself only).
+			from := m.seq
+			if s.seen && s.seq >= 0 {
+				from = max(s.seq+1, m.seq-maxSuperseded)
+			}
+			for q := from; q <= m.seq; q++ {
+				if t := sent.At(ch, q); t > 0 {
+					l.newest.Record(now - t)
+				}
+			}
+		}
 		if s.seen {
 			if m.partition == s.part && m.offset <= s.offset {
 				l.stats.dups.Add(1)
@@ -624,6 +639,11 @@ func (l *loop) text(w *wconn, p []byte, now int64) {
 		}
 	}
 }
+
+// maxSuperseded bounds the records one frame is counted as superseding in
+// the newest-value latency (a connection that missed more, e.g. after a
+// reconnect, counts only the latest ones).
+const maxSuperseded = 100000
 
 // expire fails connections that have not become ready in time.
 func (l *loop) expire(now int64) {

@@ -47,6 +47,10 @@ type Config struct {
 	// (RSV1) are inflated before they are checked. kpush accepts it only
 	// with no context takeover, so each message inflates on its own.
 	Deflate bool
+	// Sent, when set, holds the production time of every record by
+	// channel index and "seq"; each loop then also records the newest-value
+	// latency (Pool.NewestLatency).
+	Sent *SendTimes
 }
 
 func deflateOffer(on bool) string {
@@ -282,6 +286,20 @@ func (p *Pool) Latency() *hist.Snapshot {
 	s := &hist.Snapshot{}
 	for _, l := range p.loops {
 		s.Add(l.latency.Snapshot())
+	}
+	return s
+}
+
+// NewestLatency is, for every record produced on a subscribed channel
+// (Config.Sent), the time from its production to the client's receipt of
+// it or of a newer record of its channel (what a trading screen shows),
+// over every connection; a record that a cap or conflation skipped counts
+// when the record that replaced it arrives. Without caps it equals
+// Latency. Empty without Config.Sent.
+func (p *Pool) NewestLatency() *hist.Snapshot {
+	s := &hist.Snapshot{}
+	for _, l := range p.loops {
+		s.Add(l.newest.Snapshot())
 	}
 	return s
 }

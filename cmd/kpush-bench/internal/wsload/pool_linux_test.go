@@ -227,3 +227,48 @@ func TestDeflateDeliveries(t *testing.T) {
 		t.Fatalf("%d bytes read for %d deliveries of %d plain bytes each: not compressed", got, 2*n, plain/n)
 	}
 }
+
+// TestNewestLatencyCountsSupersededRecords checks the newest-value latency:
+// a frame that skips records (as a capped channel's does) stands for every
+// record since the last one received, each timed from its own production,
+// and without skips there is one figure per delivery.
+func TestNewestLatencyCountsSupersededRecords(t *testing.T) {
+	srv, url := startGateway(t, nil)
+	sent := NewSendTimes(1)
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
+	p.Open(1, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour).UnixNano()
+	for seq := int64(1); seq <= 6; seq++ {
+		at := time.Now().UnixNano()
+		if seq == 3 {
+			at = old // produced an hour ago and never delivered itself
+		}
+		sent.Record(0, seq, at)
+	}
+	send := func(offset, seq int64) {
+		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, sent.At(0, seq), 0)}, nil)
+	}
+	send(10, 1)
+	send(11, 2)
+	send(14, 5) // stands for 3, 4 and 5
+	send(15, 6)
+	waitFor(t, 10*time.Second, "four deliveries", func() bool { return p.Stats().Deliveries == 4 })
+	n := p.NewestLatency().Summary()
+	if n.Count != 6 {
+		t.Fatalf("%d newest-value latencies for records 1..6, want 6", n.Count)
+	}
+	if n.Max < 59*time.Minute {
+		t.Fatalf("newest-value max %s: record 3, produced an hour before the frame that replaced it, is not counted from its production", n.Max)
+	}
+	if d := p.Latency().Summary(); d.Count != 4 || d.Max > time.Minute {
+		t.Fatalf("delivery latency %+v: want 4 deliveries, none an hour late", d)
+	}
+	if sent.At(0, 7) != 0 || sent.At(1, 1) != 0 || sent.At(0, 3) != old {
+		t.Fatal("SendTimes.At answers for records it was not given, or loses one it was")
+	}
+}
