@@ -17,12 +17,7 @@ import (
 // kpush's own figures read, and the JSON written. It asserts no speed.
 func TestQuickRunEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "kpush")
-	build := exec.Command("go", "build", "-o", bin, "github.com/kpush/kpush/cmd/kpush")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build kpush: %v\n%s", err, out)
-	}
+	bin := buildKpush(t, dir)
 	jsonPath := filepath.Join(dir, "results.json")
 	o, err := parseFlags([]string{
 		"-kpush-bin", bin, "-out", filepath.Join(dir, "out"), "-json", jsonPath,
@@ -101,6 +96,57 @@ func TestQuickRunEndToEnd(t *testing.T) {
 	}
 }
 
+func buildKpush(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "kpush")
+	build := exec.Command("go", "build", "-o", bin, "github.com/kpush/kpush/cmd/kpush")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kpush: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestProtocolScenarios runs the idle and fan-out scenarios with
+// Centrifugo's protocol and with event streams against a real kpush: every
+// connection subscribed and counted by kpush, every owed delivery received
+// once and in order, and the plain loop run with the protocol's frames.
+func TestProtocolScenarios(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildKpush(t, dir)
+	for _, proto := range []string{"centrifugo", "sse"} {
+		t.Run(proto, func(t *testing.T) {
+			o, err := parseFlags([]string{
+				"-kpush-bin", bin, "-out", filepath.Join(dir, proto), "-scenarios", "idle,fanout", "-protocol", proto,
+				"-idle-steps", "30", "-idle-channels", "5", "-settle", "0s",
+				"-fanout-subs", "25", "-fanout-rates", "20", "-fanout-step", "1s", "-kernel-loop", "100ms",
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := runAll(t.Context(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Idle == nil || rep.Idle.Protocol != proto || len(rep.Idle.Steps) != 1 || rep.Idle.Steps[0].Conns != 30 {
+				t.Fatalf("idle result %+v", rep.Idle)
+			}
+			f := rep.Fanout
+			if f == nil || f.Protocol != proto || len(f.Steps) == 0 {
+				t.Fatalf("fanout result %+v", f)
+			}
+			for _, st := range f.Steps {
+				if st.Produced == 0 || st.Received != st.Expected || st.Expected != st.Produced*25 || st.Duplicates != 0 || st.Gaps != 0 {
+					t.Errorf("fanout step %+v: want every owed delivery exactly once", st)
+				}
+				if st.Kernel == nil || st.Kernel.Writes == 0 {
+					t.Errorf("fanout step: no plain loop: %+v", st.Kernel)
+				}
+			}
+		})
+	}
+}
+
 func TestParseFlagsQuickKeepsExplicitSizes(t *testing.T) {
 	o, err := parseFlags([]string{"-quick", "-fanout-subs", "123"})
 	if err != nil {
@@ -114,6 +160,8 @@ func TestParseFlagsQuickKeepsExplicitSizes(t *testing.T) {
 		{"-idle-steps", "0"},
 		{"-kpush-ws", "ws://127.0.0.1:1/ws"},
 		{"-market-subs", "20", "-market-symbols", "10"},
+		{"-protocol", "mqtt"},
+		{"-protocol", "sse", "-compression"},
 	} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("parseFlags(%q) accepted bad flags", bad)

@@ -63,6 +63,7 @@ type Step struct {
 
 // FanoutResult is the fan-out scenario.
 type FanoutResult struct {
+	Protocol             string  `json:"protocol"` // what the subscribers speak (-protocol)
 	Subscribers          int     `json:"subscribers"`
 	RecordBytes          int     `json:"record_bytes"`
 	Steps                []Step  `json:"steps"`
@@ -91,7 +92,7 @@ func runFanout(ctx context.Context, e *env) (*FanoutResult, error) {
 	for i := range res.Steps {
 		steps = append(steps, &res.Steps[i])
 	}
-	return res, kernelRatios(ctx, steps, e.o.fanoutSubs, e.o.fanoutSubs, kernelFrame(e.o.channelPrefix+"FAN", e.o.recordBytes), e.o.kernelLoop)
+	return res, kernelRatios(ctx, steps, e.o.fanoutSubs, e.o.fanoutSubs, kernelFrame(e.o.channelPrefix+"FAN", e.o.recordBytes, e.o.protocol), e.o.kernelLoop)
 }
 
 func fanoutSteps(ctx context.Context, e *env) (*FanoutResult, error) {
@@ -103,12 +104,12 @@ func fanoutSteps(ctx context.Context, e *env) (*FanoutResult, error) {
 	defer k.stop()
 	ch := o.channelPrefix + "FAN"
 	sent := wsload.NewSendTimes(1)
-	pool, err := e.newPoolSent(k, []string{ch}, o.inFlight, sent)
+	pool, err := e.newPoolSent(k, []string{ch}, o.inFlight, sent, true)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
-	res := &FanoutResult{Subscribers: o.fanoutSubs, RecordBytes: o.recordBytes}
+	res := &FanoutResult{Protocol: o.protocol, Subscribers: o.fanoutSubs, RecordBytes: o.recordBytes}
 	if err := openAll(ctx, pool, k, o.fanoutSubs, func(int) []int32 { return []int32{0} }); err != nil {
 		return res, err
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kpush/kpush/cmd/kpush-bench/internal/wsload"
 	"github.com/kpush/kpush/gateway/wire"
 	"golang.org/x/sys/unix"
 )
@@ -42,15 +43,28 @@ type KernelLoop struct {
 	CPUPerWrite      float64 `json:"cpu_seconds_per_write"`
 }
 
-// kernelFrame is a protocol v1 msg frame as kpush writes it for a record
-// of the generator's, with the given channel and value size.
-func kernelFrame(channel string, recordBytes int) []byte {
+// kernelFrame is what kpush writes for a record of the generator's, with
+// the given channel and value size, in protocol: a protocol v1 msg frame, a
+// Centrifugo publication push frame or an event of an event stream.
+func kernelFrame(channel string, recordBytes int, protocol string) []byte {
+	value := wsloadValue(1234, time.Now().UnixNano(), recordBytes)
+	switch protocol {
+	case wsload.ProtoCentrifugo:
+		p := []byte(`{"push":{"channel":"` + channel + `","pub":{"data":`)
+		p = append(p, value...)
+		p = append(p, `,"offset":1234567}}}`...)
+		return wire.ServerFrame(ws.OpText, p)
+	case wsload.ProtoSSE:
+		p := []byte("event: " + channel + "\nid: k0a1_0.0.qglj\ndata: ")
+		p = append(p, value...)
+		return append(p, "\n\n"...)
+	}
 	p := []byte(`{"op":"msg","ch":"`)
 	p = append(p, channel...)
 	p = append(p, `","p":0,"o":1234567,"ts":`...)
 	p = strconv.AppendInt(p, time.Now().UnixMilli(), 10)
 	p = append(p, `,"data":`...)
-	p = append(p, wsloadValue(1234, time.Now().UnixNano(), recordBytes)...)
+	p = append(p, value...)
 	p = append(p, '}')
 	return wire.ServerFrame(ws.OpText, p)
 }

@@ -37,6 +37,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kpush/kpush/cmd/kpush-bench/internal/wsload"
 )
 
 // options are the command-line flags.
@@ -65,6 +67,8 @@ type options struct {
 	writeDelay    time.Duration // a started kpush's gateway.write_delay
 	maxRate       float64       // a started kpush's routes[].max_rate
 	kernelLoop    time.Duration // the plain writev loop's time per frames-per-write figure; 0: none
+	protocol      string        // idle and fanout: v1, centrifugo or sse
+	protocolPath  string        // the path of -protocol on kpush ("" = kpush's default for it)
 
 	idleSteps    []int
 	idleChannels int
@@ -161,6 +165,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.deflate, "compression", false, "clients offer permessage-deflate and a started kpush accepts it (gateway.compression)")
 	fs.IntVar(&o.deflateMin, "compression-min-bytes", 64, "a started kpush's gateway.compression_min_bytes (with -compression)")
 	fs.DurationVar(&o.writeDelay, "write-delay", 0, "a started kpush's gateway.write_delay (coalesced writes; 0: off)")
+	fs.StringVar(&o.protocol, "protocol", "v1", "idle and fanout: what the clients speak: v1 (kpush's protocol on gateway.path), centrifugo (Centrifugo's JSON client protocol on gateway.centrifugo_path) or sse (event streams on gateway.sse_path)")
+	fs.StringVar(&o.protocolPath, "protocol-path", "", "the path -protocol is served on (default: kpush's default for it: /ws as the bench configures gateway.path, /connection/websocket, /events)")
 	fs.DurationVar(&o.kernelLoop, "kernel-loop", time.Second, "fanout and market: after the scenario, run the plain writev loop (same frames, same number of sockets, one writev each) this long per frames-per-write figure, and give kpush's deliveries per CPU-second as a ratio of it; 0: none")
 	fs.Float64Var(&o.maxRate, "route-max-rate", 0, "a started kpush's routes[].max_rate (frequency cap per channel and connection; 0: none)")
 
@@ -249,6 +255,14 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.trimProbeChannels <= 0 || o.trimChannels < 0 {
 		return nil, errors.New("-trim-probe-channels must be positive and -trim-channels not negative")
+	}
+	switch o.protocol {
+	case wsload.ProtoV1, wsload.ProtoCentrifugo, wsload.ProtoSSE:
+	default:
+		return nil, fmt.Errorf("-protocol: %q is not v1, centrifugo or sse", o.protocol)
+	}
+	if o.protocol != wsload.ProtoV1 && o.deflate {
+		return nil, errors.New("-compression is for -protocol v1")
 	}
 	if o.recordBytes < 0 || o.inFlight <= 0 {
 		return nil, errors.New("-record-bytes and -inflight must be positive")

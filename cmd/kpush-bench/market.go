@@ -91,7 +91,7 @@ func runMarket(ctx context.Context, e *env) (*MarketResult, error) {
 	// clients are gone; the p99 is set against one record of the hottest
 	// symbol.
 	return res, kernelRatios(ctx, []*Step{&res.Step}, e.o.marketConns, int(res.HottestSymbolSubs),
-		kernelFrame(e.o.channelPrefix+"S0000", e.o.recordBytes), e.o.kernelLoop)
+		kernelFrame(e.o.channelPrefix+"S0000", e.o.recordBytes, wsload.ProtoV1), e.o.kernelLoop)
 }
 
 func marketStep(ctx context.Context, e *env) (*MarketResult, error) {
@@ -131,7 +131,7 @@ func marketStep(ctx context.Context, e *env) (*MarketResult, error) {
 		o.marketConns, o.marketSubs, o.marketSymbols, o.marketZipf, res.HottestSymbolSubs, o.marketRate, res.RecordDist, res.MeanDeliveriesPerRecord)
 
 	sent := wsload.NewSendTimes(len(chans)) // channels indexed as keys
-	pool, err := e.newPoolSent(k, chans, o.inFlight, sent)
+	pool, err := e.newPoolSent(k, chans, o.inFlight, sent, false)
 	if err != nil {
 		return nil, err
 	}

@@ -82,7 +82,7 @@ func printReport(w io.Writer, r *Report) {
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.MemoryMiB, r.Machine.Kernel, r.Machine.Go, r.Machine.OpenFiles, r.Machine.LoadBefore)
 	p("Command: `%s` (took %s)\n", r.Command, r.Took)
 	if r.Idle != nil {
-		p("\n### Idle connections (%d channels, settle %s)\n\n", r.Idle.Channels, r.Idle.Settle)
+		p("\n### Idle connections (protocol %s, %d channels, settle %s)\n\n", r.Idle.Protocol, r.Idle.Channels, r.Idle.Settle)
 		p("| connections | kpush RSS | RSS/conn | live heap | heap/conn | goroutines | goroutines/conn | open+subscribe | generator RSS |\n")
 		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		b := r.Idle.Baseline
@@ -93,7 +93,7 @@ func printReport(w io.Writer, r *Report) {
 		}
 	}
 	if f := r.Fanout; f != nil {
-		p("\n### Fan-out: one channel, %d subscribers, %d-byte records\n\n", f.Subscribers, f.RecordBytes)
+		p("\n### Fan-out: one channel, %d subscribers (protocol %s), %d-byte records\n\n", f.Subscribers, f.Protocol, f.RecordBytes)
 		stepHeader(p)
 		for _, s := range f.Steps {
 			stepRow(p, s)

@@ -47,6 +47,13 @@ type Config struct {
 	// (RSV1) are inflated before they are checked. kpush accepts it only
 	// with no context takeover, so each message inflates on its own.
 	Deflate bool
+	// Protocol is what the connections speak: ProtoV1 (default, kpush's own
+	// protocol on URL's path), ProtoCentrifugo (Centrifugo's JSON client
+	// protocol: a connect command, then one subscribe command per channel;
+	// URL's path must be gateway.centrifugo_path) or ProtoSSE (a
+	// text/event-stream GET of URL's path with one channel= parameter per
+	// channel; URL's path must be gateway.sse_path).
+	Protocol string
 	// Sent, when set, holds the production time of every record by
 	// channel index and "seq"; each loop then also records the newest-value
 	// latency (Pool.NewestLatency).
@@ -60,6 +67,21 @@ func deflateOffer(on bool) string {
 	return "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 }
 
+// The protocols a Pool speaks (Config.Protocol).
+const (
+	ProtoV1         = "v1"
+	ProtoCentrifugo = "centrifugo"
+	ProtoSSE        = "sse"
+)
+
+type proto uint8
+
+const (
+	protoV1 proto = iota
+	protoCF
+	protoSSE
+)
+
 // maxInFlightPerAddr is the most handshakes the default spread of source
 // addresses (Config.SourceAddrs) puts in flight from one address.
 const maxInFlightPerAddr = 16
@@ -69,7 +91,10 @@ type Pool struct {
 	cfg       Config
 	dst       unix.SockaddrInet4
 	loopback  bool
-	request   []byte           // the HTTP upgrade request
+	proto     proto
+	path      string           // URL's path and query
+	host      string           // URL's host:port
+	request   []byte           // the HTTP upgrade request (WebSocket protocols)
 	chanIndex map[string]int32 // read-only after New
 	loops     []*loop
 	nextID    int32
@@ -103,7 +128,16 @@ func New(cfg Config) (*Pool, error) {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	path := u.RequestURI()
-	p := &Pool{cfg: cfg, loopback: ip[0] == 127, chanIndex: make(map[string]int32, len(cfg.Channels))}
+	p := &Pool{cfg: cfg, loopback: ip[0] == 127, chanIndex: make(map[string]int32, len(cfg.Channels)), path: path, host: u.Host}
+	switch cfg.Protocol {
+	case "", ProtoV1:
+	case ProtoCentrifugo:
+		p.proto = protoCF
+	case ProtoSSE:
+		p.proto = protoSSE
+	default:
+		return nil, fmt.Errorf("wsload: protocol %q is not %s, %s or %s", cfg.Protocol, ProtoV1, ProtoCentrifugo, ProtoSSE)
+	}
 	p.dst.Port = port
 	copy(p.dst.Addr[:], ip)
 	for i, ch := range cfg.Channels {

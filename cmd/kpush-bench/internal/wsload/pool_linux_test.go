@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -270,5 +271,56 @@ func TestNewestLatencyCountsSupersededRecords(t *testing.T) {
 	}
 	if sent.At(0, 7) != 0 || sent.At(1, 1) != 0 || sent.At(0, 3) != old {
 		t.Fatal("SendTimes.At answers for records it was not given, or loses one it was")
+	}
+}
+
+// TestProtocolsCountEveryDelivery opens connections in each protocol the
+// pool speaks against kpush's gateway (its own protocol, Centrifugo's on
+// gateway.centrifugo_path, event streams on gateway.sse_path), publishes a
+// sequence on every channel, and checks that each protocol's connections
+// become ready only once subscribed and count every delivery once, in
+// order, with a latency.
+func TestProtocolsCountEveryDelivery(t *testing.T) {
+	for _, tc := range []struct{ proto, path string }{
+		{ProtoV1, "/ws"},
+		{ProtoCentrifugo, gateway.DefaultCentrifugoPath},
+		{ProtoSSE, gateway.DefaultSSEPath},
+	} {
+		t.Run(tc.proto, func(t *testing.T) {
+			const conns, nch, perChannel = 60, 4, 15
+			srv, url := startGateway(t, nil)
+			url = strings.TrimSuffix(url, "/ws") + tc.path
+			chs := channels(nch)
+			p := newPool(t, Config{URL: url, Channels: chs, Loops: 2, MaxInFlight: 16, Protocol: tc.proto})
+			p.Open(conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := p.WaitReady(ctx, conns); err != nil {
+				t.Fatal(err)
+			}
+			// Ready means subscribed: kpush counts every subscription.
+			waitFor(t, 10*time.Second, "gateway to count the connections", func() bool { return srv.Connections() == conns })
+			for seq := int64(1); seq <= perChannel; seq++ {
+				for _, ch := range chs {
+					srv.Publish(&gateway.Message{Channel: ch, Partition: 0, Offset: 100 + seq, Timestamp: time.Now().UnixMilli(),
+						Data: AppendValue(nil, seq, time.Now().UnixNano(), 80)}, nil)
+				}
+			}
+			want := int64(conns * 2 * perChannel)
+			waitFor(t, 20*time.Second, "every delivery", func() bool { return p.Stats().Deliveries >= want })
+			s := p.Stats()
+			if s.Deliveries != want || s.Gaps != 0 || s.Dups != 0 || s.Unknown != 0 || s.Failed != 0 || s.Subscribed != conns {
+				t.Fatalf("stats %+v, want %d deliveries, %d subscribed, no gaps, duplicates, unknown or failures", s, want, conns)
+			}
+			if lat := p.Latency().Summary(); lat.Count != uint64(want) || lat.Max > time.Minute {
+				t.Fatalf("latency summary %+v for %d deliveries", lat, want)
+			}
+		})
+	}
+}
+
+func TestUnknownProtocolRefused(t *testing.T) {
+	if _, err := New(Config{URL: "ws://127.0.0.1:1/ws", Protocol: "mqtt"}); err == nil {
+		t.Fatal("New accepted protocol mqtt")
 	}
 }
