@@ -23,7 +23,8 @@ type Step struct {
 	Produced              int64        `json:"produced"`
 	Expected              int64        `json:"expected"` // deliveries the produced records owe
 	Received              int64        `json:"received"`
-	Missing               int64        `json:"missing"`
+	Skipped               int64        `json:"skipped"` // records the received frames report as skipped ("skipped":N: caps, conflation)
+	Missing               int64        `json:"missing"` // owed, neither received nor reported skipped
 	Duplicates            int64        `json:"duplicates"`
 	Gaps                  int64        `json:"gaps"`
 	DeliveriesPerSec      float64      `json:"deliveries_per_sec"`
@@ -239,7 +240,7 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	drainStart := time.Now()
 	var caughtUp time.Duration = -1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if pool.Stats().Deliveries-s0.Deliveries >= expected {
+		if s := pool.Stats(); s.Deliveries+s.Skipped-s0.Deliveries-s0.Skipped >= expected {
 			caughtUp = time.Since(drainStart)
 			break
 		}
@@ -259,7 +260,8 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	st.Seconds = wall.Seconds()
 	st.Produced, st.Expected = produced, expected
 	st.Received = s1.Deliveries - s0.Deliveries
-	st.Missing = max(0, expected-st.Received)
+	st.Skipped = s1.Skipped - s0.Skipped
+	st.Missing = max(0, expected-st.Received-st.Skipped)
 	st.Duplicates, st.Gaps = s1.Dups-s0.Dups, s1.Gaps-s0.Gaps
 	st.DeliveriesPerSec = float64(st.Received) / wall.Seconds()
 	st.KpushCPUSeconds = m1.CPUSeconds - m0.CPUSeconds

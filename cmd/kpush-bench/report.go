@@ -161,8 +161,8 @@ func printReport(w io.Writer, r *Report) {
 }
 
 func stepHeader(p func(string, ...any)) {
-	p("| records/s | deliveries/s | kpush cores (user+sys) | frames/write | deliveries per kpush CPU-s | p50 | p90 | p99 | p99.9 | max | kpush's histogram | missing | dup | gaps | kept up | generator cores |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|---:|---:|:--|---:|\n")
+	p("| records/s | deliveries/s | kpush cores (user+sys) | frames/write | deliveries per kpush CPU-s | p50 | p90 | p99 | p99.9 | max | kpush's histogram | skipped | missing | dup | gaps | kept up | generator cores |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|---:|---:|---:|:--|---:|\n")
 }
 
 func stepRow(p func(string, ...any), s Step) {
@@ -175,8 +175,8 @@ func stepRow(p func(string, ...any), s Step) {
 	if s.KpushUserSeconds+s.KpushSystemSeconds > 0 && s.Seconds > 0 {
 		cores += fmt.Sprintf(" (%.2f+%.2f)", s.KpushUserSeconds/s.Seconds, s.KpushSystemSeconds/s.Seconds)
 	}
-	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
-		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
+	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
+		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Skipped, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
 }
 
 // kernelTable sets each step against the plain writev loop of the same run

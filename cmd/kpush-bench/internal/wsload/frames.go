@@ -22,37 +22,42 @@ type msgFrame struct {
 }
 
 var (
-	msgPrefix  = []byte(`{"op":"msg","ch":"`)
-	dataKey    = []byte(`,"data":`)
-	keyP       = []byte(`"p":`)
-	keyO       = []byte(`"o":`)
-	keyTS      = []byte(`"ts":`)
-	keySnap    = []byte(`"snap":true`)
-	keySkipped = []byte(`"skipped":`)
-	keySeq     = []byte(`"seq":`)
-	benchValue = []byte(`{"seq":`)
-	keyT       = []byte(`,"t":`)
+	msgOpPrefix = []byte(`{"op":"msg",`)
+	chKey       = []byte(`"ch":"`)
+	dataKey     = []byte(`,"data":`)
+	keyP        = []byte(`"p":`)
+	keyO        = []byte(`"o":`)
+	keyTS       = []byte(`"ts":`)
+	keySnap     = []byte(`"snap":true`)
+	keySkipped  = []byte(`"skipped":`)
+	keySeq      = []byte(`"seq":`)
+	benchValue  = []byte(`{"seq":`)
+	keyT        = []byte(`,"t":`)
 )
 
-// parseMsg reads a msg payload as kpush encodes it: channel first, then
-// p, o, ts and optional markers, then data last. ok is false for anything
-// else.
+// parseMsg reads a msg payload as kpush encodes it: "op" first, then ch,
+// p, o, ts and optional markers in any order, then data last. A frame kpush
+// marks after encoding ("snap", "skipped" on conflated and capped frames)
+// has the marker right after "op" (gateway/outbound.go markFrame), before
+// "ch". ok is false for anything else.
 func parseMsg(p []byte) (m msgFrame, ok bool) {
-	if !bytes.HasPrefix(p, msgPrefix) {
+	if !bytes.HasPrefix(p, msgOpPrefix) {
 		return m, false
 	}
-	rest := p[len(msgPrefix):]
-	q := bytes.IndexByte(rest, '"')
+	d := bytes.Index(p, dataKey)
+	if d < 0 || len(p) < d+len(dataKey)+1 || p[len(p)-1] != '}' {
+		return m, false
+	}
+	head, data := p[len(msgOpPrefix):d], p[d+len(dataKey):len(p)-1]
+	c := bytes.Index(head, chKey)
+	if c < 0 {
+		return m, false
+	}
+	q := bytes.IndexByte(head[c+len(chKey):], '"')
 	if q < 0 {
 		return m, false
 	}
-	m.ch = rest[:q]
-	rest = rest[q+1:]
-	d := bytes.Index(rest, dataKey)
-	if d < 0 || len(rest) < d+len(dataKey)+1 || rest[len(rest)-1] != '}' {
-		return m, false
-	}
-	head, data := rest[:d], rest[d+len(dataKey):len(rest)-1]
+	m.ch = head[c+len(chKey) : c+len(chKey)+q]
 	var part int64
 	if part, ok = intAfter(head, keyP); !ok || part < 0 || part > 1<<31-1 {
 		return m, false

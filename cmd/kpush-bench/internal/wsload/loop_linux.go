@@ -774,6 +774,9 @@ func (l *loop) text(w *wconn, p []byte, now int64) {
 // duplicates are then told by "seq".
 func (l *loop) deliver(w *wconn, m msgFrame, now int64) {
 	l.stats.deliveries.Add(1)
+	if m.skipped > 0 {
+		l.stats.skipped.Add(m.skipped)
+	}
 	switch {
 	case m.sentNanos > 0:
 		l.latency.Record(now - m.sentNanos)

@@ -266,6 +266,7 @@ type Stats struct {
 	Closed     int64            `json:"closed"`                // closed by the server with a close frame
 	Lost       int64            `json:"lost"`                  // ended by EOF or a socket error without a close frame
 	Deliveries int64            `json:"deliveries"`            // msg frames received
+	Skipped    int64            `json:"skipped"`               // records the received frames report as skipped (caps, conflation)
 	Snapshots  int64            `json:"snapshots"`             // of which snapshot frames
 	Dups       int64            `json:"duplicates"`            // msg frames at or below the last offset of their channel and partition
 	Gaps       int64            `json:"gaps"`                  // records missing between consecutive "seq" values of a channel
@@ -295,6 +296,7 @@ func (p *Pool) Stats() Stats {
 		s.Closed += c.closed.Load()
 		s.Lost += c.lost.Load()
 		s.Deliveries += c.deliveries.Load()
+		s.Skipped += c.skipped.Load()
 		s.Snapshots += c.snapshots.Load()
 		s.Dups += c.dups.Load()
 		s.Gaps += c.gaps.Load()
@@ -368,6 +370,7 @@ type loopStats struct {
 	queued, inFlight, open, ready                      atomic.Int64
 	upgraded, subscribed, failed, closed, lost         atomic.Int64
 	deliveries, snapshots, dups, gaps, unknown, errors atomic.Int64
+	skipped                                            atomic.Int64
 	pings, bytes, lastReady                            atomic.Int64
 	_                                                  [64]byte
 }

@@ -324,3 +324,33 @@ func TestUnknownProtocolRefused(t *testing.T) {
 		t.Fatal("New accepted protocol mqtt")
 	}
 }
+
+// TestCappedFramesCounted drives kpush's frequency cap: a burst on a
+// channel capped at 2 a second reaches the client as its first record and
+// then the newest, marked "skipped":N. The marked frame is a delivery, the
+// skipped records are no gap, and each of the burst's records is
+// superseded at the client (newest-value latency) when the marked frame
+// arrives.
+func TestCappedFramesCounted(t *testing.T) {
+	srv, url := startGateway(t, nil)
+	sent := NewSendTimes(1)
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
+	p.Open(1, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	const burst = 10
+	for seq := int64(1); seq <= burst; seq++ {
+		now := time.Now().UnixNano()
+		sent.Record(0, seq, now)
+		srv.Publish(&gateway.Message{Channel: "c", Offset: 100 + seq, Timestamp: time.Now().UnixMilli(), MaxRate: 2,
+			Data: AppendValue(nil, seq, now, 0)}, nil)
+	}
+	waitFor(t, 10*time.Second, "the newest record", func() bool { return p.NewestLatency().Count() == burst })
+	s := p.Stats()
+	if s.Deliveries != 2 || s.Gaps != 0 || s.Dups != 0 || s.Unknown != 0 {
+		t.Fatalf("stats %+v: want 2 deliveries (the first, then the newest with skipped:%d) and no gaps", s, burst-2)
+	}
+}
