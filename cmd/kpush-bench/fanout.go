@@ -43,8 +43,9 @@ type Step struct {
 	// one of its channel. It differs from Latency only under caps.
 	Newest *hist.Summary `json:"newest_latency,omitempty"`
 	// Kernel is the plain writev loop of the same run (kernel.go) at this
-	// step's frames per write; KernelRatio is DeliveriesPerKpushCPU divided
-	// by its frames per CPU-second. KernelSweepSeconds is its CPU time to
+	// step's frames per write, rounded; KernelRatio is DeliveriesPerKpushCPU
+	// divided by FramesPerWrite / Kernel.CPUPerWrite (the plain loop's CPU
+	// per write over kpush's). KernelSweepSeconds is its CPU time to
 	// write one record to every subscriber of one record (the hottest
 	// symbol's in the market), and P99OverSweep the step's p99 divided by
 	// it (NewestP99OverSweep the same for Newest).

@@ -226,7 +226,9 @@ func drain(pairs [][2]int) (stop func(), err error) {
 
 // kernelRatios runs the plain loop once per distinct frames-per-write among
 // steps (kpush's own, rounded), each for d, and sets every step's Kernel and
-// KernelRatio. sockets is the number of sockets the scenario wrote to and
+// KernelRatio: kpush's deliveries per CPU-second divided by the frames per
+// CPU-second the plain loop's CPU per write allows at kpush's exact frames
+// per write (the same as the loop's CPU per write divided by kpush's). sockets is the number of sockets the scenario wrote to and
 // sweep the subscribers of one record whose write time the p99 is set
 // against.
 func kernelRatios(ctx context.Context, steps []*Step, sockets, sweep int, frame []byte, d time.Duration) error {
@@ -249,8 +251,11 @@ func kernelRatios(ctx context.Context, steps []*Step, sockets, sweep int, frame 
 			loops[fpw] = kl
 		}
 		st.Kernel = kl
-		if kl.DeliveriesPerCPU > 0 {
-			st.KernelRatio = st.DeliveriesPerKpushCPU / kl.DeliveriesPerCPU
+		if kl.CPUPerWrite > 0 && st.FramesPerWrite > 0 {
+			// What the kernel allows at kpush's own frames per write (not
+			// the rounded figure the loop ran with): the loop's CPU per
+			// write, which hardly depends on a few frames more or less.
+			st.KernelRatio = st.DeliveriesPerKpushCPU / (st.FramesPerWrite / kl.CPUPerWrite)
 		}
 		if kl.CPUPerWrite > 0 && sweep > 0 {
 			// The plain loop's CPU time to write one record to every
