@@ -46,7 +46,7 @@ type Step struct {
 	// step's frames per write, rounded; KernelRatio is DeliveriesPerKpushCPU
 	// divided by FramesPerWrite / Kernel.CPUPerWrite (the plain loop's CPU
 	// per write over kpush's). KernelSweepSeconds is its CPU time to
-	// write one record to every subscriber of one record (the hottest
+	// write one record, one write each, to every subscriber of one record (the hottest
 	// symbol's in the market), and P99OverSweep the step's p99 divided by
 	// it (NewestP99OverSweep the same for Newest).
 	Kernel                  *KernelLoop `json:"kernel,omitempty"`

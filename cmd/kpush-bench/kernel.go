@@ -259,9 +259,10 @@ func kernelRatios(ctx context.Context, steps []*Step, sockets, sweep int, frame 
 		}
 		if kl.CPUPerWrite > 0 && sweep > 0 {
 			// The plain loop's CPU time to write one record to every
-			// subscriber of it, one frame per write: the least time the
-			// last of them can wait on one core.
-			st.KernelSweepSeconds = kl.CPUPerWrite / float64(kl.FramesPerWrite) * float64(sweep)
+			// subscriber of it, one write each (the loop's CPU per write
+			// hardly depends on the frames it carries): the least time the
+			// last of them waits on one core when nothing coalesces.
+			st.KernelSweepSeconds = kl.CPUPerWrite * float64(sweep)
 			st.P99OverSweep = st.Latency.P99.Seconds() / st.KernelSweepSeconds
 			if st.Newest != nil {
 				st.NewestP99OverSweep = st.Newest.P99.Seconds() / st.KernelSweepSeconds
