@@ -16,11 +16,14 @@
 //	kpush-bench -scenarios idle -idle-steps 1000,5000,15000
 //	kpush-bench -scenarios fanout -fanout-subs 10000 -fanout-rates 50,100,200
 //	kpush-bench -json results.json      also write machine-readable results
+//	kpush-bench -scenarios idle,fanout -protocol sse   clients on Centrifugo's protocol or SSE
 //
 // Scenarios: idle (memory and goroutines per idle connection), fanout (one
 // channel, many subscribers, rising rates), market (many connections, each
 // on several Zipf-popular symbols), handshake (upgrades per second, and a
-// reconnect storm). See cmd/kpush-bench/README.md for the results and how
+// reconnect storm). After fan-out and market a plain writev loop over as
+// many sockets gives what this machine's kernel allows, and each step is
+// also reported as a ratio of it (kernel.go). See cmd/kpush-bench/README.md for the results and how
 // each is measured.
 package main
 
