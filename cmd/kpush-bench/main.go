@@ -23,8 +23,8 @@
 // on several Zipf-popular symbols), handshake (upgrades per second, and a
 // reconnect storm). After fan-out and market a plain writev loop over as
 // many sockets gives what this machine's kernel allows, and each step is
-// also reported as a ratio of it (kernel.go). See cmd/kpush-bench/README.md for the results and how
-// each is measured.
+// also reported as a ratio of it (kernel.go). See cmd/kpush-bench/README.md
+// for the results and how each is measured.
 package main
 
 import (
