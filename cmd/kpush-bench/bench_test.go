@@ -63,7 +63,7 @@ func TestQuickRunEndToEnd(t *testing.T) {
 		if st.Newest == nil || st.Newest.Count != uint64(st.Received) {
 			t.Errorf("fanout step: newest-value latency %+v for %d deliveries", st.Newest, st.Received)
 		}
-		if k := st.Kernel; k == nil || k.Sockets != 30 || k.Writes == 0 || k.DeliveriesPerCPU <= 0 || st.KernelRatio <= 0 {
+		if k := st.Kernel; k == nil || k.Sockets != 30 || k.Writes == 0 || k.DeliveriesPerCPU <= 0 || st.KernelRatio <= 0 || st.KernelWriteRatio <= 0 {
 			t.Errorf("fanout step: plain writev loop %+v, ratio %v: want one over 30 sockets", k, st.KernelRatio)
 		}
 	}

@@ -51,6 +51,7 @@ type Step struct {
 	// it (NewestP99OverSweep the same for Newest).
 	Kernel                  *KernelLoop `json:"kernel,omitempty"`
 	KernelRatio             float64     `json:"kernel_ratio,omitempty"`
+	KernelWriteRatio        float64     `json:"kernel_write_ratio,omitempty"` // the plain loop\'s CPU per write over kpush\'s CPU per socket write
 	KernelSweepSeconds      float64     `json:"kernel_sweep_seconds,omitempty"`
 	P99OverSweep            float64     `json:"p99_over_kernel_sweep,omitempty"`
 	NewestP99OverSweep      float64     `json:"newest_p99_over_kernel_sweep,omitempty"`

@@ -257,6 +257,12 @@ func kernelRatios(ctx context.Context, steps []*Step, sockets, sweep int, frame 
 			// write, which hardly depends on a few frames more or less.
 			st.KernelRatio = st.DeliveriesPerKpushCPU / (st.FramesPerWrite / kl.CPUPerWrite)
 		}
+		if kl.CPUPerWrite > 0 && st.SocketWrites > 0 && st.KpushCPUSeconds > 0 {
+			// Per socket write, whatever the writes carry: under caps
+			// kpush_deliveries_total also counts the records a cap
+			// replaced, which inflates FramesPerWrite.
+			st.KernelWriteRatio = kl.CPUPerWrite / (st.KpushCPUSeconds / st.SocketWrites)
+		}
 		if kl.CPUPerWrite > 0 && sweep > 0 {
 			// The plain loop's CPU time to write one record to every
 			// subscriber of it, one write each (the loop's CPU per write

@@ -189,9 +189,9 @@ func kernelTable(p func(string, ...any), steps []Step) {
 	if !have {
 		return
 	}
-	p("\nAgainst the plain writev loop of the same run (same frames, same number of sockets, one writev each with kpush's frames per write, rounded; kpush ÷ plain = kpush's deliveries per CPU-s ÷ (kpush's frames per write ÷ the loop's CPU per write)):\n\n")
-	p("| records/s | frames/write | kpush deliveries per CPU-s | plain loop frames per CPU-s (sockets × frames per writev) | plain loop CPU per write | kpush ÷ plain | p99 | p99 of the newest value | plain loop: one record to every subscriber | p99 ÷ that | newest p99 ÷ that |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("\nAgainst the plain writev loop of the same run (same frames, same number of sockets, one writev each with kpush's frames per write, rounded; kpush ÷ plain = kpush's deliveries per CPU-s ÷ (kpush's frames per write ÷ the loop's CPU per write); per socket write = the loop's CPU per write ÷ kpush's CPU per socket write, which does not count the records a cap replaced):\n\n")
+	p("| records/s | frames/write | kpush deliveries per CPU-s | plain loop frames per CPU-s (sockets × frames per writev) | plain loop CPU per write | kpush ÷ plain | per socket write | p99 | p99 of the newest value | plain loop: one record to every subscriber | p99 ÷ that | newest p99 ÷ that |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range steps {
 		k := s.Kernel
 		if k == nil {
@@ -201,8 +201,8 @@ func kernelTable(p func(string, ...any), steps []Step) {
 		if s.Newest != nil {
 			newest, newestRatio = ms(s.Newest.P99), fmt.Sprintf("%.1f", s.NewestP99OverSweep)
 		}
-		p("| %g | %.1f | %s | %s (%d × %d) | %.1f µs | %.2f | %s | %s | %s | %.1f | %s |\n", s.Rate, s.FramesPerWrite, si(s.DeliveriesPerKpushCPU),
-			si(k.DeliveriesPerCPU), k.Sockets, k.FramesPerWrite, k.CPUPerWrite*1e6, s.KernelRatio, ms(s.Latency.P99), newest,
+		p("| %g | %.1f | %s | %s (%d × %d) | %.1f µs | %.2f | %.2f | %s | %s | %s | %.1f | %s |\n", s.Rate, s.FramesPerWrite, si(s.DeliveriesPerKpushCPU),
+			si(k.DeliveriesPerCPU), k.Sockets, k.FramesPerWrite, k.CPUPerWrite*1e6, s.KernelRatio, s.KernelWriteRatio, ms(s.Latency.P99), newest,
 			ms(time.Duration(s.KernelSweepSeconds*float64(time.Second))), s.P99OverSweep, newestRatio)
 	}
 }
