@@ -167,16 +167,13 @@ func New(cfg Config) (*Pool, error) {
 // It returns at once; use WaitReady or Stats to follow progress.
 func (p *Pool) Open(n int, subs func(i int) []int32) {
 	perLoop := make([][]*wconn, len(p.loops))
-	srcs := p.cfg.SourceAddrs
-	if srcs <= 0 {
-		srcs = max(4, (int(p.nextID)+n)/20000+1, (p.cfg.MaxInFlight+maxInFlightPerAddr-1)/maxInFlightPerAddr)
-	}
+	srcs := sourceAddrs(p.cfg, int(p.nextID)+n)
 	for i := 0; i < n; i++ {
 		id := p.nextID
 		p.nextID++
 		c := &wconn{id: id, fd: -1}
 		if p.loopback {
-			c.src = byte(1 + int(id)%min(srcs, 254))
+			c.src = byte(1 + int(id)%srcs)
 		}
 		if subs != nil {
 			for _, ch := range subs(i) {
@@ -191,6 +188,15 @@ func (p *Pool) Open(n int, subs func(i int) []int32) {
 			l.send(command{kind: cmdDial, conns: perLoop[i]})
 		}
 	}
+}
+
+// sourceAddrs is how many loopback source addresses connections are
+// spread over when total have been asked for (Config.SourceAddrs).
+func sourceAddrs(cfg Config, total int) int {
+	if cfg.SourceAddrs > 0 {
+		return min(cfg.SourceAddrs, 254)
+	}
+	return min(max(4, total/20000+1, (cfg.MaxInFlight+maxInFlightPerAddr-1)/maxInFlightPerAddr), 254)
 }
 
 // Opened is how many connections Open has been asked for in all.

@@ -354,3 +354,31 @@ func TestCappedFramesCounted(t *testing.T) {
 		t.Fatalf("stats %+v: want 2 deliveries (the first, then the newest with skipped:%d) and no gaps", s, burst-2)
 	}
 }
+
+// TestSourceAddrsKeepHandshakesUnderKpushShare checks the default spread of
+// source addresses: no address has more than 16 handshakes in flight, far
+// under kpush's per-address share (an eighth of gateway.max_handshakes,
+// 128 by default), however many are in flight at once.
+func TestSourceAddrsKeepHandshakesUnderKpushShare(t *testing.T) {
+	for _, tc := range []struct {
+		inFlight, total, want int
+	}{
+		{16, 100, 4},
+		{256, 2000, 16},
+		{1024, 10000, 64},
+		{512, 100000, 32},
+		{64, 200000, 11}, // one address per 20,000 connections
+		{8192, 1000, 254},
+	} {
+		got := sourceAddrs(Config{MaxInFlight: tc.inFlight}, tc.total)
+		if got != tc.want {
+			t.Errorf("%d in flight, %d connections: %d source addresses, want %d", tc.inFlight, tc.total, got, tc.want)
+		}
+		if got < 254 && (tc.inFlight+got-1)/got > maxInFlightPerAddr {
+			t.Errorf("%d in flight over %d addresses: more than %d per address", tc.inFlight, got, maxInFlightPerAddr)
+		}
+	}
+	if got := sourceAddrs(Config{SourceAddrs: 3, MaxInFlight: 1024}, 10); got != 3 {
+		t.Errorf("explicit SourceAddrs 3: got %d", got)
+	}
+}
