@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
-.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka bench-controls fuzz kafka-up kafka-down test-kafka docker docker-test clean
+.PHONY: build run test test-race lint bench bench-quick bench-tools bench-kafka bench-controls bench-protocols fuzz kafka-up kafka-down test-kafka docker docker-test clean
 
 # Port of the local broker that kafka-up, test-kafka and bench-kafka use.
 KAFKA_PORT ?= 9092
@@ -33,6 +33,7 @@ bench: bench-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./router/ ./gateway/
 	bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results -json bin/bench-results/results.json
 	$(MAKE) bench-controls
+	$(MAKE) bench-protocols
 	$(MAKE) bench-kafka
 
 ## bench-controls: the delivery controls (write_delay, compression, max_rate),
@@ -40,12 +41,20 @@ bench: bench-tools
 CONTROLS_FANOUT = -scenarios fanout -fanout-step 5s -fanout-overload 0
 bench-controls: bench-tools
 	for d in 0 5ms 20ms; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
-		-json bin/bench-results/controls-write-delay-$$d.json $(CONTROLS_FANOUT) -fanout-subs 1000 -fanout-rates 150 -write-delay $$d || exit 1; done
+		-json bin/bench-results/controls-write-delay-$$d.json $(CONTROLS_FANOUT) -fanout-subs 5000 -fanout-rates 25,50,75,100,150 \
+		-fanout-overload 4 -write-delay $$d || exit 1; done
 	for b in 100 2048; do for z in false true; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
 		-json bin/bench-results/controls-compression-$$b-$$z.json $(CONTROLS_FANOUT) -fanout-subs 5000 -fanout-rates 20 \
 		-record-market-pad -record-bytes $$b -compression=$$z || exit 1; done; done
 	for r in 0 4; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/controls \
 		-json bin/bench-results/controls-market-max-rate-$$r.json -scenarios market -market-duration 10s -route-max-rate $$r || exit 1; done
+
+## bench-protocols: idle (15,000 connections) and fan-out (5,000 subscribers)
+## with each client protocol: v1, Centrifugo's, Server-Sent Events
+bench-protocols: bench-tools
+	for p in v1 centrifugo sse; do bin/kpush-bench -kpush-bin bin/kpush -out bin/bench-results/protocols \
+		-json bin/bench-results/protocols-$$p.json -protocol $$p -scenarios idle,fanout -idle-steps 15000 \
+		-fanout-subs 5000 -fanout-rates 25,50,100 -fanout-step 5s -fanout-overload 3 || exit 1; done
 
 ## bench-kafka: consumer throughput and produce-to-receive latency against a
 ## real broker (kafka-up, benchmarks, kafka-down); results in cmd/kpush-bench/README.md

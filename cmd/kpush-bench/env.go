@@ -237,11 +237,46 @@ func (k *kpushRef) scrape(ctx context.Context) (target.Metrics, error) {
 
 // newPool opens a client pool on k for the given channels.
 func (e *env) newPool(k *kpushRef, channels []string, inFlight int) (*wsload.Pool, error) {
+	return e.newPoolSent(k, channels, inFlight, nil, false)
+}
+
+// newPoolSent is newPool with the production times of the records (see
+// wsload.SendTimes; channels indexed as the producer's keys), speaking
+// -protocol if proto is set (else v1).
+func (e *env) newPoolSent(k *kpushRef, channels []string, inFlight int, sent *wsload.SendTimes, proto bool) (*wsload.Pool, error) {
+	url, protocol := k.wsURL, wsload.ProtoV1
+	if proto {
+		url, protocol = e.protocolURL(k), e.o.protocol
+	}
 	return wsload.New(wsload.Config{
-		URL: k.wsURL, Channels: channels, Loops: e.o.loops,
+		URL: url, Channels: channels, Loops: e.o.loops,
 		SourceAddrs: e.o.srcAddrs, MaxInFlight: inFlight,
-		HandshakeTimeout: 30 * time.Second, Deflate: e.o.deflate,
+		HandshakeTimeout: 30 * time.Second, Deflate: e.o.deflate, Sent: sent,
+		Protocol: protocol,
 	})
+}
+
+// protocolURL is where k serves -protocol: kpush's WebSocket URL with the
+// path replaced by -protocol-path or kpush's default path for it.
+func (e *env) protocolURL(k *kpushRef) string {
+	path := e.o.protocolPath
+	if path == "" {
+		switch e.o.protocol {
+		case wsload.ProtoCentrifugo:
+			path = "/connection/websocket"
+		case wsload.ProtoSSE:
+			path = "/events"
+		default:
+			return k.wsURL
+		}
+	}
+	u := k.wsURL
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.IndexByte(u[i+3:], '/'); j >= 0 {
+			u = u[:i+3+j]
+		}
+	}
+	return u + path
 }
 
 // producer sends records at a steady rate. Each record's key is a symbol;
@@ -254,6 +289,7 @@ type producer struct {
 	subs  []int64 // subscribers per key, for the expected delivery count
 	size  int
 	seq   []int64
+	sent  *wsload.SendTimes // nil: production times are not kept
 
 	produced atomic.Int64
 	expected atomic.Int64 // Σ subscribers of every record produced
@@ -290,10 +326,14 @@ func (p *producer) run(ctx context.Context, rate float64, d time.Duration, pick 
 			for ; due > 0; due-- {
 				k := pick()
 				p.seq[k]++
+				t := time.Now().UnixNano()
+				if p.sent != nil {
+					p.sent.Record(k, p.seq[k], t)
+				}
 				r := &kgo.Record{
 					Topic: p.topic,
 					Key:   p.keys[k],
-					Value: wsloadValue(p.seq[k], time.Now().UnixNano(), p.size),
+					Value: wsloadValue(p.seq[k], t, p.size),
 				}
 				p.produced.Add(1)
 				p.expected.Add(p.subs[k])

@@ -18,36 +18,55 @@ import (
 
 // Step is one measured phase at a steady record rate.
 type Step struct {
-	Rate                    float64      `json:"rate"` // records/s asked for
-	Seconds                 float64      `json:"seconds"`
-	Produced                int64        `json:"produced"`
-	Expected                int64        `json:"expected"` // deliveries the produced records owe
-	Received                int64        `json:"received"`
-	Missing                 int64        `json:"missing"`
-	Duplicates              int64        `json:"duplicates"`
-	Gaps                    int64        `json:"gaps"`
-	DeliveriesPerSec        float64      `json:"deliveries_per_sec"`
-	KpushCPUSeconds         float64      `json:"kpush_cpu_seconds"`
-	KpushCores              float64      `json:"kpush_cores"`
-	KpushUserSeconds        float64      `json:"kpush_user_seconds"`   // of KpushCPUSeconds: in kpush's own code
-	KpushSystemSeconds      float64      `json:"kpush_system_seconds"` // of KpushCPUSeconds: in the kernel (on loopback, includes the receiving side's TCP work)
-	DeliveriesPerKpushCPU   float64      `json:"deliveries_per_kpush_cpu_second"`
-	KpushRSSBytes           float64      `json:"kpush_rss_bytes"`
-	FramesPerWrite          float64      `json:"frames_per_write"`   // kpush deliveries per socket write
-	SocketWrites            float64      `json:"socket_writes"`      // kpush_socket_writes_total over the step
-	BytesPerDelivery        float64      `json:"bytes_per_delivery"` // bytes the clients read per delivery (frames, headers, pings)
-	Latency                 hist.Summary `json:"latency"`
-	KpushP50, KpushP99      float64      `json:"-"`             // kpush's own histogram, Kafka timestamp to socket write: bucket bounds in seconds (+Inf past the last)
-	KpushLatency            string       `json:"kpush_latency"` // the same, as text: "p50 <= x, p99 <= y"
-	KeptUp                  bool         `json:"kept_up"`
-	Note                    string       `json:"note,omitempty"`
-	Generator               Generator    `json:"generator"`
-	ConnectionsLost         int64        `json:"connections_lost"`
-	KpushSlowConsumerCloses float64      `json:"kpush_slow_consumer_closes"`
+	Rate                  float64      `json:"rate"` // records/s asked for
+	Seconds               float64      `json:"seconds"`
+	Produced              int64        `json:"produced"`
+	Expected              int64        `json:"expected"` // deliveries the produced records owe
+	Received              int64        `json:"received"`
+	Skipped               int64        `json:"skipped"` // records the received frames report as skipped ("skipped":N: caps, conflation)
+	Missing               int64        `json:"missing"` // owed, neither received nor reported skipped
+	Duplicates            int64        `json:"duplicates"`
+	Gaps                  int64        `json:"gaps"`
+	DeliveriesPerSec      float64      `json:"deliveries_per_sec"`
+	KpushCPUSeconds       float64      `json:"kpush_cpu_seconds"`
+	KpushCores            float64      `json:"kpush_cores"`
+	KpushUserSeconds      float64      `json:"kpush_user_seconds"`   // of KpushCPUSeconds: in kpush's own code
+	KpushSystemSeconds    float64      `json:"kpush_system_seconds"` // of KpushCPUSeconds: in the kernel (on loopback, includes the receiving side's TCP work)
+	DeliveriesPerKpushCPU float64      `json:"deliveries_per_kpush_cpu_second"`
+	KpushRSSBytes         float64      `json:"kpush_rss_bytes"`
+	FramesPerWrite        float64      `json:"frames_per_write"`   // kpush deliveries per socket write
+	SocketWrites          float64      `json:"socket_writes"`      // kpush_socket_writes_total over the step
+	BytesPerDelivery      float64      `json:"bytes_per_delivery"` // bytes the clients read per delivery (frames, headers, pings)
+	Latency               hist.Summary `json:"latency"`
+	// Newest is the newest-value latency (wsload.Pool.NewestLatency): for
+	// every record, production to the client's receipt of it or a newer
+	// one of its channel. It differs from Latency only under caps.
+	Newest *hist.Summary `json:"newest_latency,omitempty"`
+	// Kernel is the plain writev loop of the same run (kernel.go) at this
+	// step's frames per write, rounded; KernelRatio is DeliveriesPerKpushCPU
+	// divided by FramesPerWrite / Kernel.CPUPerWrite (the plain loop's CPU
+	// per write over kpush's). KernelSweepSeconds is its CPU time to
+	// write one record, one write each, to every subscriber of one record (the hottest
+	// symbol's in the market), and P99OverSweep the step's p99 divided by
+	// it (NewestP99OverSweep the same for Newest).
+	Kernel                  *KernelLoop `json:"kernel,omitempty"`
+	KernelRatio             float64     `json:"kernel_ratio,omitempty"`
+	KernelWriteRatio        float64     `json:"kernel_write_ratio,omitempty"` // the plain loop\'s CPU per write over kpush\'s CPU per socket write
+	KernelSweepSeconds      float64     `json:"kernel_sweep_seconds,omitempty"`
+	P99OverSweep            float64     `json:"p99_over_kernel_sweep,omitempty"`
+	NewestP99OverSweep      float64     `json:"newest_p99_over_kernel_sweep,omitempty"`
+	KpushP50, KpushP99      float64     `json:"-"`             // kpush's own histogram, Kafka timestamp to socket write: bucket bounds in seconds (+Inf past the last)
+	KpushLatency            string      `json:"kpush_latency"` // the same, as text: "p50 <= x, p99 <= y"
+	KeptUp                  bool        `json:"kept_up"`
+	Note                    string      `json:"note,omitempty"`
+	Generator               Generator   `json:"generator"`
+	ConnectionsLost         int64       `json:"connections_lost"`
+	KpushSlowConsumerCloses float64     `json:"kpush_slow_consumer_closes"`
 }
 
 // FanoutResult is the fan-out scenario.
 type FanoutResult struct {
+	Protocol             string  `json:"protocol"` // what the subscribers speak (-protocol)
 	Subscribers          int     `json:"subscribers"`
 	RecordBytes          int     `json:"record_bytes"`
 	Steps                []Step  `json:"steps"`
@@ -66,6 +85,20 @@ const (
 )
 
 func runFanout(ctx context.Context, e *env) (*FanoutResult, error) {
+	res, err := fanoutSteps(ctx, e)
+	if err != nil || res == nil {
+		return res, err
+	}
+	// kpush and the clients are gone: the plain loop has the CPUs and the
+	// descriptors to itself.
+	steps := []*Step{res.Half}
+	for i := range res.Steps {
+		steps = append(steps, &res.Steps[i])
+	}
+	return res, kernelRatios(ctx, steps, e.o.fanoutSubs, e.o.fanoutSubs, kernelFrame(e.o.channelPrefix+"FAN", e.o.recordBytes, e.o.protocol), e.o.kernelLoop)
+}
+
+func fanoutSteps(ctx context.Context, e *env) (*FanoutResult, error) {
 	o := e.o
 	k, err := e.startKpush(ctx, "fanout", 1)
 	if err != nil {
@@ -73,16 +106,18 @@ func runFanout(ctx context.Context, e *env) (*FanoutResult, error) {
 	}
 	defer k.stop()
 	ch := o.channelPrefix + "FAN"
-	pool, err := e.newPool(k, []string{ch}, o.inFlight)
+	sent := wsload.NewSendTimes(1)
+	pool, err := e.newPoolSent(k, []string{ch}, o.inFlight, sent, true)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
-	res := &FanoutResult{Subscribers: o.fanoutSubs, RecordBytes: o.recordBytes}
+	res := &FanoutResult{Protocol: o.protocol, Subscribers: o.fanoutSubs, RecordBytes: o.recordBytes}
 	if err := openAll(ctx, pool, k, o.fanoutSubs, func(int) []int32 { return []int32{0} }); err != nil {
 		return res, err
 	}
 	prod := e.newProducer(k.topic, []string{"FAN"}, []int64{int64(o.fanoutSubs)})
+	prod.sent = sent
 	one := func() int { return 0 }
 
 	missed := 0
@@ -173,7 +208,7 @@ func recover_(ctx context.Context, pool *wsload.Pool, k *kpushRef, n int) error 
 func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, prod *producer,
 	label string, rate float64, d time.Duration, pick func() int, judge bool) (Step, error) {
 	st := Step{Rate: rate}
-	s0, l0, self := pool.Stats(), pool.Latency(), selfUsage()
+	s0, l0, n0, self := pool.Stats(), pool.Latency(), pool.NewestLatency(), selfUsage()
 	m0, err := k.scrape(ctx)
 	if err != nil {
 		return st, err
@@ -207,7 +242,7 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	drainStart := time.Now()
 	var caughtUp time.Duration = -1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if pool.Stats().Deliveries-s0.Deliveries >= expected {
+		if s := pool.Stats(); s.Deliveries+s.Skipped-s0.Deliveries-s0.Skipped >= expected {
 			caughtUp = time.Since(drainStart)
 			break
 		}
@@ -216,7 +251,7 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	wall := time.Since(start)
 	stop()
 	wg.Wait()
-	s1, l1, c1 := pool.Stats(), pool.Latency(), k.cpu()
+	s1, l1, n1, c1 := pool.Stats(), pool.Latency(), pool.NewestLatency(), k.cpu()
 	m1, err := k.scrape(ctx)
 	if err != nil {
 		return st, err
@@ -227,7 +262,8 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	st.Seconds = wall.Seconds()
 	st.Produced, st.Expected = produced, expected
 	st.Received = s1.Deliveries - s0.Deliveries
-	st.Missing = max(0, expected-st.Received)
+	st.Skipped = s1.Skipped - s0.Skipped
+	st.Missing = max(0, expected-st.Received-st.Skipped)
 	st.Duplicates, st.Gaps = s1.Dups-s0.Dups, s1.Gaps-s0.Gaps
 	st.DeliveriesPerSec = float64(st.Received) / wall.Seconds()
 	st.KpushCPUSeconds = m1.CPUSeconds - m0.CPUSeconds
@@ -247,6 +283,10 @@ func measureStep(ctx context.Context, e *env, k *kpushRef, pool *wsload.Pool, pr
 	st.KpushSlowConsumerCloses = m1.SlowConsumers - m0.SlowConsumers
 	st.ConnectionsLost = (s1.Closed - s0.Closed) + (s1.Lost - s0.Lost)
 	st.Latency = l1.Sub(l0).Summary()
+	if prod.sent != nil {
+		nl := n1.Sub(n0).Summary()
+		st.Newest = &nl
+	}
 	st.KpushP50, st.KpushP99 = m1.LatencyQuantile(m0, 0.5), m1.LatencyQuantile(m0, 0.99)
 	st.KpushLatency = fmt.Sprintf("p50 <= %s, p99 <= %s", bound(st.KpushP50), bound(st.KpushP99))
 	st.Generator = generatorSince(self)

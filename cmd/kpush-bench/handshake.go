@@ -86,7 +86,7 @@ func handshakeRound(ctx context.Context, e *env, k *kpushRef, inFlight, n int) (
 	err = pool.WaitReady(ctx, n)
 	stop()
 	if err != nil {
-		return r, err
+		return r, refusedPerAddress(ctx, k, m0, err)
 	}
 	s := pool.Stats()
 	wall := time.Duration(s.LastReady - start.UnixNano())
@@ -144,7 +144,7 @@ func storm(ctx context.Context, e *env, k *kpushRef) (*StormResult, error) {
 		}
 		if s.InFlight == 0 && s.Queued == 0 && s.Failed > s0.Failed {
 			stop()
-			return st, fmt.Errorf("reconnect storm: %d connections failed to come back: %v", s.Failed-s0.Failed, s.Failures)
+			return st, refusedPerAddress(ctx, k, m0, fmt.Errorf("reconnect storm: %d connections failed to come back: %v", s.Failed-s0.Failed, s.Failures))
 		}
 		sleep(ctx, time.Millisecond)
 	}
@@ -168,4 +168,15 @@ func storm(ctx context.Context, e *env, k *kpushRef) (*StormResult, error) {
 	logf("reconnect storm: %d connections × %d channels back in %.2fs (kpush settled in %.2fs), kpush %.2f CPU-s, generator %.2f cores",
 		n, o.marketSubs, st.Seconds, st.KpushSeconds, st.KpushCPUSeconds, st.Generator.Cores)
 	return st, nil
+}
+
+// refusedPerAddress adds to err how many handshakes kpush refused since m0
+// because one client address held its share of gateway.max_handshakes (the
+// generator then sees "upgrade: connection closed").
+func refusedPerAddress(ctx context.Context, k *kpushRef, m0 target.Metrics, err error) error {
+	m1, serr := k.scrape(ctx)
+	if serr != nil || m1.RejectedPerIP == m0.RejectedPerIP {
+		return err
+	}
+	return fmt.Errorf("%w; kpush refused %.0f handshakes as over one address's share of gateway.max_handshakes (kpush_rejected_total{reason=\"handshakes_per_ip\"}): spread them over more source addresses (-src-addrs)", err, m1.RejectedPerIP-m0.RejectedPerIP)
 }

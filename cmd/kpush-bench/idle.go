@@ -28,6 +28,7 @@ type IdleStep struct {
 
 // IdleResult is the idle scenario.
 type IdleResult struct {
+	Protocol string     `json:"protocol"` // what the connections speak (-protocol)
 	Channels int        `json:"channels"`
 	Settle   string     `json:"settle"`
 	Baseline IdleStep   `json:"baseline"`
@@ -45,12 +46,12 @@ func runIdle(ctx context.Context, e *env) (*IdleResult, error) {
 	for i := range chans {
 		chans[i] = fmt.Sprintf("%sI%04d", o.channelPrefix, i)
 	}
-	pool, err := e.newPool(k, chans, o.inFlight)
+	pool, err := e.newPoolSent(k, chans, o.inFlight, nil, true)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
-	res := &IdleResult{Channels: o.idleChannels, Settle: o.settle.String()}
+	res := &IdleResult{Protocol: o.protocol, Channels: o.idleChannels, Settle: o.settle.String()}
 
 	tries := 10
 	if o.settle == 0 {

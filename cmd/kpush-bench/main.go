@@ -16,12 +16,15 @@
 //	kpush-bench -scenarios idle -idle-steps 1000,5000,15000
 //	kpush-bench -scenarios fanout -fanout-subs 10000 -fanout-rates 50,100,200
 //	kpush-bench -json results.json      also write machine-readable results
+//	kpush-bench -scenarios idle,fanout -protocol sse   clients on Centrifugo's protocol or SSE
 //
 // Scenarios: idle (memory and goroutines per idle connection), fanout (one
 // channel, many subscribers, rising rates), market (many connections, each
 // on several Zipf-popular symbols), handshake (upgrades per second, and a
-// reconnect storm). See cmd/kpush-bench/README.md for the results and how
-// each is measured.
+// reconnect storm). After fan-out and market a plain writev loop over as
+// many sockets gives what this machine's kernel allows, and each step is
+// also reported as a ratio of it (kernel.go). See cmd/kpush-bench/README.md
+// for the results and how each is measured.
 package main
 
 import (
@@ -37,6 +40,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kpush/kpush/cmd/kpush-bench/internal/wsload"
 )
 
 // options are the command-line flags.
@@ -64,6 +69,9 @@ type options struct {
 	deflateMin    int           // a started kpush's gateway.compression_min_bytes
 	writeDelay    time.Duration // a started kpush's gateway.write_delay
 	maxRate       float64       // a started kpush's routes[].max_rate
+	kernelLoop    time.Duration // the plain writev loop's time per frames-per-write figure; 0: none
+	protocol      string        // idle and fanout: v1, centrifugo or sse
+	protocolPath  string        // the path of -protocol on kpush ("" = kpush's default for it)
 
 	idleSteps    []int
 	idleChannels int
@@ -160,6 +168,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.deflate, "compression", false, "clients offer permessage-deflate and a started kpush accepts it (gateway.compression)")
 	fs.IntVar(&o.deflateMin, "compression-min-bytes", 64, "a started kpush's gateway.compression_min_bytes (with -compression)")
 	fs.DurationVar(&o.writeDelay, "write-delay", 0, "a started kpush's gateway.write_delay (coalesced writes; 0: off)")
+	fs.StringVar(&o.protocol, "protocol", "v1", "idle and fanout: what the clients speak: v1 (kpush's protocol on gateway.path), centrifugo (Centrifugo's JSON client protocol on gateway.centrifugo_path) or sse (event streams on gateway.sse_path)")
+	fs.StringVar(&o.protocolPath, "protocol-path", "", "the path -protocol is served on (default: kpush's default for it: /ws as the bench configures gateway.path, /connection/websocket, /events)")
+	fs.DurationVar(&o.kernelLoop, "kernel-loop", time.Second, "fanout and market: after the scenario, run the plain writev loop (same frames, same number of sockets, one writev each) this long per frames-per-write figure, and give kpush's deliveries per CPU-second as a ratio of it; 0: none")
 	fs.Float64Var(&o.maxRate, "route-max-rate", 0, "a started kpush's routes[].max_rate (frequency cap per channel and connection; 0: none)")
 
 	idle := fs.String("idle-steps", "1000,5000,15000", "idle: connection counts to measure")
@@ -247,6 +258,14 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.trimProbeChannels <= 0 || o.trimChannels < 0 {
 		return nil, errors.New("-trim-probe-channels must be positive and -trim-channels not negative")
+	}
+	switch o.protocol {
+	case wsload.ProtoV1, wsload.ProtoCentrifugo, wsload.ProtoSSE:
+	default:
+		return nil, fmt.Errorf("-protocol: %q is not v1, centrifugo or sse", o.protocol)
+	}
+	if o.protocol != wsload.ProtoV1 && o.deflate {
+		return nil, errors.New("-compression is for -protocol v1")
 	}
 	if o.recordBytes < 0 || o.inFlight <= 0 {
 		return nil, errors.New("-record-bytes and -inflight must be positive")

@@ -82,7 +82,7 @@ func printReport(w io.Writer, r *Report) {
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.MemoryMiB, r.Machine.Kernel, r.Machine.Go, r.Machine.OpenFiles, r.Machine.LoadBefore)
 	p("Command: `%s` (took %s)\n", r.Command, r.Took)
 	if r.Idle != nil {
-		p("\n### Idle connections (%d channels, settle %s)\n\n", r.Idle.Channels, r.Idle.Settle)
+		p("\n### Idle connections (protocol %s, %d channels, settle %s)\n\n", r.Idle.Protocol, r.Idle.Channels, r.Idle.Settle)
 		p("| connections | kpush RSS | RSS/conn | live heap | heap/conn | goroutines | goroutines/conn | open+subscribe | generator RSS |\n")
 		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		b := r.Idle.Baseline
@@ -93,7 +93,7 @@ func printReport(w io.Writer, r *Report) {
 		}
 	}
 	if f := r.Fanout; f != nil {
-		p("\n### Fan-out: one channel, %d subscribers, %d-byte records\n\n", f.Subscribers, f.RecordBytes)
+		p("\n### Fan-out: one channel, %d subscribers (protocol %s), %d-byte records\n\n", f.Subscribers, f.Protocol, f.RecordBytes)
 		stepHeader(p)
 		for _, s := range f.Steps {
 			stepRow(p, s)
@@ -108,6 +108,11 @@ func printReport(w io.Writer, r *Report) {
 				ms(f.Half.Latency.P50), ms(f.Half.Latency.P90), ms(f.Half.Latency.P99), ms(f.Half.Latency.P999), ms(f.Half.Latency.Max))
 		}
 		p("\n")
+		steps := append([]Step{}, f.Steps...)
+		if f.Half != nil {
+			steps = append(steps, *f.Half)
+		}
+		kernelTable(p, steps)
 	}
 	if m := r.Market; m != nil {
 		p("\n### Market mix: %d connections × %d of %d symbols (Zipf %.2f), %g records/s (%s over symbols), %d partitions\n\n",
@@ -115,6 +120,7 @@ func printReport(w io.Writer, r *Report) {
 		p("Hottest symbol: %d subscribers; %.0f deliveries per record on average.\n\n", m.HottestSymbolSubs, m.MeanDeliveriesPerRecord)
 		stepHeader(p)
 		stepRow(p, m.Step)
+		kernelTable(p, []Step{m.Step})
 	}
 	if h := r.Handshake; h != nil {
 		p("\n### Handshakes\n\n")
@@ -155,8 +161,8 @@ func printReport(w io.Writer, r *Report) {
 }
 
 func stepHeader(p func(string, ...any)) {
-	p("| records/s | deliveries/s | kpush cores (user+sys) | frames/write | deliveries per kpush CPU-s | p50 | p90 | p99 | p99.9 | max | kpush's histogram | missing | dup | gaps | kept up | generator cores |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|---:|---:|:--|---:|\n")
+	p("| records/s | deliveries/s | kpush cores (user+sys) | frames/write | deliveries per kpush CPU-s | p50 | p90 | p99 | p99.9 | max | kpush's histogram | skipped | missing | dup | gaps | kept up | generator cores |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|---:|---:|---:|:--|---:|\n")
 }
 
 func stepRow(p func(string, ...any), s Step) {
@@ -169,6 +175,34 @@ func stepRow(p func(string, ...any), s Step) {
 	if s.KpushUserSeconds+s.KpushSystemSeconds > 0 && s.Seconds > 0 {
 		cores += fmt.Sprintf(" (%.2f+%.2f)", s.KpushUserSeconds/s.Seconds, s.KpushSystemSeconds/s.Seconds)
 	}
-	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
-		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
+	p("| %g | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d | %s | %.2f |\n", s.Rate, si(s.DeliveriesPerSec), cores,
+		s.FramesPerWrite, si(s.DeliveriesPerKpushCPU), ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), s.KpushLatency, s.Skipped, s.Missing, s.Duplicates, s.Gaps, kept, s.Generator.Cores)
+}
+
+// kernelTable sets each step against the plain writev loop of the same run
+// (kernel.go): nothing when the loop did not run.
+func kernelTable(p func(string, ...any), steps []Step) {
+	have := false
+	for _, s := range steps {
+		have = have || s.Kernel != nil
+	}
+	if !have {
+		return
+	}
+	p("\nAgainst the plain writev loop of the same run (same frames, same number of sockets, one writev each with kpush's frames per write, rounded; kpush ÷ plain = kpush's deliveries per CPU-s ÷ (kpush's frames per write ÷ the loop's CPU per write); per socket write = the loop's CPU per write ÷ kpush's CPU per socket write, which does not count the records a cap replaced):\n\n")
+	p("| records/s | frames/write | kpush deliveries per CPU-s | plain loop frames per CPU-s (sockets × frames per writev) | plain loop CPU per write | kpush ÷ plain | per socket write | p99 | p99 of the newest value | plain loop: one record to every subscriber | p99 ÷ that | newest p99 ÷ that |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range steps {
+		k := s.Kernel
+		if k == nil {
+			continue
+		}
+		newest, newestRatio := "", ""
+		if s.Newest != nil {
+			newest, newestRatio = ms(s.Newest.P99), fmt.Sprintf("%.1f", s.NewestP99OverSweep)
+		}
+		p("| %g | %.1f | %s | %s (%d × %d) | %.1f µs | %.2f | %.2f | %s | %s | %s | %.1f | %s |\n", s.Rate, s.FramesPerWrite, si(s.DeliveriesPerKpushCPU),
+			si(k.DeliveriesPerCPU), k.Sockets, k.FramesPerWrite, k.CPUPerWrite*1e6, s.KernelRatio, s.KernelWriteRatio, ms(s.Latency.P99), newest,
+			ms(time.Duration(s.KernelSweepSeconds*float64(time.Second))), s.P99OverSweep, newestRatio)
+	}
 }

@@ -29,6 +29,7 @@ type Metrics struct {
 	SlowConsumers float64   `json:"slow_consumers"`  // kpush_slow_consumers_total
 	HandshakesOK  float64   `json:"handshakes_ok"`   // kpush_handshakes_total{result="ok"}
 	HandshakesBad float64   `json:"handshakes_fail"` // kpush_handshakes_total{result!="ok"}
+	RejectedPerIP float64   `json:"rejected_per_ip"` // kpush_rejected_total{reason="handshakes_per_ip"}
 	Writes        float64   `json:"writes"`          // kpush_delivery_latency_seconds_count: socket writes carrying a record
 	SocketWrites  float64   `json:"socket_writes"`   // kpush_socket_writes_total: every write call
 	// LatencyBuckets are kpush_delivery_latency_seconds' cumulative
@@ -88,6 +89,7 @@ var series = []struct {
 	{"kpush_handshakes_total", `result="ok"`, "", func(m *Metrics) *float64 { return &m.HandshakesOK }},
 	{"kpush_handshakes_total", "", `result="ok"`, func(m *Metrics) *float64 { return &m.HandshakesBad }},
 	{"kpush_delivery_latency_seconds_count", "", "", func(m *Metrics) *float64 { return &m.Writes }},
+	{"kpush_rejected_total", `reason="handshakes_per_ip"`, "", func(m *Metrics) *float64 { return &m.RejectedPerIP }},
 }
 
 // ParseMetrics reads the Prometheus text exposition format and sums the

@@ -19,9 +19,18 @@
 // counts duplicates (an offset not above the last one of the same
 // partition) and gaps (a "seq" that skips).
 //
+// Connections speak kpush's protocol v1 by default, or (Config.Protocol)
+// Centrifugo's JSON client protocol (connect, then one subscribe command
+// per channel; publications arrive as pushes) or Server-Sent Events (a GET
+// naming the channels; records arrive as events). With Config.Sent a loop
+// also records the newest-value latency: from each record's production to
+// the client's receipt of it or of a newer record of its channel, so that
+// records a frequency cap replaced count when their replacement arrives.
+//
 // Frames are parsed and built with package gateway/wire, the codec the
-// gateway itself uses; this package only reads protocol v1 payloads
-// (frames.go) and runs the loops (loop_linux.go, pool_linux.go).
+// gateway itself uses; this package reads the protocols' payloads
+// (frames.go), keeps production times (sent.go) and runs the loops
+// (loop_linux.go, pool_linux.go).
 //
 // Concurrency: Pool methods are called from one controlling goroutine;
 // Stats, Latency and HandshakeLatency are safe from any goroutine. Loops

@@ -22,37 +22,42 @@ type msgFrame struct {
 }
 
 var (
-	msgPrefix  = []byte(`{"op":"msg","ch":"`)
-	dataKey    = []byte(`,"data":`)
-	keyP       = []byte(`"p":`)
-	keyO       = []byte(`"o":`)
-	keyTS      = []byte(`"ts":`)
-	keySnap    = []byte(`"snap":true`)
-	keySkipped = []byte(`"skipped":`)
-	keySeq     = []byte(`"seq":`)
-	benchValue = []byte(`{"seq":`)
-	keyT       = []byte(`,"t":`)
+	msgOpPrefix = []byte(`{"op":"msg",`)
+	chKey       = []byte(`"ch":"`)
+	dataKey     = []byte(`,"data":`)
+	keyP        = []byte(`"p":`)
+	keyO        = []byte(`"o":`)
+	keyTS       = []byte(`"ts":`)
+	keySnap     = []byte(`"snap":true`)
+	keySkipped  = []byte(`"skipped":`)
+	keySeq      = []byte(`"seq":`)
+	benchValue  = []byte(`{"seq":`)
+	keyT        = []byte(`,"t":`)
 )
 
-// parseMsg reads a msg payload as kpush encodes it: channel first, then
-// p, o, ts and optional markers, then data last. ok is false for anything
-// else.
+// parseMsg reads a msg payload as kpush encodes it: "op" first, then ch,
+// p, o, ts and optional markers in any order, then data last. A frame kpush
+// marks after encoding ("snap", "skipped" on conflated and capped frames)
+// has the marker right after "op" (gateway/outbound.go markFrame), before
+// "ch". ok is false for anything else.
 func parseMsg(p []byte) (m msgFrame, ok bool) {
-	if !bytes.HasPrefix(p, msgPrefix) {
+	if !bytes.HasPrefix(p, msgOpPrefix) {
 		return m, false
 	}
-	rest := p[len(msgPrefix):]
-	q := bytes.IndexByte(rest, '"')
+	d := bytes.Index(p, dataKey)
+	if d < 0 || len(p) < d+len(dataKey)+1 || p[len(p)-1] != '}' {
+		return m, false
+	}
+	head, data := p[len(msgOpPrefix):d], p[d+len(dataKey):len(p)-1]
+	c := bytes.Index(head, chKey)
+	if c < 0 {
+		return m, false
+	}
+	q := bytes.IndexByte(head[c+len(chKey):], '"')
 	if q < 0 {
 		return m, false
 	}
-	m.ch = rest[:q]
-	rest = rest[q+1:]
-	d := bytes.Index(rest, dataKey)
-	if d < 0 || len(rest) < d+len(dataKey)+1 || rest[len(rest)-1] != '}' {
-		return m, false
-	}
-	head, data := rest[:d], rest[d+len(dataKey):len(rest)-1]
+	m.ch = head[c+len(chKey) : c+len(chKey)+q]
 	var part int64
 	if part, ok = intAfter(head, keyP); !ok || part < 0 || part > 1<<31-1 {
 		return m, false
@@ -66,22 +71,114 @@ func parseMsg(p []byte) (m msgFrame, ok bool) {
 	}
 	m.snapshot = bytes.Contains(head, keySnap)
 	m.skipped, _ = intAfter(head, keySkipped)
-	m.seq = -1
+	m.seq, m.sentNanos = parseValue(data)
+	return m, true
+}
+
+// parseValue reads a record value: the generator's own
+// {"seq":N,"t":NANOS,...}, or a feed's value with a "seq" field
+// (kpush-feed). seq is -1 and sentNanos 0 when absent.
+func parseValue(data []byte) (seq, sentNanos int64) {
+	seq = -1
 	if bytes.HasPrefix(data, benchValue) {
-		// The generator's own value: {"seq":N,"t":NANOS,...}.
 		v, n := leadingInt(data[len(benchValue):])
 		if n > 0 {
-			m.seq = v
+			seq = v
 			if after := data[len(benchValue)+n:]; bytes.HasPrefix(after, keyT) {
 				if t, k := leadingInt(after[len(keyT):]); k > 0 {
-					m.sentNanos = t
+					sentNanos = t
 				}
 			}
 		}
 	} else if s, found := intAfter(data, keySeq); found {
-		m.seq = s // a feed with per-channel sequence numbers (kpush-feed)
+		seq = s
 	}
+	return seq, sentNanos
+}
+
+// Centrifugo's client protocol (JSON), as kpush speaks it
+// (gateway/centrifugo.go): a publication push is
+// {"push":{"channel":"X","pub":{"data":V,"offset":N}}}, a reply
+// {"id":N,"<method>":{...}} or {"id":N,"error":{...}}, the server's ping {}.
+var (
+	cfPushPrefix = []byte(`{"push":{"channel":"`)
+	cfPubData    = []byte(`","pub":{"data":`)
+	cfOffset     = []byte(`,"offset":`)
+	cfIDPrefix   = []byte(`{"id":`)
+	cfErrorKey   = []byte(`"error":`)
+)
+
+// parseCFPush reads a publication push. The offset is the record's Kafka
+// offset (its partition is not carried: partition is 0); ok is false for
+// anything else.
+func parseCFPush(p []byte) (m msgFrame, ok bool) {
+	if !bytes.HasPrefix(p, cfPushPrefix) {
+		return m, false
+	}
+	rest := p[len(cfPushPrefix):]
+	q := bytes.Index(rest, cfPubData)
+	if q < 0 || !bytes.HasSuffix(rest, []byte("}}")) {
+		return m, false
+	}
+	m.ch = rest[:q]
+	pub := rest[q+len(cfPubData) : len(rest)-2] // V,"offset":N} or V}
+	m.offset = -1
+	if i := bytes.LastIndex(pub, cfOffset); i >= 0 {
+		if v, n := leadingInt(pub[i+len(cfOffset):]); n > 0 {
+			m.offset = v
+			pub = pub[:i]
+		}
+	} else if len(pub) > 0 && pub[len(pub)-1] == '}' {
+		pub = pub[:len(pub)-1]
+	}
+	m.seq, m.sentNanos = parseValue(pub)
 	return m, true
+}
+
+// cfReplyID returns a reply's id and whether it is an error.
+func cfReplyID(p []byte) (id int64, isErr, ok bool) {
+	if !bytes.HasPrefix(p, cfIDPrefix) {
+		return 0, false, false
+	}
+	id, n := leadingInt(p[len(cfIDPrefix):])
+	if n == 0 {
+		return 0, false, false
+	}
+	return id, bytes.Contains(p, cfErrorKey), true
+}
+
+// sseEvent is one event of a text/event-stream: its name, its data (the
+// data lines joined) and whether it held only comments, with the first
+// comment.
+type sseEvent struct {
+	name, data, comment []byte
+}
+
+// parseSSEEvent reads one event block (without its blank line). Data of
+// several lines is kept from the first line only (kpush writes a record's
+// value on one line).
+func parseSSEEvent(b []byte) (e sseEvent) {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		switch {
+		case len(line) > 0 && line[0] == ':':
+			if e.comment == nil {
+				e.comment = bytes.TrimSpace(line[1:])
+			}
+		case bytes.HasPrefix(line, []byte("event: ")):
+			e.name = line[len("event: "):]
+		case bytes.HasPrefix(line, []byte("data: ")):
+			if e.data == nil {
+				e.data = line[len("data: "):]
+			}
+		}
+	}
+	return e
 }
 
 // intAfter returns the integer that follows the first occurrence of key.
@@ -175,6 +272,18 @@ func AppendMarketValue(dst []byte, seq, sentNanos int64, size int) []byte {
 		dst = append(dst, field[:min(len(field), room)]...)
 	}
 	return append(dst, `"}`...)
+}
+
+// sseOK checks an event stream's response head (up to the blank line).
+func sseOK(head []byte) (status int, ok bool) {
+	if len(head) < 12 || !bytes.HasPrefix(head, []byte("HTTP/1.")) {
+		return 0, false
+	}
+	code, n := leadingInt(head[9:12])
+	if n != 3 {
+		return 0, false
+	}
+	return int(code), code == 200 && bytes.Contains(head, []byte("text/event-stream"))
 }
 
 // upgradeOK checks an HTTP upgrade response head (up to the blank line).

@@ -52,6 +52,33 @@ func TestParseMsgReadsWhatKpushEncodes(t *testing.T) {
 	}
 }
 
+// TestParseMsgReadsMarkedFrames reads frames as kpush marks them after
+// encoding (conflated or capped: "skipped" right after "op"), which a
+// parser expecting "ch" right after "op" dropped: the capped market run
+// then counted every frame that reported skipped records as missing.
+func TestParseMsgReadsMarkedFrames(t *testing.T) {
+	for _, tc := range []struct {
+		payload string
+		skipped int64
+		snap    bool
+	}{
+		{`{"op":"msg","skipped":3,"ch":"bench.S0001","p":2,"o":77,"ts":1700000000123,"data":{"seq":9,"t":55,"pad":""}}`, 3, false},
+		{`{"op":"msg","snap":true,"ch":"bench.S0001","p":2,"o":77,"ts":1700000000123,"data":{"seq":9,"t":55,"pad":""}}`, 0, true},
+	} {
+		m, ok := parseMsg([]byte(tc.payload))
+		if !ok {
+			t.Fatalf("parseMsg refused %s", tc.payload)
+		}
+		if string(m.ch) != "bench.S0001" || m.partition != 2 || m.offset != 77 || m.tsMillis != 1700000000123 ||
+			m.seq != 9 || m.sentNanos != 55 || m.skipped != tc.skipped || m.snapshot != tc.snap {
+			t.Fatalf("%s: got %+v", tc.payload, m)
+		}
+	}
+	if _, ok := parseMsg([]byte(`{"op":"msg","p":2,"o":77,"ts":1,"data":{}}`)); ok {
+		t.Fatal("parseMsg accepted a msg without ch")
+	}
+}
+
 func TestAppendValueSize(t *testing.T) {
 	for _, size := range []int{0, 50, 100, 1000} {
 		v := AppendValue(nil, 123456, 1700000000123456789, size)

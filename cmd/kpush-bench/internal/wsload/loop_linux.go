@@ -5,8 +5,10 @@ import (
 	"compress/flate"
 	"errors"
 	"io"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +39,7 @@ type wconn struct {
 	queued  bool  // waiting in the loop's dial queue
 	started int64 // Unix nanos when the dial began
 	reqID   int64
+	owed    int32 // Centrifugo: subscribe replies still to come
 	subs    []subState
 	in      []byte // bytes of an incomplete frame or response head
 	out     []byte // bytes the socket did not take yet
@@ -84,6 +87,7 @@ type loop struct {
 
 	stats     loopStats
 	latency   hist.H
+	newest    hist.H // Pool.NewestLatency
 	handshake hist.H
 
 	reasonMu   sync.Mutex
@@ -336,7 +340,7 @@ func (l *loop) handle(w *wconn, events uint32) {
 			return
 		}
 		w.state = stUpgrading
-		if !l.write(w, l.p.request) {
+		if !l.write(w, l.requestFor(w)) {
 			return
 		}
 	}
@@ -428,7 +432,11 @@ func (l *loop) read(w *wconn) {
 			w.in = append(w.in[:0], data...)
 			return
 		}
-		status, ok := upgradeOK(data[:end])
+		check := upgradeOK
+		if l.p.proto == protoSSE {
+			check = sseOK
+		}
+		status, ok := check(data[:end])
 		if !ok {
 			l.fail(w, "upgrade: HTTP status "+strconv.Itoa(status))
 			return
@@ -437,13 +445,28 @@ func (l *loop) read(w *wconn) {
 		l.stats.upgraded.Add(1)
 		l.stats.open.Add(1)
 		data = data[end+4:]
-		if len(w.subs) == 0 {
+		switch {
+		case l.p.proto == protoSSE:
+			// The request subscribed; the stream says ": subscribed".
+			w.state = stSubscribing
+			if len(w.subs) == 0 {
+				l.becomeReady(w, now)
+			}
+		case len(w.subs) == 0 && l.p.proto == protoV1:
 			l.becomeReady(w, now)
-		} else if !l.subscribe(w) {
+		case !l.subscribe(w):
 			return
 		}
 	}
-	used := l.frames(w, data, now)
+	var used int
+	if l.p.proto == protoSSE {
+		used = l.sseEvents(w, data, now)
+		if len(data)-used > len(l.buf)/2 {
+			l.buf = make([]byte, 2*len(l.buf)) // an event longer than half the buffer
+		}
+	} else {
+		used = l.frames(w, data, now)
+	}
 	if w.fd < 0 {
 		return
 	}
@@ -453,14 +476,43 @@ func (l *loop) read(w *wconn) {
 		return
 	}
 	// A frame larger than the shared buffer needs a bigger one next time.
-	if _, hdr, plen, err := wire.ParseServerHeader(rest); err == nil && hdr > 0 && hdr+plen > len(l.buf) {
+	if _, hdr, plen, err := wire.ParseServerHeader(rest); l.p.proto != protoSSE && err == nil && hdr > 0 && hdr+plen > len(l.buf) {
 		l.buf = make([]byte, 2*(hdr+plen))
 	}
 	w.in = append(w.in[:0], rest...)
 }
 
+// requestFor is the HTTP request that opens w: the WebSocket upgrade, or
+// for an event stream a GET naming w's channels.
+func (l *loop) requestFor(w *wconn) []byte {
+	if l.p.proto != protoSSE {
+		return l.p.request
+	}
+	b := append(l.reqBuf[:0], "GET "...)
+	b = append(b, l.p.path...)
+	for i, s := range w.subs {
+		if i == 0 && !strings.Contains(l.p.path, "?") {
+			b = append(b, '?')
+		} else {
+			b = append(b, '&')
+		}
+		b = append(b, "channel="...)
+		b = append(b, url.QueryEscape(l.p.cfg.Channels[s.ch])...)
+	}
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, l.p.host...)
+	b = append(b, "\r\nAccept: text/event-stream\r\nUser-Agent: kpush-bench\r\n\r\n"...)
+	l.reqBuf = b
+	return b
+}
+
 func (l *loop) subscribe(w *wconn) bool {
 	w.state = stSubscribing
+	if l.p.proto == protoCF {
+		// Connect first; the subscribes follow its reply (cfText).
+		w.reqID = 1
+		return l.sendText(w, []byte(`{"id":1,"connect":{}}`))
+	}
 	w.reqID++
 	b := l.reqBuf[:0]
 	b = append(b, `{"op":"subscribe","id":`...)
@@ -478,6 +530,124 @@ func (l *loop) subscribe(w *wconn) bool {
 	l.reqBuf = b
 	l.frameBuf = wire.AppendClientFrame(l.frameBuf[:0], ws.OpText, b, l.mask())
 	return l.write(w, l.frameBuf)
+}
+
+// sendText writes p to w as one masked text frame.
+func (l *loop) sendText(w *wconn, p []byte) bool {
+	l.frameBuf = wire.AppendClientFrame(l.frameBuf[:0], ws.OpText, p, l.mask())
+	return l.write(w, l.frameBuf)
+}
+
+// cfSubscribe sends one subscribe command per channel, in one frame,
+// newline-separated, with ids 2, 3, ...
+func (l *loop) cfSubscribe(w *wconn) bool {
+	b := l.reqBuf[:0]
+	for i, s := range w.subs {
+		if i > 0 {
+			b = append(b, '\n')
+		}
+		b = append(b, `{"id":`...)
+		b = strconv.AppendInt(b, int64(i+2), 10)
+		b = append(b, `,"subscribe":{"channel":"`...)
+		b = append(b, l.p.cfg.Channels[s.ch]...)
+		b = append(b, `"}}`...)
+	}
+	l.reqBuf = b
+	w.owed = int32(len(w.subs))
+	return l.sendText(w, b)
+}
+
+// cfText handles a Centrifugo text frame: replies, pushes and pings, one
+// per line.
+func (l *loop) cfText(w *wconn, p []byte, now int64) {
+	for len(p) > 0 && w.fd >= 0 {
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line, p = p[:i], p[i+1:]
+		} else {
+			p = nil
+		}
+		if m, ok := parseCFPush(line); ok {
+			l.deliver(w, m, now)
+			continue
+		}
+		if len(line) == 2 && line[0] == '{' && line[1] == '}' {
+			// The server's ping: the client answers {} (connect said pong).
+			l.stats.pings.Add(1)
+			l.sendText(w, line)
+			continue
+		}
+		id, isErr, ok := cfReplyID(line)
+		if !ok {
+			continue
+		}
+		if isErr {
+			l.stats.errors.Add(1)
+			if w.state == stSubscribing {
+				l.fail(w, "centrifugo: error reply "+string(line))
+			}
+			continue
+		}
+		if w.state != stSubscribing {
+			continue
+		}
+		switch {
+		case id == 1 && len(w.subs) == 0:
+			l.becomeReady(w, now)
+		case id == 1:
+			l.cfSubscribe(w)
+		case id >= 2 && id < int64(len(w.subs))+2:
+			if w.owed--; w.owed == 0 {
+				l.stats.subscribed.Add(1)
+				l.becomeReady(w, now)
+			}
+		}
+	}
+}
+
+// sseEvents handles every complete event at the start of an event stream's
+// data and returns the bytes used.
+func (l *loop) sseEvents(w *wconn, data []byte, now int64) int {
+	used := 0
+	for w.fd >= 0 {
+		end := bytes.Index(data[used:], []byte("\n\n"))
+		if end < 0 {
+			return used
+		}
+		e := parseSSEEvent(data[used : used+end])
+		used += end + 2
+		switch {
+		case e.name == nil && e.data == nil:
+			switch {
+			case bytes.Equal(e.comment, []byte("subscribed")) && w.state == stSubscribing:
+				l.stats.subscribed.Add(1)
+				l.becomeReady(w, now)
+			case bytes.Equal(e.comment, []byte("ping")):
+				l.stats.pings.Add(1)
+			}
+		case bytes.Equal(e.name, []byte("kpush-close")):
+			code := 1005
+			if v, ok := intAfter(e.data, []byte(`"code":`)); ok {
+				code = int(v)
+			}
+			l.reasonMu.Lock()
+			l.closeCodes[code]++
+			l.reasonMu.Unlock()
+			l.stats.closed.Add(1)
+			l.closeConn(w)
+		case bytes.Equal(e.name, []byte("kpush-error")):
+			l.stats.errors.Add(1)
+			if w.state == stSubscribing {
+				l.fail(w, "sse: kpush-error "+string(e.data))
+			}
+		case bytes.Equal(e.name, []byte("kpush-resume")):
+		case e.name != nil:
+			m := msgFrame{ch: e.name, offset: -1}
+			m.seq, m.sentNanos = parseValue(e.data)
+			l.deliver(w, m, now)
+		}
+	}
+	return used
 }
 
 func (l *loop) mask() [4]byte {
@@ -524,7 +694,11 @@ func (l *loop) frames(w *wconn, data []byte, now int64) int {
 		}
 		switch op {
 		case ws.OpText:
-			l.text(w, payload, now)
+			if l.p.proto == protoCF {
+				l.cfText(w, payload, now)
+			} else {
+				l.text(w, payload, now)
+			}
 		case ws.OpPing:
 			l.stats.pings.Add(1)
 			l.frameBuf = wire.AppendClientFrame(l.frameBuf[:0], ws.OpPong, payload, l.mask())
@@ -574,37 +748,7 @@ func (l *loop) inflate(p []byte) ([]byte, error) {
 
 func (l *loop) text(w *wconn, p []byte, now int64) {
 	if m, ok := parseMsg(p); ok {
-		l.stats.deliveries.Add(1)
-		if m.sentNanos > 0 {
-			l.latency.Record(now - m.sentNanos)
-		} else {
-			l.latency.Record(now - m.tsMillis*int64(time.Millisecond))
-		}
-		if m.snapshot {
-			l.stats.snapshots.Add(1)
-		}
-		ch, known := l.p.chanIndex[string(m.ch)]
-		var s *subState
-		if known {
-			for i := range w.subs {
-				if w.subs[i].ch == ch {
-					s = &w.subs[i]
-					break
-				}
-			}
-		}
-		if s == nil {
-			l.stats.unknown.Add(1)
-			return
-		}
-		if s.seen {
-			if m.partition == s.part && m.offset <= s.offset {
-				l.stats.dups.Add(1)
-			} else if m.seq >= 0 && s.seq >= 0 && m.seq > s.seq+1+m.skipped {
-				l.stats.gaps.Add(m.seq - s.seq - 1 - m.skipped)
-			}
-		}
-		s.seen, s.part, s.offset, s.seq = true, m.partition, m.offset, m.seq
+		l.deliver(w, m, now)
 		return
 	}
 	op, id, ok := replyID(p)
@@ -624,6 +768,66 @@ func (l *loop) text(w *wconn, p []byte, now int64) {
 		}
 	}
 }
+
+// deliver counts and checks one record received by w, in any protocol.
+// An offset of -1 means the protocol does not carry it (event streams):
+// duplicates are then told by "seq".
+func (l *loop) deliver(w *wconn, m msgFrame, now int64) {
+	l.stats.deliveries.Add(1)
+	if m.skipped > 0 {
+		l.stats.skipped.Add(m.skipped)
+	}
+	switch {
+	case m.sentNanos > 0:
+		l.latency.Record(now - m.sentNanos)
+	case m.tsMillis > 0:
+		l.latency.Record(now - m.tsMillis*int64(time.Millisecond))
+	}
+	if m.snapshot {
+		l.stats.snapshots.Add(1)
+	}
+	ch, known := l.p.chanIndex[string(m.ch)]
+	var s *subState
+	if known {
+		for i := range w.subs {
+			if w.subs[i].ch == ch {
+				s = &w.subs[i]
+				break
+			}
+		}
+	}
+	if s == nil {
+		l.stats.unknown.Add(1)
+		return
+	}
+	if sent := l.p.cfg.Sent; sent != nil && m.seq > 0 && (!s.seen || m.seq > s.seq) {
+		// Every record since the last one this connection saw of the
+		// channel is now superseded at the client (the first frame
+		// after subscribing stands for itself only).
+		from := m.seq
+		if s.seen && s.seq >= 0 {
+			from = max(s.seq+1, m.seq-maxSuperseded)
+		}
+		for q := from; q <= m.seq; q++ {
+			if t := sent.At(ch, q); t > 0 {
+				l.newest.Record(now - t)
+			}
+		}
+	}
+	if s.seen {
+		if m.offset >= 0 && m.partition == s.part && m.offset <= s.offset || m.offset < 0 && m.seq >= 0 && m.seq <= s.seq {
+			l.stats.dups.Add(1)
+		} else if m.seq >= 0 && s.seq >= 0 && m.seq > s.seq+1+m.skipped {
+			l.stats.gaps.Add(m.seq - s.seq - 1 - m.skipped)
+		}
+	}
+	s.seen, s.part, s.offset, s.seq = true, m.partition, m.offset, m.seq
+}
+
+// maxSuperseded bounds the records one frame is counted as superseding in
+// the newest-value latency (a connection that missed more, e.g. after a
+// reconnect, counts only the latest ones).
+const maxSuperseded = 100000
 
 // expire fails connections that have not become ready in time.
 func (l *loop) expire(now int64) {

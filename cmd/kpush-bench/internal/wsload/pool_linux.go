@@ -28,10 +28,14 @@ type Config struct {
 	// SourceAddrs spreads connections over 127.0.0.1 ... 127.0.0.N when the
 	// target is on loopback; 0 means one address per 20,000 connections
 	// opened at once, at least 4, and enough that no address has more than
-	// 64 handshakes in flight: kpush gives one address at most an eighth of
+	// 16 handshakes in flight: kpush gives one address at most an eighth of
 	// gateway.max_handshakes (128 of the default 1024) once half of them are
 	// in use, and closes what is over, as a storm from real clients on many
-	// addresses would never see.
+	// addresses would never see. kpush counts a handshake until its
+	// goroutine has registered the connection, which on a loaded machine
+	// can be long after the client saw the 101 and dialed the next one, so
+	// the client's own count needs a wide margin under kpush's share (1,024
+	// in flight from 4 addresses had 65-343 of 2,000 refused).
 	SourceAddrs int
 	// MaxInFlight bounds connections that are connecting, upgrading or
 	// waiting for their subscribe reply, over all loops; 0 means 256.
@@ -43,6 +47,17 @@ type Config struct {
 	// (RSV1) are inflated before they are checked. kpush accepts it only
 	// with no context takeover, so each message inflates on its own.
 	Deflate bool
+	// Protocol is what the connections speak: ProtoV1 (default, kpush's own
+	// protocol on URL's path), ProtoCentrifugo (Centrifugo's JSON client
+	// protocol: a connect command, then one subscribe command per channel;
+	// URL's path must be gateway.centrifugo_path) or ProtoSSE (a
+	// text/event-stream GET of URL's path with one channel= parameter per
+	// channel; URL's path must be gateway.sse_path).
+	Protocol string
+	// Sent, when set, holds the production time of every record by
+	// channel index and "seq"; each loop then also records the newest-value
+	// latency (Pool.NewestLatency).
+	Sent *SendTimes
 }
 
 func deflateOffer(on bool) string {
@@ -52,12 +67,34 @@ func deflateOffer(on bool) string {
 	return "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 }
 
+// The protocols a Pool speaks (Config.Protocol).
+const (
+	ProtoV1         = "v1"
+	ProtoCentrifugo = "centrifugo"
+	ProtoSSE        = "sse"
+)
+
+type proto uint8
+
+const (
+	protoV1 proto = iota
+	protoCF
+	protoSSE
+)
+
+// maxInFlightPerAddr is the most handshakes the default spread of source
+// addresses (Config.SourceAddrs) puts in flight from one address.
+const maxInFlightPerAddr = 16
+
 // Pool is a set of client connections served by event loops.
 type Pool struct {
 	cfg       Config
 	dst       unix.SockaddrInet4
 	loopback  bool
-	request   []byte           // the HTTP upgrade request
+	proto     proto
+	path      string           // URL's path and query
+	host      string           // URL's host:port
+	request   []byte           // the HTTP upgrade request (WebSocket protocols)
 	chanIndex map[string]int32 // read-only after New
 	loops     []*loop
 	nextID    int32
@@ -91,7 +128,16 @@ func New(cfg Config) (*Pool, error) {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	path := u.RequestURI()
-	p := &Pool{cfg: cfg, loopback: ip[0] == 127, chanIndex: make(map[string]int32, len(cfg.Channels))}
+	p := &Pool{cfg: cfg, loopback: ip[0] == 127, chanIndex: make(map[string]int32, len(cfg.Channels)), path: path, host: u.Host}
+	switch cfg.Protocol {
+	case "", ProtoV1:
+	case ProtoCentrifugo:
+		p.proto = protoCF
+	case ProtoSSE:
+		p.proto = protoSSE
+	default:
+		return nil, fmt.Errorf("wsload: protocol %q is not %s, %s or %s", cfg.Protocol, ProtoV1, ProtoCentrifugo, ProtoSSE)
+	}
 	p.dst.Port = port
 	copy(p.dst.Addr[:], ip)
 	for i, ch := range cfg.Channels {
@@ -121,16 +167,13 @@ func New(cfg Config) (*Pool, error) {
 // It returns at once; use WaitReady or Stats to follow progress.
 func (p *Pool) Open(n int, subs func(i int) []int32) {
 	perLoop := make([][]*wconn, len(p.loops))
-	srcs := p.cfg.SourceAddrs
-	if srcs <= 0 {
-		srcs = max(4, (int(p.nextID)+n)/20000+1, (p.cfg.MaxInFlight+63)/64)
-	}
+	srcs := sourceAddrs(p.cfg, int(p.nextID)+n)
 	for i := 0; i < n; i++ {
 		id := p.nextID
 		p.nextID++
 		c := &wconn{id: id, fd: -1}
 		if p.loopback {
-			c.src = byte(1 + int(id)%min(srcs, 254))
+			c.src = byte(1 + int(id)%srcs)
 		}
 		if subs != nil {
 			for _, ch := range subs(i) {
@@ -145,6 +188,15 @@ func (p *Pool) Open(n int, subs func(i int) []int32) {
 			l.send(command{kind: cmdDial, conns: perLoop[i]})
 		}
 	}
+}
+
+// sourceAddrs is how many loopback source addresses connections are
+// spread over when total have been asked for (Config.SourceAddrs).
+func sourceAddrs(cfg Config, total int) int {
+	if cfg.SourceAddrs > 0 {
+		return min(cfg.SourceAddrs, 254)
+	}
+	return min(max(4, total/20000+1, (cfg.MaxInFlight+maxInFlightPerAddr-1)/maxInFlightPerAddr), 254)
 }
 
 // Opened is how many connections Open has been asked for in all.
@@ -220,6 +272,7 @@ type Stats struct {
 	Closed     int64            `json:"closed"`                // closed by the server with a close frame
 	Lost       int64            `json:"lost"`                  // ended by EOF or a socket error without a close frame
 	Deliveries int64            `json:"deliveries"`            // msg frames received
+	Skipped    int64            `json:"skipped"`               // records the received frames report as skipped (caps, conflation)
 	Snapshots  int64            `json:"snapshots"`             // of which snapshot frames
 	Dups       int64            `json:"duplicates"`            // msg frames at or below the last offset of their channel and partition
 	Gaps       int64            `json:"gaps"`                  // records missing between consecutive "seq" values of a channel
@@ -249,6 +302,7 @@ func (p *Pool) Stats() Stats {
 		s.Closed += c.closed.Load()
 		s.Lost += c.lost.Load()
 		s.Deliveries += c.deliveries.Load()
+		s.Skipped += c.skipped.Load()
 		s.Snapshots += c.snapshots.Load()
 		s.Dups += c.dups.Load()
 		s.Gaps += c.gaps.Load()
@@ -274,6 +328,20 @@ func (p *Pool) Latency() *hist.Snapshot {
 	s := &hist.Snapshot{}
 	for _, l := range p.loops {
 		s.Add(l.latency.Snapshot())
+	}
+	return s
+}
+
+// NewestLatency is, for every record produced on a subscribed channel
+// (Config.Sent), the time from its production to the client's receipt of
+// it or of a newer record of its channel (what a trading screen shows),
+// over every connection; a record that a cap or conflation skipped counts
+// when the record that replaced it arrives. Without caps it equals
+// Latency. Empty without Config.Sent.
+func (p *Pool) NewestLatency() *hist.Snapshot {
+	s := &hist.Snapshot{}
+	for _, l := range p.loops {
+		s.Add(l.newest.Snapshot())
 	}
 	return s
 }
@@ -308,6 +376,7 @@ type loopStats struct {
 	queued, inFlight, open, ready                      atomic.Int64
 	upgraded, subscribed, failed, closed, lost         atomic.Int64
 	deliveries, snapshots, dups, gaps, unknown, errors atomic.Int64
+	skipped                                            atomic.Int64
 	pings, bytes, lastReady                            atomic.Int64
 	_                                                  [64]byte
 }

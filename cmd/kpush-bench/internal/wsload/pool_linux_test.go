@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -225,5 +226,159 @@ func TestDeflateDeliveries(t *testing.T) {
 	}
 	if got := s.Bytes - b0; got >= int64(2*plain) {
 		t.Fatalf("%d bytes read for %d deliveries of %d plain bytes each: not compressed", got, 2*n, plain/n)
+	}
+}
+
+// TestNewestLatencyCountsSupersededRecords checks the newest-value latency:
+// a frame that skips records (as a capped channel's does) stands for every
+// record since the last one received, each timed from its own production,
+// and without skips there is one figure per delivery.
+func TestNewestLatencyCountsSupersededRecords(t *testing.T) {
+	srv, url := startGateway(t, nil)
+	sent := NewSendTimes(1)
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
+	p.Open(1, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour).UnixNano()
+	for seq := int64(1); seq <= 6; seq++ {
+		at := time.Now().UnixNano()
+		if seq == 3 {
+			at = old // produced an hour ago and never delivered itself
+		}
+		sent.Record(0, seq, at)
+	}
+	send := func(offset, seq int64) {
+		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, sent.At(0, seq), 0)}, nil)
+	}
+	send(10, 1)
+	send(11, 2)
+	send(14, 5) // stands for 3, 4 and 5
+	send(15, 6)
+	waitFor(t, 10*time.Second, "four deliveries", func() bool { return p.Stats().Deliveries == 4 })
+	n := p.NewestLatency().Summary()
+	if n.Count != 6 {
+		t.Fatalf("%d newest-value latencies for records 1..6, want 6", n.Count)
+	}
+	if n.Max < 59*time.Minute {
+		t.Fatalf("newest-value max %s: record 3, produced an hour before the frame that replaced it, is not counted from its production", n.Max)
+	}
+	if d := p.Latency().Summary(); d.Count != 4 || d.Max > time.Minute {
+		t.Fatalf("delivery latency %+v: want 4 deliveries, none an hour late", d)
+	}
+	if sent.At(0, 7) != 0 || sent.At(1, 1) != 0 || sent.At(0, 3) != old {
+		t.Fatal("SendTimes.At answers for records it was not given, or loses one it was")
+	}
+}
+
+// TestProtocolsCountEveryDelivery opens connections in each protocol the
+// pool speaks against kpush's gateway (its own protocol, Centrifugo's on
+// gateway.centrifugo_path, event streams on gateway.sse_path), publishes a
+// sequence on every channel, and checks that each protocol's connections
+// become ready only once subscribed and count every delivery once, in
+// order, with a latency.
+func TestProtocolsCountEveryDelivery(t *testing.T) {
+	for _, tc := range []struct{ proto, path string }{
+		{ProtoV1, "/ws"},
+		{ProtoCentrifugo, gateway.DefaultCentrifugoPath},
+		{ProtoSSE, gateway.DefaultSSEPath},
+	} {
+		t.Run(tc.proto, func(t *testing.T) {
+			const conns, nch, perChannel = 60, 4, 15
+			srv, url := startGateway(t, nil)
+			url = strings.TrimSuffix(url, "/ws") + tc.path
+			chs := channels(nch)
+			p := newPool(t, Config{URL: url, Channels: chs, Loops: 2, MaxInFlight: 16, Protocol: tc.proto})
+			p.Open(conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := p.WaitReady(ctx, conns); err != nil {
+				t.Fatal(err)
+			}
+			// Ready means subscribed: kpush counts every subscription.
+			waitFor(t, 10*time.Second, "gateway to count the connections", func() bool { return srv.Connections() == conns })
+			for seq := int64(1); seq <= perChannel; seq++ {
+				for _, ch := range chs {
+					srv.Publish(&gateway.Message{Channel: ch, Partition: 0, Offset: 100 + seq, Timestamp: time.Now().UnixMilli(),
+						Data: AppendValue(nil, seq, time.Now().UnixNano(), 80)}, nil)
+				}
+			}
+			want := int64(conns * 2 * perChannel)
+			waitFor(t, 20*time.Second, "every delivery", func() bool { return p.Stats().Deliveries >= want })
+			s := p.Stats()
+			if s.Deliveries != want || s.Gaps != 0 || s.Dups != 0 || s.Unknown != 0 || s.Failed != 0 || s.Subscribed != conns {
+				t.Fatalf("stats %+v, want %d deliveries, %d subscribed, no gaps, duplicates, unknown or failures", s, want, conns)
+			}
+			if lat := p.Latency().Summary(); lat.Count != uint64(want) || lat.Max > time.Minute {
+				t.Fatalf("latency summary %+v for %d deliveries", lat, want)
+			}
+		})
+	}
+}
+
+func TestUnknownProtocolRefused(t *testing.T) {
+	if _, err := New(Config{URL: "ws://127.0.0.1:1/ws", Protocol: "mqtt"}); err == nil {
+		t.Fatal("New accepted protocol mqtt")
+	}
+}
+
+// TestCappedFramesCounted drives kpush's frequency cap: a burst on a
+// channel capped at 2 a second reaches the client as its first record and
+// then the newest, marked "skipped":N. The marked frame is a delivery, the
+// skipped records are no gap, and each of the burst's records is
+// superseded at the client (newest-value latency) when the marked frame
+// arrives.
+func TestCappedFramesCounted(t *testing.T) {
+	srv, url := startGateway(t, nil)
+	sent := NewSendTimes(1)
+	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
+	p.Open(1, func(int) []int32 { return []int32{0} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	const burst = 10
+	for seq := int64(1); seq <= burst; seq++ {
+		now := time.Now().UnixNano()
+		sent.Record(0, seq, now)
+		srv.Publish(&gateway.Message{Channel: "c", Offset: 100 + seq, Timestamp: time.Now().UnixMilli(), MaxRate: 2,
+			Data: AppendValue(nil, seq, now, 0)}, nil)
+	}
+	waitFor(t, 10*time.Second, "the newest record", func() bool { return p.NewestLatency().Count() == burst })
+	s := p.Stats()
+	if s.Deliveries != 2 || s.Gaps != 0 || s.Dups != 0 || s.Unknown != 0 {
+		t.Fatalf("stats %+v: want 2 deliveries (the first, then the newest with skipped:%d) and no gaps", s, burst-2)
+	}
+}
+
+// TestSourceAddrsKeepHandshakesUnderKpushShare checks the default spread of
+// source addresses: no address has more than 16 handshakes in flight, far
+// under kpush's per-address share (an eighth of gateway.max_handshakes,
+// 128 by default), however many are in flight at once.
+func TestSourceAddrsKeepHandshakesUnderKpushShare(t *testing.T) {
+	for _, tc := range []struct {
+		inFlight, total, want int
+	}{
+		{16, 100, 4},
+		{256, 2000, 16},
+		{1024, 10000, 64},
+		{512, 100000, 32},
+		{64, 200000, 11}, // one address per 20,000 connections
+		{8192, 1000, 254},
+	} {
+		got := sourceAddrs(Config{MaxInFlight: tc.inFlight}, tc.total)
+		if got != tc.want {
+			t.Errorf("%d in flight, %d connections: %d source addresses, want %d", tc.inFlight, tc.total, got, tc.want)
+		}
+		if got < 254 && (tc.inFlight+got-1)/got > maxInFlightPerAddr {
+			t.Errorf("%d in flight over %d addresses: more than %d per address", tc.inFlight, got, maxInFlightPerAddr)
+		}
+	}
+	if got := sourceAddrs(Config{SourceAddrs: 3, MaxInFlight: 1024}, 10); got != 3 {
+		t.Errorf("explicit SourceAddrs 3: got %d", got)
 	}
 }
