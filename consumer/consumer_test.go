@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"github.com/kpush/kpush/router"
 	"net"
 	"strconv"
 	"strings"
@@ -79,12 +80,13 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 // chanSink hands copies of delivered values to a channel; block, while
 // set, makes Deliver wait for it to be closed (a stuck Sink).
 type chanSink struct {
+	dropsNothing
 	mu    sync.Mutex
 	block chan struct{}
 	got   chan string
 }
 
-func (s *chanSink) Deliver(m *Message) {
+func (s *chanSink) Deliver(m *router.Record) {
 	s.mu.Lock()
 	b := s.block
 	s.mu.Unlock()

@@ -33,6 +33,7 @@ func (s *Server) SetLimits(Config) error                    { return errNotLinux
 func (s *Server) Run(context.Context) error                 { return errNotLinux }
 func (s *Server) Shutdown(context.Context) error            { return errNotLinux }
 func (s *Server) Publish(*Message, *router.Retention) int   { return 0 }
+func (s *Server) Encode(rec *router.Record) *router.Frame   { return EncodeRecord(rec) }
 func (s *Server) SetReplayer(Replayer)                      {}
 func (s *Server) Serve(context.Context, net.Listener) error { return errNotLinux }
 func (s *Server) Err() error                                { return errNotLinux }

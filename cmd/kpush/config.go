@@ -239,17 +239,3 @@ func cleanYAMLError(err error) string {
 	msg = strings.ReplaceAll(msg, "into time.Duration", "into a duration (e.g. 30s, 250ms)")
 	return msg
 }
-
-// publicRoutes tells the gateway which channels anonymous clients may
-// subscribe to: those a route marked public: true can produce.
-type publicRoutes []consumer.Route
-
-func (p publicRoutes) Public(ch string) bool {
-	for i := range p {
-		r := &p[i]
-		if r.Public && r.Template() != nil && r.Template().Match(ch, r.Topic) {
-			return true
-		}
-	}
-	return false
-}
