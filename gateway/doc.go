@@ -6,8 +6,9 @@
 // package builds connections and sessions on them:
 //   - handshake.go, clientaddr*.go, proxyproto.go: the upgrade, its checks
 //     and the real client address;
-//   - protocol.go: request parsing, replies, EncodeMessage (a record
-//     encoded once as a complete frame);
+//   - protocol.go: request parsing, replies, EncodeRecord (a router.Record
+//     encoded once as a complete frame; Server.Encode is the router's
+//     Encoder);
 //   - outbound.go: a connection's queue of frames, its bounds, the
 //     slow-consumer policy (conflation) and the resume seam's per-channel
 //     state; portable, unit-tested without a socket (outbound_test.go);
@@ -41,7 +42,8 @@
 //     epoll_wait is fatal (Server.Err, and Serve returns it). The system
 //     calls on kpush's own descriptors go through netpoll.Sys, which tests
 //     replace to inject faults.
-//   - Publishers (the Kafka consumer, through Server.Publish) only append to
+//   - Publishing (the router's fan-out, with each record encoded once by
+//     Server.Encode) only appends to
 //     per-connection queues, which are bounded in bytes and messages; when a
 //     record does not fit, its route's policy applies (outbound.go): close
 //     with 4008, or conflate to the newest pending record per channel.
