@@ -248,24 +248,34 @@ type Message struct {
 }
 
 // record returns m as the router.Record it stands for, with a policy of
-// its own holding m's settings and keep.
+// its own holding m's settings and keep (one allocation for both).
 func (m *Message) record(keep *router.Retention) *router.Record {
-	return &router.Record{
-		Channel:   m.Channel,
-		Partition: m.Partition,
-		Offset:    m.Offset,
-		Timestamp: m.Timestamp,
-		Epoch:     m.Epoch,
-		Reset:     m.Reset,
-		Value:     m.Data,
-		Policy:    &router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate, Keep: keep},
+	p := &struct {
+		rec router.Record
+		pol router.Policy
+	}{
+		rec: router.Record{
+			Channel:   m.Channel,
+			Partition: m.Partition,
+			Offset:    m.Offset,
+			Timestamp: m.Timestamp,
+			Epoch:     m.Epoch,
+			Reset:     m.Reset,
+			Value:     m.Data,
+		},
+		pol: router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate, Keep: keep},
 	}
+	p.rec.Policy = &p.pol
+	return &p.rec
 }
 
 // EncodeMessage encodes m once as a complete WebSocket text frame and
 // returns the Frame every subscriber of m.Channel receives.
 func EncodeMessage(m *Message) *router.Frame {
-	return encodeRecord(m.record(nil), m.Snapshot, m.Skipped)
+	pol := router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate}
+	rec := router.Record{Channel: m.Channel, Partition: m.Partition, Offset: m.Offset, Timestamp: m.Timestamp,
+		Epoch: m.Epoch, Reset: m.Reset, Value: m.Data, Policy: &pol}
+	return encodeRecord(&rec, m.Snapshot, m.Skipped)
 }
 
 // EncodeRecord encodes rec once as a complete WebSocket text frame (a msg
