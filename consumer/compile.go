@@ -49,17 +49,12 @@ func CompileRoutes(routes []Route) (*Routes, error) {
 	t := &Routes{byTopic: make(map[string][]*compiledRoute)}
 	for i, r := range routes {
 		key := fmt.Sprintf("routes[%d]", i)
+		r.SetDefaults() // r is a copy
 		if r.Topic == "" {
 			errs = append(errs, fmt.Errorf("%s.topic: missing", key))
 		}
-		if r.Format == "" {
-			r.Format = FormatJSON
-		}
 		if r.Format != FormatJSON && r.Format != FormatBytes {
 			errs = append(errs, fmt.Errorf("%s.format: %q must be json or bytes", key, r.Format))
-		}
-		if r.Slow == "" {
-			r.Slow = SlowDisconnect
 		}
 		if r.Slow != SlowDisconnect && r.Slow != SlowConflate {
 			errs = append(errs, fmt.Errorf("%s.slow: %q must be disconnect or conflate", key, r.Slow))
@@ -68,16 +63,8 @@ func CompileRoutes(routes []Route) (*Routes, error) {
 			errs = append(errs, fmt.Errorf("%s.max_rate: %g must be 0 (no cap) or between 0.01 and 1000 records a second", key, r.MaxRate))
 		}
 		h := &r.History
-		switch {
-		case h.MaxRecords < 0 || h.MaxRecords > maxHistoryRecords:
+		if h.MaxRecords < 0 || h.MaxRecords > maxHistoryRecords {
 			errs = append(errs, fmt.Errorf("%s.history.max_records: %d must be between 0 (no history) and %d", key, h.MaxRecords, maxHistoryRecords))
-		case h.MaxRecords > 0:
-			if h.MaxBytes == 0 {
-				h.MaxBytes = 1 << 20
-			}
-			if h.MaxAge == 0 {
-				h.MaxAge = 5 * time.Minute
-			}
 		}
 		if h.MaxBytes < 0 {
 			errs = append(errs, fmt.Errorf("%s.history.max_bytes: must be positive, got %d", key, h.MaxBytes))
@@ -107,6 +94,27 @@ func CompileRoutes(routes []Route) (*Routes, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// SetDefaults fills the route's zero values with their defaults: format
+// json, slow disconnect, and with a history, its max_bytes (1 MiB) and
+// max_age (5m). CompileRoutes applies it to its own copies; a
+// configuration calls it on its routes so that they compare as they run.
+func (r *Route) SetDefaults() {
+	if r.Format == "" {
+		r.Format = FormatJSON
+	}
+	if r.Slow == "" {
+		r.Slow = SlowDisconnect
+	}
+	if h := &r.History; h.MaxRecords > 0 {
+		if h.MaxBytes == 0 {
+			h.MaxBytes = 1 << 20
+		}
+		if h.MaxAge == 0 {
+			h.MaxAge = 5 * time.Minute
+		}
+	}
 }
 
 // retention is what the router keeps of the route's channels; nil for

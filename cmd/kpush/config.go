@@ -99,6 +99,9 @@ func (c *Config) SetDefaults() {
 	c.Gateway.SetDefaults()
 	c.Kafka.SetDefaults()
 	c.Router.SetDefaults()
+	for i := range c.Routes {
+		c.Routes[i].SetDefaults()
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
