@@ -219,6 +219,7 @@ func errorFrame(id int64, code, msg string) []byte {
 // the gateway as router.Record, through the router's Encoder (Server.Encode).
 type Message struct {
 	Channel   string
+	Topic     string // the Kafka topic ("" when unknown)
 	Partition int32
 	Offset    int64
 	Timestamp int64 // Unix milliseconds
@@ -256,6 +257,7 @@ func (m *Message) record(keep *router.Retention) *router.Record {
 	}{
 		rec: router.Record{
 			Channel:   m.Channel,
+			Topic:     m.Topic,
 			Partition: m.Partition,
 			Offset:    m.Offset,
 			Timestamp: m.Timestamp,
@@ -273,7 +275,7 @@ func (m *Message) record(keep *router.Retention) *router.Record {
 // returns the Frame every subscriber of m.Channel receives.
 func EncodeMessage(m *Message) *router.Frame {
 	pol := router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate}
-	rec := router.Record{Channel: m.Channel, Partition: m.Partition, Offset: m.Offset, Timestamp: m.Timestamp,
+	rec := router.Record{Channel: m.Channel, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Timestamp: m.Timestamp,
 		Epoch: m.Epoch, Reset: m.Reset, Value: m.Data, Policy: &pol}
 	return encodeRecord(&rec, m.Snapshot, m.Skipped)
 }

@@ -12,8 +12,10 @@ const numShards = 64
 // Frame is one record, encoded once for every subscriber of its channel.
 // A published Frame is shared and must never be modified.
 type Frame struct {
-	Channel   string
-	Topic     string // the Kafka topic of the record
+	Channel string
+	// Topic is the Kafka topic the record came from ("" when not from
+	// Kafka); with Partition and Offset it names the record.
+	Topic     string
 	Partition int32
 	Offset    int64
 	Timestamp int64 // Kafka record timestamp, Unix milliseconds
