@@ -10,27 +10,13 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/client"
 )
-
-const secTestSecret = "kpush-test-secret-kpush-test-secret"
-
-// publicPrefix makes channels starting with a prefix public.
-type publicPrefix string
-
-func (p publicPrefix) Public(ch string) bool { return strings.HasPrefix(ch, string(p)) }
 
 func startAuthGateway(t testing.TB, mutate func(*Config)) *secGateway {
 	t.Helper()
 	g := startSecGateway(t, func(c *Config) {
-		c.Auth = auth.Config{
-			Mode:        auth.ModeJWT,
-			HS256Secret: secTestSecret,
-			Audience:    "kpush",
-			ClockSkew:   time.Millisecond,
-			Grants:      []string{"user.{sub}.>"},
-		}
+		c.Auth = testAuthConfig()
 		c.PingInterval = 200 * time.Millisecond // sweep (and expiry checks) every tick
 		c.IdleTimeout = 10 * time.Second
 		if mutate != nil {
@@ -39,24 +25,6 @@ func startAuthGateway(t testing.TB, mutate func(*Config)) *secGateway {
 	})
 	g.srv.SetPublicChannels(publicPrefix("public."))
 	return g
-}
-
-func testToken(t testing.TB, secret string, mut func(jwt.MapClaims)) string {
-	t.Helper()
-	c := jwt.MapClaims{
-		"sub":      "42",
-		"aud":      "kpush",
-		"exp":      time.Now().Add(time.Hour).Unix(),
-		"channels": []string{"ticks.*"},
-	}
-	if mut != nil {
-		mut(c)
-	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 func bearer(tok string) *client.DialOptions {

@@ -266,3 +266,13 @@ func TestTimerWheel(t *testing.T) {
 		t.Fatalf("fired %d times, want once", fired.Load())
 	}
 }
+
+func TestWriteDelayValidation(t *testing.T) {
+	for _, d := range []time.Duration{-time.Millisecond, 2 * time.Second, 1500 * time.Microsecond} {
+		cfg := Config{WriteDelay: d}
+		cfg.SetDefaults()
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "gateway.write_delay") {
+			t.Errorf("write_delay %s: %v, want an error naming gateway.write_delay", d, err)
+		}
+	}
+}

@@ -37,10 +37,12 @@ const (
 	cfErrBadRequest       = 107
 	cfErrNotAvailable     = 108
 	cfErrTokenExpired     = 109
+	cfErrUnrecoverable    = 112
 )
 
 // Centrifugo's disconnect codes (WebSocket close codes) kpush closes with.
 const (
+	cfCloseExpired      = 3005 // the connection's token expired unrefreshed: the SDK reconnects, getting a new token
 	cfCloseInvalidToken = 3500 // a connect token that is not valid: the SDK does not reconnect
 	cfCloseBadRequest   = 3501 // a command that is not the protocol's, or one before connect
 )
@@ -88,7 +90,14 @@ type cfSubscribe struct {
 	Recover bool   `json:"recover"`
 	Offset  uint64 `json:"offset"`
 	Epoch   string `json:"epoch"`
+	Delta   string `json:"delta"`
+	Flag    int64  `json:"flag"`
 }
+
+// cfFlagRejectUnrecovered is the subscribe flag of SDKs that reload their
+// state themselves (centrifuge-go's GetState): a recovery that cannot be
+// exact is answered with error 112 instead of recovered:false.
+const cfFlagRejectUnrecovered = 2
 
 // cfReply encodes a reply: {"id":N,"<method>":<result>}.
 func cfReply(id uint32, method string, result string) []byte {

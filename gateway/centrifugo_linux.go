@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -23,10 +24,41 @@ import (
 type cfSession struct {
 	client    string // the client id given in the connect reply
 	connected bool
+	proto     bool // Centrifugo's Protobuf format (binary frames), set at the upgrade
 	// pending holds the recovering subscriptions whose reply is not
 	// written yet, by channel (nil until the first); guarded by the
 	// conn's mu.
 	pending map[string]*cfPending
+	// delta holds the channels subscribed with delta: "fossil", each with
+	// the last record sent on it (nil: none yet), the base of the next
+	// delta; guarded by the conn's mu.
+	delta map[string]*router.Frame
+	// pos holds the channels answered with a stream position, each with
+	// the partition the position is of; stale the channels told to
+	// resubscribe because records of another partition came (see
+	// cfFrameLocked). Guarded by the conn's mu.
+	pos   map[string]int32
+	stale map[string]bool
+}
+
+// markStaleLocked marks ch as waiting for the SDK's resubscribe: its
+// publications are not sent, and the resubscribe replaces the
+// subscription. Caller holds c.mu.
+func (cf *cfSession) markStaleLocked(ch string) {
+	delete(cf.pos, ch)
+	if cf.stale == nil {
+		cf.stale = make(map[string]bool)
+	}
+	cf.stale[ch] = true
+}
+
+// setPosLocked notes that ch was answered with a position in partition p.
+// Caller holds c.mu.
+func (cf *cfSession) setPosLocked(ch string, p int32) {
+	if cf.pos == nil {
+		cf.pos = make(map[string]int32)
+	}
+	cf.pos[ch] = p
 }
 
 // centrifugoRequested reports whether the peeked request line asks for
@@ -69,7 +101,7 @@ func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
 		}
 		if ok, alive := c.allowRequest(nil); !ok {
 			if alive {
-				c.send(wire.ServerFrame(ws.OpText, cfError(0, 111, "too many requests")))
+				c.cfSend(cfError(0, 111, "too many requests"))
 			}
 			return alive
 		}
@@ -88,7 +120,7 @@ func (s *Server) handleCentrifugo(c *conn, p []byte) bool {
 
 // centrifugoCommand answers one command; false once the connection closes.
 func (s *Server) centrifugoCommand(c *conn, cmd *cfCommand) bool {
-	reply := func(b []byte) { c.send(wire.ServerFrame(ws.OpText, b)) }
+	reply := func(b []byte) { c.cfSend(b) }
 	if cmd.Connect != nil {
 		return s.cfConnect(c, cmd.ID, cmd.Connect)
 	}
@@ -133,7 +165,7 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 		if g, err = s.verifier.Verify(req.Token); err != nil {
 			if errors.Is(err, auth.ErrTokenExpired) {
 				s.metrics.rejected.WithLabelValues("token_expired").Inc()
-				c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrTokenExpired, "token expired")))
+				c.cfSend(cfError(id, cfErrTokenExpired, "token expired"))
 				return true
 			}
 			s.metrics.rejected.WithLabelValues("invalid_token").Inc()
@@ -148,8 +180,19 @@ func (s *Server) cfConnect(c *conn, id uint32, req *cfConnect) bool {
 	c.cfState().connected = true
 	ping := max(1, int(s.lim().PingInterval.Seconds()))
 	res := fmt.Sprintf(`{"client":%q,"version":"kpush","ping":%d,"pong":true%s}`, c.cfState().client, ping, cfExpiry(g))
-	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "connect", res)))
+	c.cfSend(cfReply(id, "connect", res))
 	return true
+}
+
+// tokenExpiredCode is the close code of a connection whose token expired
+// without a refresh: Centrifugo's "expired" disconnect (3005, after which
+// the SDKs reconnect and, answered 109 for the old token, ask the
+// application for a new one) on the Centrifugo endpoint, 4001 otherwise.
+func (c *conn) tokenExpiredCode() ws.StatusCode {
+	if c.cfState() != nil {
+		return cfCloseExpired
+	}
+	return CloseTokenExpired
 }
 
 // cfExpiry is the expires/ttl members for a grant with an expiry.
@@ -164,7 +207,7 @@ func cfExpiry(g *auth.Grant) string {
 // cfRefresh replaces the connection's token (the SDKs refresh before ttl).
 func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 	if s.verifier == nil {
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"}`)))
+		c.cfSend(cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"}`))
 		return
 	}
 	g, err := s.verifier.Verify(token)
@@ -173,15 +216,15 @@ func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 		if errors.Is(err, auth.ErrTokenExpired) {
 			code, msg = cfErrTokenExpired, "token expired"
 		}
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		c.cfSend(cfError(id, code, msg))
 		return
 	}
 	if old := c.sec.grant.Load(); old != nil && old.Subject != g.Subject {
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject")))
+		c.cfSend(cfError(id, cfErrPermissionDenied, "a refreshed token must have the same subject"))
 		return
 	}
 	c.setGrant(g)
-	c.send(wire.ServerFrame(ws.OpText, cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"`+cfExpiry(g)+`}`)))
+	c.cfSend(cfReply(id, "refresh", `{"client":"`+c.cfState().client+`","version":"kpush"`+cfExpiry(g)+`}`))
 }
 
 // cfSubscribe subscribes one channel. The reply is queued before the
@@ -191,11 +234,16 @@ func (s *Server) cfRefresh(c *conn, id uint32, token string) {
 func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 	fail := func(code int, msg string) {
 		s.metrics.clientErrors.WithLabelValues("centrifugo_subscribe").Inc()
-		c.send(wire.ServerFrame(ws.OpText, cfError(id, code, msg)))
+		c.cfSend(cfError(id, code, msg))
 	}
 	ch := req.Channel
 	if !router.ValidChannel(ch) {
 		fail(cfErrBadRequest, fmt.Sprintf("channel %q must match ^[A-Za-z0-9_.:@/-]{1,200}$", truncate(ch, 64)))
+		return
+	}
+	delta := req.Delta == cfDeltaFossil
+	if req.Delta != "" && !delta {
+		fail(cfErrBadRequest, fmt.Sprintf("delta %q is not supported (only %q)", truncate(req.Delta, 32), cfDeltaFossil))
 		return
 	}
 	if s.verifier != nil && !s.isPublic(ch) && !c.sec.grant.Load().Allows(ch) {
@@ -204,6 +252,12 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		return
 	}
 	c.mu.Lock()
+	if c.cfState().stale[ch] {
+		// The resubscribe asked for with 2500: the old subscription goes.
+		c.mu.Unlock()
+		s.unsubscribeQuiet(c, ch)
+		c.mu.Lock()
+	}
 	switch {
 	case contains(c.subs, ch):
 		c.mu.Unlock()
@@ -218,49 +272,156 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		c.mu.Unlock()
 		return
 	}
-	if req.Recover {
-		if part, _, ok := parseCFEpoch(req.Epoch); ok {
-			// Resume through protocol v1's seam (memory, then Kafka); its
-			// ok reply becomes the subscribe reply, and the records it
-			// sends first go into the reply's publications
-			// (cfFrameLocked).
-			if c.cfState().pending == nil {
-				c.cfState().pending = make(map[string]*cfPending)
-			}
-			c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch}
-			c.mu.Unlock()
-			s.subscribe(c, &Request{Op: "subscribe", ID: int64(id), Channels: []string{ch},
-				Since: map[string]map[string]int64{ch: {strconv.Itoa(int(part)): int64(req.Offset)}}})
-			return
-		}
-	}
 	c.subs = append(c.subs, ch)
-	c.mu.Unlock()
-	recovering := req.Recover
-	// The reply is queued under the channel's shard lock, before any
-	// publication of it: the SDKs drop publications of a subscription they
-	// have not seen answered. A channel whose last record is kept (routes
-	// with snapshot: true) answers its position, so that the SDK can
-	// recover from it later.
-	s.router.Subscribe(c, ch, func(v router.View) {
-		res := "{}"
-		if last := v.Last(); last != nil {
-			res = `{"recoverable":true,"epoch":"` + cfEpoch(last) + `","offset":` + strconv.FormatInt(last.Offset, 10)
-			if recovering {
-				res += `,"was_recovering":true`
-			}
-			res += "}"
-		} else if recovering {
-			res = `{"was_recovering":true}`
+	cf := c.cfState()
+	if delta {
+		if cf.delta == nil {
+			cf.delta = make(map[string]*router.Frame)
 		}
-		c.send(wire.ServerFrame(ws.OpText, cfReply(id, "subscribe", res)))
+		cf.delta[ch] = nil // no publication sent yet
+	}
+	c.mu.Unlock()
+	// Everything is decided under the channel's shard lock, before any
+	// later publication of it: the reply (or, when recovering, the
+	// records that resume the channel, then the reply) is queued first, and
+	// the SDKs drop publications of a subscription they have not seen
+	// answered.
+	var job *resumeJob
+	var ok map[string]bool // the v1 verdict of a resume served at once
+	start := time.Now()    // resume_timeout runs from here
+	s.router.Subscribe(c, ch, func(v router.View) {
+		if req.Recover {
+			if n := v.Newest(); n != nil && v.Partitions() == 1 && req.Epoch == cfEpoch(n) && int64(req.Offset) == n.Offset {
+				// The client has the channel's newest record, from the
+				// same unbroken stream: nothing to recover.
+				s.countResume("memory", true, 0)
+				c.mu.Lock()
+				cf.setPosLocked(ch, n.Partition)
+				c.mu.Unlock()
+				c.cfSend(cfReply(id, "subscribe", `{"recoverable":true,"positioned":true,"epoch":"`+
+					req.Epoch+`","offset":`+strconv.FormatInt(n.Offset, 10)+`,"was_recovering":true,"recovered":true`+cfDeltaMember(delta)+`}`))
+				return
+			}
+			if pos, ok2 := cfRecoverable(v, req.Epoch, req.Offset); ok2 {
+				// Resume through protocol v1's seam (memory, then Kafka);
+				// its ok reply becomes the subscribe reply, and the
+				// records it sends first go into the reply's
+				// publications (cfFrameLocked).
+				c.mu.Lock()
+				if c.cfState().pending == nil {
+					c.cfState().pending = make(map[string]*cfPending)
+				}
+				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, delta: delta, str: delta && !cf.proto,
+					reject: req.Flag&cfFlagRejectUnrecovered != 0}
+				c.mu.Unlock()
+				recovered := map[string]bool{ch: true}
+				reserve := okReserve(int64(id), recovered)
+				if rc := s.resumeChannel(c, ch, []partPos{pos}, v, recovered, reserve); rc != nil {
+					job = &resumeJob{t: c, id: int64(id), deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered,
+						reserve: reserve, chans: []*resumeChan{rc}}
+				} else {
+					ok = recovered
+				}
+				return
+			}
+			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
+			if req.Flag&cfFlagRejectUnrecovered != 0 {
+				c.mu.Lock()
+				cf.markStaleLocked(ch)
+				c.mu.Unlock()
+				c.cfSend(cfError(id, cfErrUnrecoverable, "unrecoverable position"))
+				return
+			}
+		}
+		res, sent, pos := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
+		c.mu.Lock()
+		if _, still := cf.delta[ch]; still && sent != nil {
+			cf.delta[ch] = sent // the base of the next delta
+		}
+		if pos != nil {
+			cf.setPosLocked(ch, pos.Partition)
+		}
+		c.mu.Unlock()
+		c.cfSend(cfReply(id, "subscribe", res))
 	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
 	c.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		s.router.Unsubscribe(c, ch) // the close may have taken c.subs before this subscribe
+	case job != nil:
+		s.submitResume(job) // its ok reply follows the replayed records
+	case ok != nil:
+		c.send(okFrame(int64(id), ok))
 	}
+}
+
+// cfRecoverable reports whether a recover from the client's epoch can be
+// answered exactly, and from which Kafka position: the epoch must be one
+// kpush gave, the channel's records must come from one partition, and that
+// partition and topic must be the epoch's. A channel with no retained
+// record here (another instance gave the position, or the route retains
+// nothing) is read back from Kafka from the position. Called under the
+// channel's shard lock.
+func cfRecoverable(v router.View, epoch string, offset uint64) (partPos, bool) {
+	topic, part, _, ok := parseCFEpoch(epoch)
+	if !ok || v.Partitions() > 1 {
+		return partPos{}, false
+	}
+	if n := v.Newest(); n != nil && (n.Topic != topic || n.Partition != part) {
+		return partPos{}, false
+	}
+	return partPos{p: part, after: int64(offset)}, offset <= math.MaxInt64
+}
+
+// cfSubscribeResult is the subscribe reply of a channel subscribed without
+// a recovery (recovering: one whose recover could not be exact). A channel
+// whose newest retained record says where its stream is, and whose records
+// come from one partition, is recoverable: the reply carries its position.
+// A channel of a route with snapshot: true gets its last record in the
+// reply's publications (Centrifugo's cache recovery mode); after a recover
+// that failed it comes with "recovered":false. Called under the channel's
+// shard lock. With delta (the subscription asked for delta: "fossil") the
+// reply says so; with str a publication's data is a JSON string (delta in
+// the JSON format). sent is the record sent in the reply, if any; pos the
+// record whose position the reply gives, if any.
+func cfSubscribeResult(v router.View, recovering, delta, str bool) (res string, sent, pos *router.Frame) {
+	b := []byte{'{'}
+	sep := func() {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+	}
+	if n := v.Newest(); n != nil && v.Partitions() == 1 {
+		pos = n
+		b = append(b, `"recoverable":true,"positioned":true,"epoch":"`...)
+		b = append(b, cfEpoch(n)...)
+		b = append(b, `","offset":`...)
+		b = strconv.AppendInt(b, n.Offset, 10)
+	}
+	if recovering {
+		sep()
+		b = append(b, `"was_recovering":true`...)
+	}
+	if last := v.Last(); last != nil {
+		if value, ok := recordValue(last.Payload); ok {
+			if !recovering {
+				sep()
+				b = append(b, `"recovered":true`...)
+			}
+			sep()
+			b = append(b, `"publications":[`...)
+			b = append(b, cfPubAs(last.Offset, value, str)...)
+			b = append(b, ']')
+			sent = last
+		}
+	}
+	if delta {
+		sep()
+		b = append(b, `"delta":true`...)
+	}
+	return string(append(b, '}')), sent, pos
 }
 
 // cfPending is a recovering subscription whose reply is not written yet.
@@ -269,25 +430,43 @@ type cfPending struct {
 	ch     string
 	offset uint64 // the position the client gave
 	epoch  string
+	reject bool   // answer error 112 rather than recovered:false
+	delta  bool   // delta: "fossil" negotiated
+	str    bool   // the publications' data are JSON strings (delta, JSON format)
 	pubs   []byte // publications gathered for the reply, comma separated
 	last   *router.Frame
 }
 
-// cfEpoch names a record's partition stream: its partition and the
-// consumer's continuity epoch, which changes when the read of the
-// partition may have a hole (a reset, a restart).
+// cfEpoch names a record's partition stream: "<topic>:<partition>:<continuity
+// epoch, base 36>". The continuity epoch changes when the consumer's read of
+// the partition may have a hole (a reset or truncation detected, a
+// restart), so a client can tell a new stream; the topic and partition say
+// which Kafka position the offsets are, on any instance. Topic names hold
+// no ':'.
 func cfEpoch(f *router.Frame) string {
-	return strconv.Itoa(int(f.Partition)) + "." + strconv.FormatUint(f.Epoch, 36)
+	b := make([]byte, 0, len(f.Topic)+24)
+	b = append(b, f.Topic...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(f.Partition), 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, f.Epoch, 36)
+	return string(b)
 }
 
-func parseCFEpoch(e string) (part int32, epoch uint64, ok bool) {
-	p, ep, found := strings.Cut(e, ".")
+// parseCFEpoch reads an epoch cfEpoch made.
+func parseCFEpoch(e string) (topic string, part int32, epoch uint64, ok bool) {
+	rest, ep, found := strings.Cut(e, ":")
 	if !found {
-		return 0, 0, false
+		return "", 0, 0, false
+	}
+	topic = rest
+	p, ep, found := strings.Cut(ep, ":")
+	if !found || strings.Contains(ep, ":") {
+		return "", 0, 0, false
 	}
 	n, err1 := strconv.ParseInt(p, 10, 32)
 	m, err2 := strconv.ParseUint(ep, 36, 64)
-	return int32(n), m, err1 == nil && err2 == nil && n >= 0
+	return topic, int32(n), m, err1 == nil && err2 == nil && n >= 0
 }
 
 // cfSubscribeReply turns protocol v1's answer to a recovering subscribe
@@ -323,12 +502,27 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		}
 		return cfError(r.ID, code, r.Message)
 	}
+	if pd.reject && !r.Recovered[pd.ch] {
+		c.cfState().markStaleLocked(pd.ch)
+		return cfError(r.ID, cfErrUnrecoverable, "unrecoverable position")
+	}
 	epoch, offset := pd.epoch, int64(pd.offset)
 	if pd.last != nil {
 		epoch, offset = cfEpoch(pd.last), pd.last.Offset
 	}
-	b := []byte(`{"recoverable":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
-		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]))
+	b := []byte(`{"recoverable":true,"positioned":true,"epoch":"` + epoch + `","offset":` + strconv.FormatInt(offset, 10) +
+		`,"was_recovering":true,"recovered":` + strconv.FormatBool(r.Recovered[pd.ch]) + cfDeltaMember(pd.delta))
+	cf := c.cfState()
+	if pd.delta && len(pd.pubs) > 0 {
+		if _, still := cf.delta[pd.ch]; still {
+			cf.delta[pd.ch] = pd.last // the base of the next delta
+		}
+	}
+	if pd.last != nil {
+		cf.setPosLocked(pd.ch, pd.last.Partition)
+	} else if _, part, _, ok := parseCFEpoch(epoch); ok {
+		cf.setPosLocked(pd.ch, part)
+	}
 	if len(pd.pubs) > 0 {
 		b = append(b, `,"publications":[`...)
 		b = append(b, pd.pubs...)
@@ -353,6 +547,11 @@ func (s *Server) unsubscribeQuiet(c *conn, ch string) {
 	clear(c.subs[len(kept):])
 	c.subs = kept
 	c.out.dropResume(ch)
+	if cf := c.cfState(); cf != nil {
+		delete(cf.delta, ch)
+		delete(cf.pos, ch)
+		delete(cf.stale, ch)
+	}
 	c.mu.Unlock()
 	if found {
 		s.router.Unsubscribe(c, ch)
@@ -378,14 +577,48 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			if len(pd.pubs) > 0 {
 				pd.pubs = append(pd.pubs, ',')
 			}
-			pd.pubs = append(pd.pubs, cfPub(f.Offset, v)...)
+			pd.pubs = append(pd.pubs, cfPubAs(f.Offset, v, pd.str)...)
 			pd.last = f
 			b = []byte{0x8A, 0}
 			break
 		}
-		b = wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, v))
+		cf := c.cfState()
+		if cf.stale[f.Channel] {
+			// Told to resubscribe: the SDK drops publications until then.
+			b = []byte{0x8A, 0}
+			break
+		}
+		if p, ok := cf.pos[f.Channel]; ok && p != f.Partition {
+			// The channel was answered with a position in partition p, and
+			// records of another partition come: its stream is not one
+			// partition, and its offsets do not say where the client is.
+			// Centrifugo's "insufficient state" unsubscribe (2500) makes
+			// the SDK resubscribe with recover, which is then answered
+			// recovered:false, without a position.
+			cf.markStaleLocked(f.Channel)
+			js := []byte(`{"push":{"channel":"` + f.Channel + `","unsubscribe":{"code":2500,"reason":"insufficient state"}}}`)
+			b = wire.ServerFrame(ws.OpText, js)
+			if cf.proto {
+				pb, err := cfReplyProto(js)
+				if err != nil {
+					return f
+				}
+				b = wire.ServerFrame(ws.OpBinary, pb)
+			}
+			break
+		}
+		if base, ok := cf.delta[f.Channel]; ok {
+			b = c.srv.cfPushes.pushDelta(f, v, base, cf.proto)
+			cf.delta[f.Channel] = f
+			break
+		}
+		b = c.srv.cfPushes.push(f, v, cf.proto)
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
-		b = wire.ServerFrame(ws.OpText, []byte("{}"))
+		if c.cfState().proto {
+			b = wire.ServerFrame(ws.OpBinary, cfPingProto)
+		} else {
+			b = wire.ServerFrame(ws.OpText, []byte("{}"))
+		}
 	case f.Channel == "" && len(c.cfState().pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
 		op, payload := serverFramePayload(f.Data)
 		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
@@ -396,6 +629,14 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			return f
 		}
 		b = wire.ServerFrame(ws.OpText, r)
+		if c.cfState().proto {
+			pb, err := cfReplyProto(r)
+			if err != nil {
+				c.srv.log.Error("gateway: centrifugo reply not sent", "err", err)
+				return f
+			}
+			b = wire.ServerFrame(ws.OpBinary, pb)
+		}
 	default:
 		return f
 	}
@@ -404,4 +645,78 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 	c.out.bytes += len(b) - len(f.Data)
 	c.out.frames[i] = nf
 	return nf
+}
+
+// cfSend queues a reply built in the JSON form, transcoded for a Protobuf
+// session.
+func (c *conn) cfSend(js []byte) {
+	if cf := c.cfState(); cf != nil && cf.proto {
+		b, err := cfReplyProto(js)
+		if err != nil {
+			c.srv.log.Error("gateway: centrifugo reply not sent", "err", err) // a kpush bug: its own replies
+			return
+		}
+		c.send(wire.ServerFrame(ws.OpBinary, b))
+		return
+	}
+	c.send(wire.ServerFrame(ws.OpText, js))
+}
+
+// handleCentrifugoProto answers the Commands of one binary message of a
+// Protobuf session (compressed: permessage-deflate). It returns false once
+// the connection is closing.
+func (s *Server) handleCentrifugoProto(c *conn, p []byte, compressed bool) bool {
+	if compressed {
+		m, err := inflateMessage(p, s.lim().MaxMessageBytes)
+		switch {
+		case err == errInflatedTooLarge:
+			s.metrics.clientErrors.WithLabelValues("message_too_big").Inc()
+			c.closeWith(ws.StatusMessageTooBig, err.Error(), true)
+			return false
+		case err != nil:
+			s.metrics.clientErrors.WithLabelValues("bad_deflate").Inc()
+			c.closeWith(ws.StatusInvalidFramePayloadData, "compressed message does not inflate", true)
+			return false
+		}
+		p = m
+	}
+	alive := true
+	err := cfDecodeProto(p, func(cmd *cfCommand) bool {
+		if ok, live := c.allowRequest(nil); !ok {
+			if live {
+				c.cfSend(cfError(0, 111, "too many requests"))
+			}
+			alive = live
+			return false
+		}
+		alive = s.centrifugoCommand(c, cmd)
+		return alive
+	})
+	if err != nil && alive {
+		s.metrics.clientErrors.WithLabelValues("centrifugo_bad_command").Inc()
+		c.closeWith(cfCloseBadRequest, "bad request", true)
+		return false
+	}
+	return alive
+}
+
+// cfDeltaFossil is the one delta type kpush computes.
+const cfDeltaFossil = "fossil"
+
+// cfDeltaMember is the subscribe reply's member saying that delta
+// compression was negotiated.
+func cfDeltaMember(delta bool) string {
+	if delta {
+		return `,"delta":true`
+	}
+	return ""
+}
+
+// cfPubAs encodes a publication for a subscribe reply: its data a JSON
+// string with str (a subscription with delta in the JSON format).
+func cfPubAs(offset int64, value []byte, str bool) []byte {
+	if str {
+		return cfPubString(offset, value, false)
+	}
+	return cfPub(offset, value)
 }

@@ -166,25 +166,27 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	g := startSSEServer(t, nil)
 	pub := func(from, to int64) {
 		for o := from; o <= to; o++ {
-			g.srv.Publish(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
+			g.srv.Publish(&Message{Channel: "ticks.AAPL", Topic: "ticks", Partition: 3, Offset: o, Epoch: 7, Timestamp: time.Now().UnixMilli(),
 				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
 		}
 	}
 	pub(100, 100) // the channel's position before the client comes
 	cl := cfClient(t, g.addr, centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	pubs, recovered := cfSub(t, cl, "ticks.AAPL")
+	// The route keeps the last record: the SDK gets it on subscribe
+	// (Centrifugo's cache mode), and the channel's position.
 	var got []int64
 	read := func(n int) {
 		for len(got) < n {
 			e := nextPub(t, pubs)
-			if int64(e.Offset) != 101+int64(len(got)) || string(e.Data) != fmt.Sprintf(`{"o":%d}`, e.Offset) {
+			if int64(e.Offset) != 100+int64(len(got)) || string(e.Data) != fmt.Sprintf(`{"o":%d}`, e.Offset) {
 				t.Fatalf("after %v: offset %d data %s", got, e.Offset, e.Data)
 			}
 			got = append(got, int64(e.Offset))
 		}
 	}
 	pub(101, 120)
-	read(20)
+	read(21)
 	for _, c := range g.srv.conns.Snapshot() {
 		c.abort() // the cut
 	}
@@ -195,17 +197,35 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("not resubscribed within 15s")
 	}
-	if !ev.WasRecovering || !ev.Recovered {
+	if !ev.WasRecovering || !ev.Recovered || !ev.Recoverable || ev.StreamPosition == nil || ev.StreamPosition.Epoch != "ticks:3:7" {
 		t.Fatalf("resubscribed with %+v", ev)
 	}
 	pub(141, 150)
-	read(50)
+	read(51)
 }
 
 // TestCentrifugoNodeSDK runs the centrifuge npm package (centrifuge-js) in
 // Node: exact data, a server-side cut recovered with no gap and no
 // duplicate, and the "not available" answers.
 func TestCentrifugoNodeSDK(t *testing.T) {
+	runSDKScript(t, sdkRun{}, nodeSDKCommand(t, ""))
+}
+
+// TestCentrifugoNodeSDKSecondInstance: the same, the reconnect reaching a
+// second kpush instance.
+func TestCentrifugoNodeSDKSecondInstance(t *testing.T) {
+	runSDKScript(t, sdkRun{second: true}, nodeSDKCommand(t, ""))
+}
+
+// TestCentrifugoNodeSDKProtobuf: the same with the package's Protobuf
+// build, in the Protobuf format.
+func TestCentrifugoNodeSDKProtobuf(t *testing.T) {
+	runSDKScript(t, sdkRun{proto: true}, nodeSDKCommand(t, "protobuf"))
+}
+
+// nodeSDKCommand runs cf_client.mjs; format "protobuf" selects the
+// package's Protobuf build.
+func nodeSDKCommand(t *testing.T, format string) func(url string) *exec.Cmd {
 	node, err := exec.LookPath("node")
 	if _, statErr := os.Stat("testdata/node/node_modules/centrifuge"); err != nil || statErr != nil {
 		if os.Getenv("CI") != "" {
@@ -213,12 +233,31 @@ func TestCentrifugoNodeSDK(t *testing.T) {
 		}
 		t.Skip("node or the centrifuge package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "40") })
+	return func(url string) *exec.Cmd {
+		return exec.Command(node, "testdata/node/cf_client.mjs", url, "x", "41", format)
+	}
 }
 
 // TestCentrifugoPythonSDK is the same with centrifuge-python (PyPI), from
 // the virtual environment .ci/run makes in gateway/testdata/python/.venv.
 func TestCentrifugoPythonSDK(t *testing.T) {
+	runSDKScript(t, sdkRun{}, pythonSDKCommand(t, ""))
+}
+
+// TestCentrifugoPythonSDKSecondInstance: the same, the reconnect reaching
+// a second kpush instance.
+func TestCentrifugoPythonSDKSecondInstance(t *testing.T) {
+	runSDKScript(t, sdkRun{second: true}, pythonSDKCommand(t, ""))
+}
+
+// TestCentrifugoPythonSDKProtobuf: the same in the Protobuf format.
+func TestCentrifugoPythonSDKProtobuf(t *testing.T) {
+	runSDKScript(t, sdkRun{proto: true}, pythonSDKCommand(t, "protobuf"))
+}
+
+// pythonSDKCommand runs cf_client.py; format "protobuf" selects the
+// Protobuf format.
+func pythonSDKCommand(t *testing.T, format string) func(url string) *exec.Cmd {
 	py := "testdata/python/.venv/bin/python"
 	if _, err := os.Stat(py); err != nil {
 		if os.Getenv("CI") != "" {
@@ -226,25 +265,43 @@ func TestCentrifugoPythonSDK(t *testing.T) {
 		}
 		t.Skip("no gateway/testdata/python/.venv (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)")
 	}
-	runSDKScript(t, func(url string) *exec.Cmd { return exec.Command(py, "testdata/python/cf_client.py", url, "x", "40") })
+	return func(url string) *exec.Cmd {
+		return exec.Command(py, "testdata/python/cf_client.py", url, "x", "41", format)
+	}
 }
 
 // runSDKScript runs an SDK client script against a gateway: it must
-// subscribe to x, print its events as JSON lines, and after 40
-// publications try publish and history. Records 2..21 arrive live, 22..31
+// subscribe to x, print its events as JSON lines, and after 41
+// publications try publish and history. Record 1 comes with the subscribe
+// reply (the route keeps the last record), 2..21 arrive live, 22..31
 // while the connection is cut at the server (recovered on resubscribe),
-// 32..41 live again.
-func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
+// 32..41 live again. With second, the client goes through a proxy that
+// sends its reconnect to a second instance (fed the same records, its own
+// continuity epoch), which recovers it.
+func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) {
+	second := run.second
 	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
+	srvs := []*Server{g.srv}
+	var b *served
+	addr := g.addr
+	var proxy *switchProxy
+	if second {
+		b = startSSEServer(t, nil)
+		srvs = append(srvs, b.srv)
+		proxy = startSwitchProxy(t, g.addr)
+		addr = proxy.ln.Addr().String()
+	}
 	pub := func(from, to int64) {
 		for o := from; o <= to; o++ {
-			g.srv.Publish(&Message{Channel: "x", Partition: 0, Offset: o, Epoch: 3, Timestamp: time.Now().UnixMilli(),
-				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			for i, s := range srvs {
+				s.Publish(&Message{Channel: "x", Topic: "t", Partition: 0, Offset: o, Epoch: uint64(3 + i), Timestamp: time.Now().UnixMilli(),
+					Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			}
 		}
 	}
 	pub(1, 1)
-	cmd := command(cfURL(g.addr))
+	cmd := command(cfURL(addr))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -306,8 +363,18 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	}
 	expect("subscribed")
 	waitSubscribed(t, g.srv, 1)
+	for _, c := range g.srv.conns.Snapshot() {
+		if cf := c.cfState(); cf == nil || cf.proto != run.proto {
+			t.Fatalf("the script's session: %+v, want Protobuf %v", cf, run.proto)
+		}
+	}
+	readPubs(1) // the route's snapshot: the last record on subscribe
 	pub(2, 21)
-	readPubs(20)
+	readPubs(21)
+	if second {
+		bAddr := b.addr
+		proxy.target.Store(&bAddr)
+	}
 	for _, c := range g.srv.conns.Snapshot() {
 		c.abort() // the cut
 	}
@@ -315,10 +382,14 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 	if l := expect("subscribed"); !l.Recovered || !l.WasRecovering {
 		t.Fatalf("resubscribed with %+v", l)
 	}
-	readPubs(30)
+	readPubs(31)
+	if second && b.srv.Connections() != 1 {
+		// Before the last records: the script disconnects after them.
+		t.Fatalf("the client is not on the second instance (%d connections there)", b.srv.Connections())
+	}
 	pub(32, 41)
-	readPubs(40)
-	if fmt.Sprint(got) != fmt.Sprint(span(2, 41)) {
+	readPubs(41)
+	if fmt.Sprint(got) != fmt.Sprint(span(1, 41)) {
 		t.Fatalf("got %v", got)
 	}
 	for _, name := range []string{"publish", "history"} {
@@ -330,6 +401,10 @@ func runSDKScript(t *testing.T, command func(url string) *exec.Cmd) {
 		t.Fatalf("state after the not-available answers: %+v", l)
 	}
 }
+
+// sdkRun is how runSDKScript runs: second sends the reconnect to a second
+// instance; proto expects the script to use the Protobuf format.
+type sdkRun struct{ second, proto bool }
 
 // switchProxy forwards TCP connections to whichever address target holds.
 type switchProxy struct {
@@ -394,6 +469,9 @@ func TestCentrifugoGoSDKRecoversOnSecondInstance(t *testing.T) {
 	proxy := startSwitchProxy(t, a.addr)
 	cl := cfClient(t, proxy.ln.Addr().String(), centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	pubs, resubscribed := cfSub(t, cl, "x")
+	if e := nextPub(t, pubs); e.Offset != 1 {
+		t.Fatalf("the snapshot on subscribe has offset %d", e.Offset)
+	}
 	var got []int64
 	read := func(n int) {
 		for len(got) < n {

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"unicode/utf8"
@@ -12,18 +11,18 @@ import (
 	"github.com/kpush/kpush/router"
 )
 
-// conn is one upgraded WebSocket connection. While idle it holds its
-// descriptor, its subscriptions and a few counters: no goroutine and no
-// buffer. Reading happens on a worker when epoll reports the socket readable;
-// writing happens on a worker when frames are queued.
+// conn is one upgraded WebSocket connection: its session (session.go:
+// subscriptions, grant, outbound queue, under mu) and its transport, below.
+// While idle it holds its descriptor, its subscriptions and a few counters:
+// no goroutine and no buffer. Reading happens on a worker when epoll
+// reports the socket readable; writing happens on a worker when frames are
+// queued. It is the session's transport: conn passes itself to the
+// session's methods.
 type conn struct {
-	srv *Server
-	fd  int
+	session
+
+	fd  int32  // the descriptor; -1 once released
 	gen uint32 // distinguishes this conn from earlier users of the same fd
-	// flags is guarded by mu; it sits here, in gen's padding, to keep an
-	// idle conn in a smaller allocation size class.
-	flags connFlags
-	ip    string
 
 	lastSeen atomic.Int64 // coarse ms of the last frame read from the client
 	pingDue  atomic.Int64 // coarse ms at which the next server ping is due
@@ -32,13 +31,9 @@ type conn struct {
 	// otherwise its TLS state, event stream or Centrifugo session. Set
 	// before the conn is registered.
 	alt *altProto
-	sec connSec // token grant, expiry and request rate (security_linux.go)
 
-	mu      sync.Mutex
-	out     outbound // guarded by mu; frames on their way to the socket (outbound.go)
-	closeAt int64    // guarded by mu; coarse ms after which a closing conn is cut
-	timerAt int64    // guarded by mu; when (monoMillis) its entry in the server's timer wheel is due, 0: none
-	subs    []string // guarded by mu; channels subscribed to
+	closeAt int64 // guarded by mu; coarse ms after which a closing conn is cut
+	timerAt int64 // guarded by mu; when (monoMillis) its entry in the server's timer wheel is due, 0: none
 
 	// rd is the read state, touched only by the worker running onReadable
 	// (epoll's one-shot arming guarantees there is at most one); nil while
@@ -122,90 +117,45 @@ func (c *conn) readState() *readState {
 	return c.rd
 }
 
-type connFlags uint8
-
-const (
-	flagFlushing connFlags = 1 << iota // a flush is queued or running
-	flagWaitOut                        // socket buffer full; waiting for EPOLLOUT
-	flagReading                        // a worker is running onReadable
-	flagClosing                        // a close frame is queued; no more frames
-	flagClosed                         // descriptor released or about to be
-	flagRecent                         // something was queued since the last sweep
-	flagDelayed                        // records wait for write_delay: the timer schedules the flush
+var (
+	_ router.Sink = (*conn)(nil)
+	_ transport   = (*conn)(nil)
 )
 
-var _ router.Sink = (*conn)(nil)
+// Enqueue queues a shared frame for writing (session.deliver). It is called
+// by the router with a shard lock held, so it only appends and schedules.
+func (c *conn) Enqueue(f *router.Frame) bool { return c.deliver(c, f) }
 
-// Enqueue queues a shared frame for writing. It is called by the router
-// with a shard lock held, so it only appends and schedules; it never writes.
-// Frames of a channel being resumed go through its resume state first
-// (resume_linux.go); a full queue applies the route's slow-consumer policy
-// (outbound.go).
-func (c *conn) Enqueue(f *router.Frame) bool {
-	c.mu.Lock()
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		c.mu.Unlock()
-		return false
-	}
-	ok := c.queueLocked(f)
-	queued := c.out.bytes
-	c.mu.Unlock()
-	if !ok {
-		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", queued)
-		c.closeWith(CloseSlowConsumer, "slow consumer", true)
-	}
-	return ok
+// send, allowRequest and closeWith are the session's methods of the same
+// names with c as the transport, for the connection's own code (reading,
+// the ticker, event streams, Centrifugo).
+
+func (c *conn) sess() *session                         { return &c.session }
+func (c *conn) send(b []byte)                          { c.session.send(c, b) }
+func (c *conn) allowRequest(p []byte) (ok, alive bool) { return c.session.allowRequest(c, p) }
+func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
+	c.session.closeWith(c, code, reason, dropPending)
 }
 
-// send queues a frame private to this connection (a reply or a control
-// frame). Replies count against the same bounds as records
-// (max_queue_bytes, max_queue_messages): a client that keeps sending
-// requests without reading the replies is closed as a slow consumer (4008)
-// once they are reached.
-func (c *conn) send(b []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.sendLocked(b)
-}
-
-// sendLocked is send with c.mu held.
-func (c *conn) sendLocked(b []byte) {
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		return
-	}
-	if !c.out.fits(c.bounds(), 1, len(b)) {
-		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer: replies not read", "ip", c.ip, "queued_bytes", c.out.bytes)
-		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
-		return
-	}
-	c.out.add(&router.Frame{Data: b})
-	c.flags |= flagRecent
-	c.scheduleLocked()
-}
-
-// queueLocked passes a live frame to the outbound queue (its channel's
-// resume state, then the bounds and the route's slow-consumer policy) and
-// schedules a flush when it was queued. It returns false when the
-// connection must be closed as a slow consumer. Caller holds c.mu.
-func (c *conn) queueLocked(f *router.Frame) bool {
-	var now int64
-	if f.MaxRate > 0 || c.out.caps != nil {
-		now = monoMillis() // capped channels only: the coarse clock is 100 ms
-	}
-	switch c.out.enqueue(f, now, c.bounds(), &c.srv.policy) {
-	case pushRefused:
-		return false
-	case pushQueued:
-		c.flags |= flagRecent
+// wakeLocked schedules a flush: at once, or with write_delay for a live
+// record (delayed). Caller holds c.mu.
+func (c *conn) wakeLocked(delayed bool) {
+	if delayed {
 		c.scheduleDelayedLocked()
-	case pushReplaced:
-		c.flags |= flagRecent
-	case pushDeferred:
-		c.armLocked(c.out.capDue(f.Channel))
+	} else {
+		c.scheduleLocked()
 	}
-	return true
+}
+
+// closingLocked starts the close grace period, flushes the queued close
+// frame and, when unsubscribe, leaves the router to a worker (see
+// session.dropSubscriptions). Caller holds c.mu.
+func (c *conn) closingLocked(unsubscribe bool) {
+	c.closeAt = c.srv.clock.Load() + closeGraceMS
+	c.scheduleLocked()
+	if unsubscribe {
+		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Closing})
+	}
 }
 
 // scheduleDelayedLocked schedules a flush for a record: at once, or with
@@ -237,9 +187,9 @@ func (c *conn) armLocked(due int64) {
 }
 
 // onTimer runs on the timer wheel's goroutine when the connection's entry
-// falls due: it releases the pending frames of its capped channels whose
-// interval has passed and ends a write delay, all in one flush, and re-arms
-// for the next capped frame.
+// falls due: it ends a write delay and has the session release its capped
+// channels' frames whose interval has passed, all in one flush
+// (session.releaseDueLocked).
 func (c *conn) onTimer(now int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -252,26 +202,7 @@ func (c *conn) onTimer(now int64) {
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return
 	}
-	queued, ok, next := c.out.releaseDue(now, c.bounds(), &c.srv.policy)
-	if !ok {
-		c.srv.metrics.slowConsumers.WithLabelValues("disconnect").Inc()
-		c.srv.log.Debug("closing slow consumer", "ip", c.ip, "queued_bytes", c.out.bytes)
-		c.closeLocked(CloseSlowConsumer, "slow consumer", true)
-		return
-	}
-	if queued {
-		c.flags |= flagRecent
-	}
-	if (queued || delayed) && len(c.out.frames) > 0 {
-		c.scheduleLocked()
-	}
-	c.armLocked(next)
-}
-
-// bounds returns the connection's queue limits, as they are now.
-func (c *conn) bounds() queueBounds {
-	lim := c.srv.lim()
-	return queueBounds{messages: lim.MaxQueueMessages, bytes: lim.MaxQueueBytes}
+	c.releaseDueLocked(c, now, delayed)
 }
 
 // scheduleLocked hands the conn to a worker for flushing unless one is
@@ -329,7 +260,7 @@ func (c *conn) flush(w *worker) {
 		c.out.inflight = int32(len(iov))
 		c.mu.Unlock()
 
-		n, err := netpoll.Writev(c.fd, iov)
+		n, err := netpoll.Writev(int(c.fd), iov)
 		c.srv.socketWrites.Add(1)
 		clear(w.iov[:len(iov)]) // drop references to frame memory
 
@@ -349,14 +280,14 @@ func (c *conn) flush(w *worker) {
 }
 
 // endFlushLocked ends a flush that has nothing left to write; a closing
-// connection is then half-closed (finish). Caller holds c.mu, which is
+// connection is then half-closed (shutWrite). Caller holds c.mu, which is
 // released.
 func (c *conn) endFlushLocked() {
 	c.flags &^= flagFlushing
 	closing := c.flags&flagClosing != 0
 	c.mu.Unlock()
 	if closing {
-		c.finish()
+		c.shutWrite()
 	}
 }
 
@@ -389,7 +320,7 @@ func (c *conn) writeFailedLocked(err error) {
 	if netpoll.IsWouldBlock(err) {
 		c.flags = c.flags&^flagFlushing | flagWaitOut
 		if c.flags&flagClosed == 0 {
-			if err := c.srv.writePoller.Rearm(c.fd, c.gen); err != nil {
+			if err := c.srv.writePoller.Rearm(int(c.fd), c.gen); err != nil {
 				c.flags &^= flagWaitOut
 				c.mu.Unlock()
 				c.pollerFailed("rearm for writing", err)
@@ -449,7 +380,7 @@ func (c *conn) onReadable(w *worker) {
 			// crypto/tls may hold records epoll cannot see: read again.
 			c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 		} else {
-			rearmErr = c.srv.readPoller.Rearm(c.fd, c.gen)
+			rearmErr = c.srv.readPoller.Rearm(int(c.fd), c.gen)
 		}
 	}
 	c.releaseIfIdleLocked()
@@ -568,6 +499,16 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		c.closeWith(code, "", true)
 		return false
 	case ws.OpBinary:
+		if cf := c.cfState(); cf != nil && cf.proto {
+			if !f.Fin {
+				rd := c.readState()
+				rd.msg = append(make([]byte, 0, len(f.Payload)*2), f.Payload...)
+				rd.msgOp = ws.OpBinary
+				rd.msgZ = f.Compressed
+				return true
+			}
+			return c.srv.handleCentrifugoProto(c, f.Payload, f.Compressed)
+		}
 		c.srv.metrics.clientErrors.WithLabelValues("binary_frame").Inc()
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
 		return false
@@ -601,6 +542,11 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		}
 		msg := rd.msg
 		rd.msg = nil
+		if rd.msgOp == ws.OpBinary {
+			z := rd.msgZ
+			rd.msgZ = false
+			return c.srv.handleCentrifugoProto(c, msg, z) // only Protobuf sessions start binary messages
+		}
 		if rd.msgZ {
 			rd.msgZ = false
 			return c.handleCompressed(msg)
@@ -641,59 +587,6 @@ func (c *conn) handleText(p []byte) bool {
 	return true
 }
 
-// closeWith queues a close frame and marks the connection closing; the
-// descriptor is released once the frame is written or when the close
-// deadline passes. dropPending discards frames not yet started.
-func (c *conn) closeWith(code ws.StatusCode, reason string, dropPending bool) {
-	c.mu.Lock()
-	c.closeLocked(code, reason, dropPending)
-	c.mu.Unlock()
-}
-
-// closeLocked is closeWith with c.mu held.
-func (c *conn) closeLocked(code ws.StatusCode, reason string, dropPending bool) {
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		return
-	}
-	c.flags |= flagClosing
-	c.out.caps = nil // pending capped frames are never written now
-	for ch := range c.out.resume {
-		c.out.dropResume(ch)
-	}
-	if dropPending {
-		c.out.dropPending()
-	}
-	c.out.add(&router.Frame{Data: wire.CloseFrame(code, reason)})
-	c.closeAt = c.srv.clock.Load() + closeGraceMS
-	c.scheduleLocked()
-	c.srv.metrics.closes.WithLabelValues(closeReason(code)).Inc()
-	if r := closeRejectReason(code); r != "" {
-		c.srv.metrics.rejected.WithLabelValues(r).Inc()
-	}
-	if len(c.subs) > 0 {
-		// closeWith may run inside Enqueue, under a router shard lock,
-		// so the router is left to a worker (see dropSubscriptions).
-		c.srv.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Closing})
-	}
-}
-
-// dropSubscriptions removes a closing connection from the router. It runs on
-// a worker, never under a router lock. Subscribe adds nothing once the conn
-// is closing, so this sees the final list.
-func (c *conn) dropSubscriptions() {
-	c.mu.Lock()
-	subs := c.subs
-	c.subs = nil
-	c.mu.Unlock()
-	if len(subs) > 0 {
-		c.srv.router.Unsubscribe(c, subs...)
-	}
-}
-
-// closeGraceMS is how long a closing connection may take to accept its close
-// frame before it is cut.
-const closeGraceMS = 2000
-
 // abort drops the connection without a close handshake. It must not be
 // called under a router lock.
 func (c *conn) abort() {
@@ -709,18 +602,17 @@ func (c *conn) abort() {
 	}
 }
 
-// finish releases a connection whose close frame has been written.
-//
-// It half-closes: the write side is shut (the client sees FIN after the close
-// frame) while reading goes on until the client's close frame or EOF, or
-// until the close grace period ends (the ticker cuts it). Closing the socket
-// at once instead would make the kernel answer any client bytes still in
-// flight with a reset, which can destroy the close frame before the client
-// reads it.
-func (c *conn) finish() {
+// shutWrite half-closes a connection whose close frame has been written:
+// the write side is shut (the client sees FIN after the close frame) while
+// reading goes on until the client's close frame or EOF, or until the close
+// grace period ends (the ticker cuts it). Closing the socket at once
+// instead would make the kernel answer any client bytes still in flight
+// with a reset, which can destroy the close frame before the client reads
+// it.
+func (c *conn) shutWrite() {
 	c.mu.Lock()
 	if c.flags&flagClosed == 0 && c.fd >= 0 {
-		if err := syscall.Shutdown(c.fd, syscall.SHUT_WR); err != nil {
+		if err := syscall.Shutdown(int(c.fd), syscall.SHUT_WR); err != nil {
 			c.flags |= flagClosed // the peer is gone already
 		}
 	}
@@ -735,7 +627,7 @@ func (c *conn) releaseIfIdleLocked() {
 	if c.flags&flagClosed == 0 || c.flags&(flagReading|flagFlushing) != 0 || c.fd < 0 {
 		return
 	}
-	fd := c.fd
+	fd := int(c.fd)
 	c.srv.readPoller.Remove(fd)
 	c.srv.writePoller.Remove(fd)
 	c.srv.conns.Remove(fd, c)
@@ -751,7 +643,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.frames = nil
 	c.out.bytes = 0
 	c.out.resume = nil
-	c.out.held = 0
+	c.out.heldCount = 0
 	c.out.conflated = nil
 	c.out.caps = nil
 	if c.out.deflate {

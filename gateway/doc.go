@@ -3,21 +3,42 @@
 // Where things are. The transport (epoll, descriptors, the registry, the
 // worker queue, the TLS bridge) is package gateway/internal/netpoll; the
 // frame codec and protocol v1's types are package gateway/wire. This
-// package builds connections and sessions on them:
-//   - handshake.go, clientaddr*.go, proxyproto.go: the upgrade, its checks
-//     and the real client address;
+// package builds connections and sessions on them. A connection has two
+// halves: its session, the same on every system and unit-tested without a
+// socket, and its transport, Linux-only.
+//
+// The session half (portable; tests drive it through a fake transport):
+//   - session.go: the session type (subscriptions, grant, outbound queue,
+//     closing) and the transport interface it reaches its connection
+//     through; delivering records, replies and the close frame;
+//   - requests.go: a request and its reply: subscribe (with since or
+//     snapshot), unsubscribe;
+//   - security.go: the request rate, grants and authorization, refresh;
+//   - resume_seam.go: resumes from a position, from the router's history or
+//     read back from Kafka by the resume pool (the seam is described at its
+//     top); resume.go: the Replayer it reads through;
+//   - outbound.go, capped.go: a connection's queue of frames, its bounds,
+//     the slow-consumer policy (conflation), frequency caps and the resume
+//     seam's per-channel state;
 //   - protocol.go: request parsing, replies, EncodeRecord (a router.Record
-//     encoded once as a complete frame; Server.Encode is the router's
-//     Encoder);
-//   - outbound.go: a connection's queue of frames, its bounds, the
-//     slow-consumer policy (conflation) and the resume seam's per-channel
-//     state; portable, unit-tested without a socket (outbound_test.go);
-//   - conn_linux.go, tls_linux.go: reading frames and flushing the queue of
-//     one connection; closing it;
-//   - session_linux.go, security_linux.go, resume_linux.go: subscribe and
-//     unsubscribe, tokens, grants and refresh, resumes read back from Kafka;
-//   - server_linux.go, metrics_linux.go: the Server, its workers, ticker,
-//     drain and metrics.
+//     encoded once as a complete frame);
+//   - server.go, metrics.go: the Server's sessions' half (configuration,
+//     limits, verifier, resume queue, Encode, the router's Encoder, and
+//     Publish) and the metrics.
+//
+// The transport half (the _linux.go files; the parsers they use are
+// portable and tested on any system):
+//   - handshake.go, clientaddr*.go, proxyproto.go, security_linux.go: the
+//     upgrade, its checks (origin, token, slots) and the real client
+//     address;
+//   - conn_linux.go, tls_linux.go: conn, a session with its descriptor:
+//     reading frames and flushing the queue; closing, half-closing
+//     (shutWrite) and releasing it;
+//   - server_linux.go: the Server's transport half (netState), its
+//     listener, workers, ticker and drain;
+//   - sse*.go and centrifugo*.go: event streams and Centrifugo's client
+//     protocol on the same connections (their encoders portable, the rest
+//     on conn).
 //
 // Every Linux-only file is named _linux.go and carries no build tag; on
 // other systems New returns an error (server_other.go).
@@ -42,12 +63,17 @@
 //     epoll_wait is fatal (Server.Err, and Serve returns it). The system
 //     calls on kpush's own descriptors go through netpoll.Sys, which tests
 //     replace to inject faults.
+//   - A connection's session mu guards its outbound queue, subscriptions
+//     and flags. The session calls its transport's Locked methods (wake the
+//     writer, arm the timer, closing) with mu held; they never block or
+//     take a router lock, so a record can be queued from inside the
+//     router's fan-out.
 //   - Publishing (the router's fan-out, with each record encoded once by
 //     Server.Encode) only appends to
 //     per-connection queues, which are bounded in bytes and messages; when a
 //     record does not fit, its route's policy applies (outbound.go): close
 //     with 4008, or conflate to the newest pending record per channel.
-//   - A subscribe with since resumes from Kafka positions (resume_linux.go,
+//   - A subscribe with since resumes from Kafka positions (resume_seam.go,
 //     which explains the seam): from the router's per-channel history under
 //     its lock, or else read back from Kafka through the Replayer by a
 //     bounded pool of resume_concurrency goroutines, while the channel's

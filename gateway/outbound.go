@@ -13,13 +13,14 @@ import (
 
 // outbound is one connection's queue of frames on their way to its socket,
 // with its bounds, the slow-consumer policy that applies when a frame does
-// not fit, and the per-channel state of the resume seam (resume_linux.go
-// explains the seam). It knows nothing of sockets: the connection
-// (conn_linux.go) writes from the front of frames and reports what was
-// written with consume, and unit tests drive it directly (outbound_test.go).
+// not fit, and the per-channel state of the resume seam (resume_seam.go
+// explains the seam). It knows nothing of sockets: the connection's
+// transport (conn_linux.go) writes from the front of frames and reports
+// what was written with consume, and unit tests drive it directly
+// (outbound_test.go).
 //
-// It is not safe for concurrent use: the connection's mu guards it, and
-// every method assumes the caller holds that lock.
+// It is not safe for concurrent use: its session's mu guards it, and every
+// method assumes the caller holds that lock.
 //
 // Slow consumers. The queue is bounded by max_queue_messages and
 // max_queue_bytes (live frames held for a resume included). When a frame
@@ -44,7 +45,7 @@ type outbound struct {
 	head      int                    // bytes of frames[0] already written
 	inflight  int32                  // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
 	deflate   bool                   // the connection negotiated permessage-deflate: write Deflated when a frame has it
-	held      int                    // live frames held aside for resumes (chanResume.held)
+	heldCount int                    // live frames held aside for resumes: the sum of every chanResume.held's length
 	conflated map[string]skipMark    // channel → records dropped by conflation or a cap, not yet reported
 	resume    map[string]*chanResume // channels replaying or with floors
 	caps      *capSet                // frequency-capped channels (capped.go); nil: none
@@ -102,7 +103,7 @@ const (
 
 // fits reports whether n more frames of size bytes fit the bounds.
 func (o *outbound) fits(b queueBounds, n, size int) bool {
-	return len(o.frames)+o.held+n <= b.messages && o.bytes+size <= b.bytes
+	return len(o.frames)+o.heldCount+n <= b.messages && o.bytes+size <= b.bytes
 }
 
 // protected is how many frames at the head of the queue are on their way to
@@ -296,7 +297,7 @@ func (o *outbound) dropPending() {
 	o.frames = o.frames[:keep]
 }
 
-// The resume seam's per-channel state (resume_linux.go explains the seam).
+// The resume seam's per-channel state (resume_seam.go explains the seam).
 
 // partPos is a position in one partition: the client has every record up to
 // and including offset after.
@@ -378,7 +379,7 @@ func (o *outbound) hold(st *chanResume, f *router.Frame, b queueBounds, pc *poli
 		st.lossy = true
 	}
 	st.held = append(st.held, f)
-	o.held++
+	o.heldCount++
 	o.bytes += len(f.Data)
 	return pushAside
 }
@@ -401,7 +402,7 @@ func (o *outbound) releaseHeld(st *chanResume) {
 	for _, h := range st.held {
 		o.bytes -= len(h.Data)
 	}
-	o.held -= len(st.held)
+	o.heldCount -= len(st.held)
 	clear(st.held)
 	st.held = st.held[:0]
 }
@@ -448,7 +449,7 @@ func (o *outbound) finishResume(ch string, st *chanResume, frames []*router.Fram
 	}
 	held := st.held
 	st.held, st.replaying = nil, false
-	o.held -= len(held)
+	o.heldCount -= len(held)
 	for _, h := range held {
 		if st.below(h) {
 			o.bytes -= len(h.Data)
@@ -506,9 +507,11 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 	b = append(b, rest...)
 	return &router.Frame{
 		Channel:   f.Channel,
+		Topic:     f.Topic,
 		Partition: f.Partition,
 		Offset:    f.Offset,
 		Timestamp: f.Timestamp,
+		Epoch:     f.Epoch,
 		Data:      b,
 		Payload:   b[h:],
 		Conflate:  f.Conflate,

@@ -70,8 +70,8 @@ func checkBytes(t *testing.T, o *outbound) {
 		}
 		held += len(st.held)
 	}
-	if n != o.bytes || held != o.held {
-		t.Fatalf("bytes %d held %d, but the queue holds %d bytes and %d held frames", o.bytes, o.held, n, held)
+	if n != o.bytes || held != o.heldCount {
+		t.Fatalf("bytes %d held %d, but the queue holds %d bytes and %d held frames", o.bytes, o.heldCount, n, held)
 	}
 }
 
@@ -262,8 +262,8 @@ func TestOutboundResumeOverflow(t *testing.T) {
 	if res := o.enqueue(rec("r", 24, false), 0, r.b, pc); res != pushQueued {
 		t.Fatalf("r@24 past the bounds while replaying: %d, want queued live (resume abandoned)", res)
 	}
-	if count(t, pc.abandoned) != 1 || o.held != 0 || !st.lossy || st.replaying {
-		t.Fatalf("abandoned %v, held %d, lossy %v, replaying %v", count(t, pc.abandoned), o.held, st.lossy, st.replaying)
+	if count(t, pc.abandoned) != 1 || o.heldCount != 0 || !st.lossy || st.replaying {
+		t.Fatalf("abandoned %v, held %d, lossy %v, replaying %v", count(t, pc.abandoned), o.heldCount, st.lossy, st.replaying)
 	}
 	checkBytes(t, o)
 	complete, _ := o.finishResume("r", st, []*router.Frame{rec("r", 11, false)}, []partPos{{0, 10}}, true, r.last, r.b, pc)

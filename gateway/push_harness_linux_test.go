@@ -133,11 +133,3 @@ func offsets(msgs []*client.Frame) []int64 {
 	}
 	return out
 }
-
-func span(from, to int64) []int64 {
-	var out []int64
-	for o := from; o <= to; o++ {
-		out = append(out, o)
-	}
-	return out
-}

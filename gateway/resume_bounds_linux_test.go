@@ -112,45 +112,6 @@ func TestResumeBudgetPerRequest(t *testing.T) {
 	}
 }
 
-// TestResumeSharesPolicy: an address may hold only as many queued
-// read-backs as there are free places; a new address always finds one.
-func TestResumeSharesPolicy(t *testing.T) {
-	q := newResumeShares(8, true)
-	held := map[string]int{}
-	for _, ip := range []string{"a", "a", "a", "a", "a", "b", "b", "b", "b", "c", "c", "c", "d", "d", "e", "f", "g", "h"} {
-		if q.take(ip) == "" {
-			held[ip]++
-		}
-	}
-	// a: 4 (free 8,7,6,5 > held 0..3), then b: 2 (free 4,3), c: 1 (free 2),
-	// d: 1 (free 1 > 0), the queue is then full.
-	if fmt.Sprint(held) != "map[a:4 b:2 c:1 d:1]" {
-		t.Fatalf("places taken %v", held)
-	}
-	for ip, n := range held {
-		if 2*n > 8 {
-			t.Fatalf("address %s holds %d of 8 places", ip, n)
-		}
-	}
-	q.release("a")
-	if r := q.take("a"); r != "resume_address_share" {
-		t.Fatalf("a holding 3 with 1 free: take = %q, want resume_address_share", r)
-	}
-	if r := q.take("z"); r != "" {
-		t.Fatalf("a new address with 1 free: take = %q, want a place", r)
-	}
-	if r := q.take("y"); r != "resume_queue_full" {
-		t.Fatalf("full queue: take = %q, want resume_queue_full", r)
-	}
-	// Behind a proxy addresses are not told apart.
-	p := newResumeShares(4, false)
-	for i := 0; i < 4; i++ {
-		if r := p.take("proxy"); r != "" {
-			t.Fatalf("take %d behind a proxy = %q", i, r)
-		}
-	}
-}
-
 // TestResumeQueueFairShare: connections from one address flood the resume
 // queue; beyond their share they are answered recovered:false at once, and
 // a client from another address still has its resume queued and served.

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -9,43 +8,6 @@ import (
 	"github.com/kpush/kpush/gateway/client"
 	"github.com/kpush/kpush/router"
 )
-
-// fakeReplayer stands in for Kafka: Replay announces itself, waits to be
-// released, then emits the given offsets above the position.
-type fakeReplayer struct {
-	started  chan string // the channel being replayed
-	release  chan struct{}
-	offsets  []int64
-	complete bool
-}
-
-func newFakeReplayer(complete bool, offsets ...int64) *fakeReplayer {
-	return &fakeReplayer{started: make(chan string, 4), release: make(chan struct{}), offsets: offsets, complete: complete}
-}
-
-func (f *fakeReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
-	f.started <- ch
-	select {
-	case <-f.release:
-	case <-ctx.Done():
-		return false, ctx.Err()
-	}
-	for _, o := range f.offsets {
-		if o > after && !emit(&router.Record{Channel: ch, Partition: p, Offset: o, Value: []byte(fmt.Sprintf(`{"o":%d}`, o))}) {
-			return false, nil
-		}
-	}
-	return f.complete, nil
-}
-
-func (f *fakeReplayer) waitStarted(t *testing.T) {
-	t.Helper()
-	select {
-	case <-f.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read-back did not start")
-	}
-}
 
 func resumeReq(ch string, p int32, after int64) *client.Request {
 	return &client.Request{Op: "subscribe", Channels: []string{ch},

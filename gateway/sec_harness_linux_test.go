@@ -239,17 +239,6 @@ func (w *witness) check(t testing.TB) {
 	w.c.expectMsg(t, w.ch)
 }
 
-func secWaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // testPKI is a CA and the files of a server certificate it signed.
 type testPKI struct {
 	caKey  *ecdsa.PrivateKey

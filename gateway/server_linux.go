@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -19,34 +18,21 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
-	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/internal/netpoll"
 	"github.com/kpush/kpush/gateway/wire"
 	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Server accepts WebSocket connections, serves protocol v1 on them and
-// writes routed frames to their subscribers.
-type Server struct {
-	// cfg is the configuration given to New. Its live-changeable keys are
-	// only the starting values: read those through lim().
-	cfg    Config
-	limits atomic.Pointer[Limits] // replaced whole by SetLimits
-	router *router.Router
-	log    *slog.Logger
-
-	metrics      *metrics
-	policy       policyCounters // the outbound queues' counters, on metrics
-	conns        *netpoll.Registry[conn]
-	work         *netpoll.WorkQueue[conn]
-	readPoller   *netpoll.Poller
-	writePoller  *netpoll.Poller
-	clock        atomic.Int64      // coarse time in Unix ms, advanced by the ticker
-	timers       *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
-	socketWrites atomic.Int64      // write calls on client sockets (kpush_socket_writes_total)
-	deflateConns atomic.Int64      // connections that negotiated permessage-deflate (deflate.go)
-	deflated     atomic.Int64      // records compressed (kpush_deflated_records_total)
+// netState is the transport's half of the Server (server.go has the
+// sessions' half): the listener and its handshakes, the pollers, the
+// registry of connections, the worker queue and the timer wheel.
+type netState struct {
+	conns       *netpoll.Registry[conn]
+	work        *netpoll.WorkQueue[conn]
+	readPoller  *netpoll.Poller
+	writePoller *netpoll.Poller
+	timers      *timerWheel[conn] // deadlines under 100 ms: capped channels, write_delay (conn.onTimer)
 
 	httpHandler http.Handler
 	httpConns   chan net.Conn
@@ -55,7 +41,6 @@ type Server struct {
 	ln       net.Listener // nil until Run listens
 	running  bool
 	ready    chan struct{} // closed once listening
-	draining atomic.Bool
 	stop     chan struct{} // closed by Shutdown: stops accepting
 	stopOnce sync.Once
 	drained  chan struct{} // closed when Shutdown has closed every connection
@@ -66,21 +51,7 @@ type Server struct {
 	sys        netpoll.Sys           // epoll and dup; replaced by tests to inject faults
 	fatal      chan error            // a poller failed: Serve must end (capacity 2)
 	fatalErr   atomic.Pointer[error] // the first such failure, for Err
-
-	// Security (security_linux.go, tls_linux.go); set by New, read-only
-	// while serving, except public (replaced by SetPublicChannels).
-	tlsConfig *tls.Config // nil: plain ws
-	certs     *certStore
-	verifier  *auth.Verifier // nil: auth.mode none
-	public    atomic.Pointer[PublicChannels]
-	perIP     *ipLimiter
-	addrs     clientAddrs  // trusted proxies (clientaddr_linux.go)
-	slots     atomic.Int64 // connections open or past the max_connections check
-
-	replayer      Replayer        // nil: resumes beyond the history fail
-	resumeQ       chan *resumeJob // read-backs waiting for the resume pool
-	resumeShares  *resumeShares   // places in resumeQ per client address
-	resumePending atomic.Int64    // read-backs queued or running
+	addrs      clientAddrs           // trusted proxies (clientaddr_linux.go)
 }
 
 // New returns a Server. It does not listen until Run.
@@ -91,26 +62,17 @@ func New(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Log
 // newServer is New with the system calls on kpush's own descriptors made
 // through sys (tests inject faults with it).
 func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *slog.Logger, sys netpoll.Sys) (*Server, error) {
-	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if rt == nil {
-		return nil, errors.New("gateway: nil router")
-	}
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	if cfg.Workers == 0 {
-		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	s, err := newCore(cfg, rt, reg, log)
+	if err != nil {
+		return nil, err
 	}
-	s := &Server{
-		cfg:        cfg,
-		router:     rt,
-		log:        log,
+	if s.cfg.Workers == 0 {
+		s.cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	s.netState = netState{
 		conns:      netpoll.NewRegistry[conn](),
 		work:       netpoll.NewWorkQueue[conn](),
 		httpConns:  make(chan net.Conn),
@@ -118,30 +80,11 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 		stop:       make(chan struct{}),
 		drained:    make(chan struct{}),
 		done:       make(chan struct{}),
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
-		hsShare:    newHandshakeShare(cfg.MaxHandshakes),
+		handshakes: make(chan struct{}, s.cfg.MaxHandshakes),
+		hsShare:    newHandshakeShare(s.cfg.MaxHandshakes),
 		sys:        sys,
 		fatal:      make(chan error, 2),
-		resumeQ:    make(chan *resumeJob, cfg.ResumeQueue),
 		timers:     newTimerWheel[conn](),
-	}
-	s.resumeShares = newResumeShares(cfg.ResumeQueue, cfg.MaxConnectionsPerIP > 0)
-	s.clock.Store(time.Now().UnixMilli())
-	lim := cfg.Limits()
-	s.limits.Store(&lim)
-	m, err := newMetrics(reg, s)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: register metrics: %w", err)
-	}
-	s.metrics = m
-	s.policy = policyCounters{
-		compactions: m.slowConsumers.WithLabelValues("conflate"),
-		abandoned:   m.slowConsumers.WithLabelValues("abandon_resume"),
-		conflated:   m.conflated,
-		snapshots:   m.snapshots,
-	}
-	if err := s.initSecurity(reg); err != nil {
-		return nil, err
 	}
 	if err := s.initClientAddrs(reg); err != nil {
 		return nil, err
@@ -155,10 +98,6 @@ func newServer(cfg Config, rt *router.Router, reg prometheus.Registerer, log *sl
 	}
 	return s, nil
 }
-
-// SetReplayer sets where resumes older than the in-memory history are read
-// back from (Kafka). Without one they answer recovered:false. Call before Run.
-func (s *Server) SetReplayer(r Replayer) { s.replayer = r }
 
 // HandleHTTP sets the handler for plain HTTP requests on the WebSocket port
 // (any path other than gateway.path), such as the demo page. Call before Run.
@@ -179,26 +118,6 @@ func (s *Server) Addr() net.Addr {
 
 // Connections returns the number of open connections.
 func (s *Server) Connections() int { return s.conns.Count() }
-
-// Draining reports whether Shutdown has begun.
-func (s *Server) Draining() bool { return s.draining.Load() }
-
-// SetLimits applies the live-changeable keys of cfg (see Limits) to the
-// running server and ignores the others. cfg is defaulted and validated
-// first; an invalid cfg changes nothing. Safe to call concurrently with
-// everything else.
-func (s *Server) SetLimits(cfg Config) error {
-	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	lim := cfg.Limits()
-	s.limits.Store(&lim)
-	return nil
-}
-
-// lim returns the limits in force.
-func (s *Server) lim() *Limits { return s.limits.Load() }
 
 // Run listens on cfg.Listen and serves until ctx is cancelled or Shutdown
 // completes. Cancelling ctx closes every connection at once; Shutdown drains
@@ -417,7 +336,7 @@ func (s *Server) runWorker() {
 			case netpoll.Flush:
 				t.C.flush(w)
 			case netpoll.Closing:
-				t.C.dropSubscriptions()
+				t.C.dropSubscriptions(t.C)
 			}
 			w.batch[i] = netpoll.Task[conn]{}
 		}
@@ -513,7 +432,7 @@ func (s *Server) sweep(now int64, ping *router.Frame) {
 			c.abort()
 		}
 		for _, c := range toExpire {
-			c.closeWith(CloseTokenExpired, "token expired", true)
+			c.closeWith(c.tokenExpiredCode(), "token expired", true)
 		}
 		clear(toIdle)
 		clear(toCut)
@@ -548,12 +467,13 @@ func (s *Server) handshake(nc net.Conn) {
 	pc, isWS, err := peekRequest(nc, s.cfg.Path)
 	cf := err == nil && !isWS && s.centrifugoRequested(pc)
 	isWS = isWS || cf
+	hs := s.metrics.handshakesOf(cf)
 	if errors.Is(err, errRequestLine) {
-		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
+		s.rejectAs(hs, nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request line longer than 4 KiB")
 		return
 	}
 	if err != nil {
-		s.handshakeFailed(err)
+		s.handshakeFailedAs(hs, err)
 		nc.Close()
 		return
 	}
@@ -576,25 +496,25 @@ func (s *Server) handshake(nc net.Conn) {
 	head, rest, err := readHead(pc, lim.MaxHeaderBytes)
 	pc.release()
 	if errors.Is(err, errHeaderTooLarge) {
-		s.reject(nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
+		s.rejectAs(hs, nc, http.StatusRequestHeaderFieldsTooLarge, "header_too_large", "request headers too large")
 		return
 	}
 	if err != nil {
-		s.handshakeFailed(err)
+		s.handshakeFailedAs(hs, err)
 		nc.Close()
 		return
 	}
 	if s.draining.Load() {
-		s.reject(nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
+		s.rejectAs(hs, nc, http.StatusServiceUnavailable, "draining", "server is shutting down")
 		return
 	}
 	// Refuse early when full; the slot itself is taken just before the 101
 	// answer (reserveSlot), once every other check has passed.
 	if s.slots.Load() >= int64(lim.MaxConnections) {
-		s.reject(nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
+		s.rejectAs(hs, nc, http.StatusServiceUnavailable, "max_connections", "connection limit reached")
 		return
 	}
-	ua := upgradeAuth{deadline: deadline, client: client}
+	ua := upgradeAuth{deadline: deadline, client: client, cf: cf}
 	defer func() {
 		if ua.slot { // still ours: the conn never took it over
 			s.slots.Add(-1)
@@ -613,10 +533,10 @@ func (s *Server) handshake(nc net.Conn) {
 		var rej *ws.ConnectionRejectedError
 		if errors.As(err, &rej) {
 			// The upgrader has written the refusal.
-			s.metrics.handshakes.WithLabelValues("rejected").Inc()
+			hs.WithLabelValues("rejected").Inc()
 			lingerClose(nc)
 		} else {
-			s.handshakeFailed(err)
+			s.handshakeFailedAs(hs, err)
 			nc.Close()
 		}
 		return
@@ -624,13 +544,13 @@ func (s *Server) handshake(nc net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	fd, err := netpoll.Detach(s.sys, raw)
 	if err != nil {
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		hs.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not take over an upgraded socket; closing it", "err", err)
 		raw.Close() // the client saw its 101: it must not wait on a socket nobody serves
 		return
 	}
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip}
+	c := &conn{session: session{srv: s, ip: client.ip}, fd: int32(fd), gen: s.conns.NextGen()}
 	if _, ok := ext.Accepted(); ok {
 		c.out.deflate = true
 		s.deflateConns.Add(1) // until releaseIfIdleLocked
@@ -646,7 +566,7 @@ func (s *Server) handshake(nc net.Conn) {
 		c.setGrant(ua.grant)
 	}
 	if cf {
-		c.ext().cf = &cfSession{}
+		c.ext().cf = &cfSession{proto: ua.cfProto}
 		s.metrics.cfConns.Add(1)
 	}
 	c.lastSeen.Store(now)
@@ -659,11 +579,11 @@ func (s *Server) handshake(nc net.Conn) {
 		c.flags |= flagClosed | flagClosing
 		c.releaseIfIdleLocked()
 		c.mu.Unlock()
-		s.metrics.handshakes.WithLabelValues("failed").Inc()
+		hs.WithLabelValues("failed").Inc()
 		s.log.Warn("gateway could not watch a connection", "err", err)
 		return
 	}
-	s.metrics.handshakes.WithLabelValues("ok").Inc()
+	hs.WithLabelValues("ok").Inc()
 	if c.tlsLink() != nil || len(rest) > 0 {
 		// Frames that arrived with the upgrade request are held in
 		// c.rd.partial, and crypto/tls may hold more records; epoll would
@@ -679,8 +599,14 @@ func (s *Server) handshake(nc net.Conn) {
 // reject answers a handshake with an HTTP error and closes the connection
 // (lingerClose, so the client gets to read the answer).
 func (s *Server) reject(c net.Conn, status int, reason, msg string) {
+	s.rejectAs(s.metrics.handshakes, c, status, reason, msg)
+}
+
+// rejectAs is reject counting the handshake in hs (a protocol's
+// kpush_handshakes_total).
+func (s *Server) rejectAs(hs *prometheus.CounterVec, c net.Conn, status int, reason, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
-	s.metrics.handshakes.WithLabelValues("rejected").Inc()
+	hs.WithLabelValues("rejected").Inc()
 	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		status, http.StatusText(status), len(msg), msg)
 	lingerClose(c)
@@ -771,29 +697,6 @@ func (s *Server) forceCloseAll() {
 			s.router.Unsubscribe(c, subs...)
 		}
 	}
-}
-
-// Encode is the router's Encoder (router.SetEncoder): it encodes rec once
-// as a msg frame and, when a connection negotiated permessage-deflate and
-// the frame is large enough, compresses it once for all of them.
-func (s *Server) Encode(rec *router.Record) *router.Frame {
-	f := EncodeRecord(rec)
-	if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
-		f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
-		s.deflated.Add(1)
-	}
-	return f
-}
-
-var _ router.Encoder = (*Server)(nil)
-
-// Publish publishes m through the router as a record of a route with m's
-// settings and keep (nil for nothing retained), encoded by Encode: how
-// tests and tools without a consumer publish. It returns the number of
-// connections that accepted it. A record nobody subscribes to and nothing
-// retains is not encoded at all.
-func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishRecord(m.record(keep), s)
 }
 
 // fallbackHandler serves plain HTTP on the WebSocket port.

@@ -94,7 +94,7 @@ func (c *conn) setSendBuffer(t *testing.T, n int) {
 	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, n); err != nil {
+	if err := syscall.SetsockoptInt(int(c.fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, n); err != nil {
 		t.Fatalf("SO_SNDBUF: %v", err)
 	}
 }
@@ -105,7 +105,7 @@ func (s *pushServer) maxQueue() (frames, bytes int) {
 	for _, c := range s.conns.Snapshot() {
 		c.mu.Lock()
 		if c.out.bytes > bytes {
-			frames, bytes = len(c.out.frames)+c.out.held, c.out.bytes
+			frames, bytes = len(c.out.frames)+c.out.heldCount, c.out.bytes
 		}
 		c.mu.Unlock()
 	}

@@ -180,7 +180,7 @@ func (s *Server) startSSE(nc, raw net.Conn, hr *http.Request, client *clientAddr
 	}
 	// From here as handshake() does for an upgraded WebSocket.
 	now := s.clock.Load()
-	c := &conn{srv: s, fd: fd, gen: s.conns.NextGen(), ip: client.ip, alt: &altProto{sse: newSSEStream(req.sub.Channels)}}
+	c := &conn{session: session{srv: s, ip: client.ip}, fd: int32(fd), gen: s.conns.NextGen(), alt: &altProto{sse: newSSEStream(req.sub.Channels)}}
 	c.sseState().seed(req.sub.Since)
 	if link != nil {
 		link.Detach(fd)

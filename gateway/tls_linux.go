@@ -22,7 +22,7 @@ type tlsState struct {
 // syscall.EAGAIN when nothing more is available.
 func (c *conn) read(b []byte) (int, error) {
 	if c.tlsLink() == nil {
-		return netpoll.Read(c.fd, b)
+		return netpoll.Read(int(c.fd), b)
 	}
 	n, err := c.tlsLink().tc.Read(b)
 	c.tlsLink().drained = err == syscall.EAGAIN

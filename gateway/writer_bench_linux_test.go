@@ -79,7 +79,7 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		peer.Close()
 		<-drained
 	})
-	c := &conn{srv: srv, fd: fd, gen: 1}
+	c := &conn{session: session{srv: srv}, fd: int32(fd), gen: 1}
 	w := &worker{s: srv, rbuf: make([]byte, 1024), iov: make([]syscall.Iovec, 0, netpoll.MaxIovecs)}
 	return &writerRig{srv: srv, c: c, w: w}
 }
@@ -123,11 +123,6 @@ func (r *writerRig) flushQueued(tb testing.TB) {
 			return
 		}
 	}
-}
-
-func benchFrame() *router.Frame {
-	return EncodeMessage(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: 123456, Timestamp: 1700000000000,
-		Data: []byte(`{"sym":"AAPL","price":189.52,"bid":189.51,"ask":189.53,"size":300,"seq":123456,"ts":1700000000000}`)})
 }
 
 // BenchmarkWriter measures Enqueue plus flush per delivery. One op is one

@@ -196,6 +196,23 @@ type View struct {
 // Last returns the channel's retained last frame, or nil.
 func (v View) Last() *Frame { return v.c.last }
 
+// Newest returns the channel's most recent retained frame (its last, or the
+// newest of its history), or nil when it retains none.
+func (v View) Newest() *Frame {
+	if v.c.last != nil {
+		return v.c.last
+	}
+	if h := v.c.hist; h != nil && h.n > 0 {
+		return h.buf[(h.head+h.n-1)%len(h.buf)].f
+	}
+	return nil
+}
+
+// Partitions reports from how many partitions the channel's records came
+// while the router retained them: 0 (none retained yet), 1, or 2 for more
+// than one. Records of routes that retain nothing are not seen.
+func (v View) Partitions() int { return int(v.c.parts) }
+
 // History appends to dst, in offset order, the retained frames of partition
 // p with an offset above after, and reports whether they are all of this
 // channel's records after that offset that were published so far. When it

@@ -126,6 +126,11 @@ type channel struct {
 	last  *Frame     // most recent frame, kept when the route's Retention.Last
 	hist  *history   // recent frames, kept when the route has a history
 	keep  *Retention // retention of the route that last published here
+	// part and parts say where the retained records came from: parts is
+	// 0 (none yet), 1 (all from partition part) or 2 (more than one
+	// partition), since the channel was created.
+	part  int32
+	parts uint8
 
 	// Retained-state bookkeeping (retain.go).
 	used       int64    // Unix ms of the last record, subscribe, or subscriber leaving
@@ -274,6 +279,11 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 			r.channels.Add(1)
 		}
 		c.keep = keep
+		if c.parts == 0 {
+			c.part, c.parts = f.Partition, 1
+		} else if c.part != f.Partition {
+			c.parts = 2
+		}
 		if keep.Last {
 			c.last = f
 		}

@@ -122,6 +122,17 @@ type cfPageState struct {
 // against kpush's Centrifugo endpoint, across a cut at a proxy while
 // records are published: it recovers every record once, in order.
 func TestBrowserCentrifugeJSRecoversWithoutGap(t *testing.T) {
+	browserCentrifugeRecovers(t, false)
+}
+
+// TestBrowserCentrifugeJSRecoversOnSecondInstance is the same with the
+// page's reconnect going to a second kpush instance (another continuity
+// epoch, the same Kafka positions).
+func TestBrowserCentrifugeJSRecoversOnSecondInstance(t *testing.T) {
+	browserCentrifugeRecovers(t, true)
+}
+
+func browserCentrifugeRecovers(t *testing.T, second bool) {
 	bin := chromiumOrSkip(t)
 	bundle, err := os.ReadFile("../../gateway/testdata/node/node_modules/centrifuge/dist/centrifuge.js")
 	if err != nil {
@@ -130,45 +141,62 @@ func TestBrowserCentrifugeJSRecoversWithoutGap(t *testing.T) {
 		}
 		t.Skip("the centrifuge npm package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond}, router.New(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.HandleHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/centrifuge.js" {
-			w.Header().Set("Content-Type", "text/javascript")
-			_, _ = w.Write(bundle)
-			return
+	start := func() (*gateway.Server, string) {
+		srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond}, router.New(), nil, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		fmt.Fprint(w, cfPage)
-	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+		srv.HandleHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/centrifuge.js" {
+				w.Header().Set("Content-Type", "text/javascript")
+				_, _ = w.Write(bundle)
+				return
+			}
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			fmt.Fprint(w, cfPage)
+		}))
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx, ln) }()
+		t.Cleanup(func() { cancel(); <-done })
+		<-srv.Ready()
+		return srv, ln.Addr().String()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-srv.Ready()
+	s0, a0 := start()
+	srvs, addrs := []*gateway.Server{s0}, []string{a0}
+	if second {
+		s, a := start()
+		srvs, addrs = append(srvs, s), append(addrs, a)
+	}
 	keep := &router.Retention{Last: true, HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	publish := func(from, to int64) {
 		for o := from; o <= to; o++ {
-			srv.Publish(&gateway.Message{Channel: "x", Partition: 0, Offset: o, Epoch: 5, Timestamp: time.Now().UnixMilli(),
-				Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			for i, srv := range srvs {
+				// Each instance's consumer has its own continuity epoch.
+				srv.Publish(&gateway.Message{Channel: "x", Topic: "t", Partition: 0, Offset: o, Epoch: uint64(5 + i),
+					Timestamp: time.Now().UnixMilli(), Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}, keep)
+			}
 		}
 	}
 	publish(1, 1) // the channel's position before the page comes
-	proxy := startProxy(t, ln.Addr().String())
+	proxy := startProxy(t, addrs[0])
 	page := startChromium(t, bin)
 	page.call(t, "Page.navigate", map[string]any{"url": "http://" + proxy.ln.Addr().String() + "/cf.html"})
 	var st cfPageState
 	read := func() bool { return page.eval(t, "JSON.stringify(window.cf)", &st) }
 	waitFor(t, 30*time.Second, "the page to subscribe", func() bool { return read() && len(st.Subs) == 1 })
+	// The route keeps the last record: record 1 comes with the subscribe
+	// reply.
 	publish(2, 31)
-	waitFor(t, 30*time.Second, "the first records", func() bool { return read() && len(st.Got) == 30 })
+	waitFor(t, 30*time.Second, "the first records", func() bool { return read() && len(st.Got) == 31 })
 	proxy.hold()
+	if second {
+		proxy.retarget(addrs[1])
+	}
 	if n := proxy.cut(); n == 0 {
 		t.Fatal("the proxy carried no connection to cut")
 	}
@@ -176,15 +204,18 @@ func TestBrowserCentrifugeJSRecoversWithoutGap(t *testing.T) {
 	proxy.release()
 	waitFor(t, 30*time.Second, "the page to resubscribe", func() bool { return read() && len(st.Subs) == 2 })
 	publish(62, 71)
-	waitFor(t, 30*time.Second, "every record", func() bool { return read() && len(st.Got) >= 70 })
-	want := make([]int64, 70)
+	waitFor(t, 30*time.Second, "every record", func() bool { return read() && len(st.Got) >= 71 })
+	want := make([]int64, 71)
 	for i := range want {
-		want[i] = int64(i + 2)
+		want[i] = int64(i + 1)
 	}
 	if fmt.Sprint(st.Got) != fmt.Sprint(want) {
 		t.Fatalf("got %v", st.Got)
 	}
 	if !st.Subs[1].Recovered || !st.Subs[1].Was {
 		t.Fatalf("resubscribed with %+v", st.Subs[1])
+	}
+	if second && srvs[1].Connections() != 1 {
+		t.Fatalf("the page is not on the second instance (%d connections there)", srvs[1].Connections())
 	}
 }

@@ -190,13 +190,13 @@ func startChromium(t *testing.T, bin string) *cdp {
 // cutProxy forwards TCP connections to target. cut closes every connection
 // it carries; while held, new connections wait.
 type cutProxy struct {
-	ln     net.Listener
-	target string
+	ln net.Listener
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wake  chan struct{} // closed when not held
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	target string // where new connections go (retarget)
+	conns  map[net.Conn]struct{}
+	wake   chan struct{} // closed when not held
+	wg     sync.WaitGroup
 }
 
 func startProxy(t *testing.T, target string) *cutProxy {
@@ -232,7 +232,10 @@ func (p *cutProxy) accept() {
 			wake := p.wake
 			p.mu.Unlock()
 			<-wake
-			up, err := net.Dial("tcp", p.target)
+			p.mu.Lock()
+			target := p.target
+			p.mu.Unlock()
+			up, err := net.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				return
@@ -266,6 +269,14 @@ func (p *cutProxy) track(cs ...net.Conn) bool {
 		p.conns[c] = struct{}{}
 	}
 	return true
+}
+
+// retarget sends the connections accepted from now on to target (another
+// instance).
+func (p *cutProxy) retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
 }
 
 func (p *cutProxy) hold() {

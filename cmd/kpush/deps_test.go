@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -71,4 +73,36 @@ func listDeps(t *testing.T, pkg string) []string {
 		paths = append(paths, strings.TrimSuffix(path, ".test"))
 	}
 	return paths
+}
+
+// TestGatewaySessionsPortable keeps the gateway's session half portable
+// (README.md, "How it is built"): on systems without epoll the package and
+// its tests still build and vet (the tests compile too), and the session
+// files and their tests are part of it there, not left out as Linux-only.
+func TestGatewaySessionsPortable(t *testing.T) {
+	const pkg = "github.com/kpush/kpush/gateway"
+	want := []string{"session.go", "requests.go", "security.go", "resume_seam.go", "outbound.go", "server.go",
+		"session_test.go", "security_test.go", "resume_seam_test.go", "outbound_test.go"}
+	for _, goos := range []string{"darwin", "windows"} {
+		t.Run(goos, func(t *testing.T) {
+			env := append(os.Environ(), "GOOS="+goos, "GOARCH=amd64")
+			list := exec.Command("go", "list", "-f", `{{join .GoFiles " "}} {{join .TestGoFiles " "}}`, pkg)
+			list.Env = env
+			out, err := list.CombinedOutput()
+			if err != nil {
+				t.Fatalf("GOOS=%s go list %s: %v: %s", goos, pkg, err, out)
+			}
+			files := strings.Fields(string(out))
+			for _, f := range want {
+				if !slices.Contains(files, f) {
+					t.Errorf("GOOS=%s: %s is not built (files: %s)", goos, f, out)
+				}
+			}
+			vet := exec.Command("go", "vet", pkg)
+			vet.Env = env
+			if out, err := vet.CombinedOutput(); err != nil {
+				t.Fatalf("GOOS=%s go vet %s: %v: %s", goos, pkg, err, out)
+			}
+		})
+	}
 }

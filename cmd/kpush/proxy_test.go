@@ -22,7 +22,7 @@ import (
 
 // The test nginx (testdata/nginx-ingress.conf.tmpl) must proxy the way the
 // shipped Ingress makes ingress-nginx proxy: same read, send and connect
-// timeouts as the annotations.
+// timeouts as the annotations, and no response buffering (event streams).
 func TestNginxConfigMatchesIngress(t *testing.T) {
 	raw, err := os.ReadFile("../../deployments/kubernetes/base/ingress.yaml")
 	if err != nil {
@@ -56,6 +56,11 @@ func TestNginxConfigMatchesIngress(t *testing.T) {
 		if got := string(m[0][1]); got != want+"s" {
 			t.Errorf("test nginx config: proxy_%s_timeout %s; ingress.yaml %s: %q (want %ss)", name, got, key, want, want)
 		}
+	}
+	// Event streams pass unbuffered in both.
+	if v := ing.Metadata.Annotations["nginx.ingress.kubernetes.io/proxy-buffering"]; v != "off" ||
+		len(regexp.MustCompile(`(?m)^\s*proxy_buffering\s+off;`).FindAll(conf, -1)) != 1 {
+		t.Errorf("proxy buffering: ingress.yaml %q, test nginx config must say proxy_buffering off once, as the annotation must", v)
 	}
 	// And kpush's pings keep a quiet tunnel inside the read timeout.
 	var cfg gateway.Config

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -449,7 +450,13 @@ func (b *bundle) checkIngress(t *testing.T) {
 	}
 	_, cfg, _ := b.configFile(t)
 	pub := b.publicService(t)
-	servesWS := false
+	endpoints := map[string]string{"gateway.path": cfg.Gateway.Path}
+	for key, ep := range map[string]string{"gateway.sse_path": cfg.Gateway.SSEPath, "gateway.centrifugo_path": cfg.Gateway.CentrifugoPath} {
+		if ep != pathOff {
+			endpoints[key] = ep
+		}
+	}
+	reached := map[string]bool{}
 	for _, r := range ing.Spec.Rules {
 		if !tlsHosts[r.Host] {
 			t.Errorf("host %q has no TLS", r.Host)
@@ -472,15 +479,33 @@ func (b *bundle) checkIngress(t *testing.T) {
 			if !found {
 				t.Errorf("path %s: Service %s has no port %+v", p.Path, pub.Name, svc.Port)
 			}
-			if p.PathType != nil && *p.PathType == "Prefix" && strings.HasPrefix(cfg.Gateway.Path, strings.TrimSuffix(p.Path, "/")+"/") ||
-				p.Path == cfg.Gateway.Path {
-				servesWS = true
+			for key, ep := range endpoints {
+				if ingressPathReaches(p, ep) {
+					reached[key] = true
+				}
 			}
 		}
 	}
-	if !servesWS {
-		t.Errorf("no Ingress path reaches gateway.path %s", cfg.Gateway.Path)
+	for key, ep := range endpoints {
+		if !reached[key] {
+			t.Errorf("no Ingress path reaches %s %s", key, ep)
+		}
 	}
+	// Event streams must not wait in nginx's buffers.
+	if v := ing.Annotations["nginx.ingress.kubernetes.io/proxy-buffering"]; endpoints["gateway.sse_path"] != "" && v != "off" {
+		t.Errorf(`nginx.ingress.kubernetes.io/proxy-buffering = %q, want "off" for event streams`, v)
+	}
+}
+
+// ingressPathReaches reports whether an Ingress path sends requests for
+// target to its backend (Kubernetes' Exact and Prefix matching;
+// ingress-nginx's ImplementationSpecific is treated as Prefix).
+func ingressPathReaches(p networkingv1.HTTPIngressPath, target string) bool {
+	if p.PathType != nil && *p.PathType == networkingv1.PathTypeExact {
+		return p.Path == target
+	}
+	prefix := strings.TrimSuffix(p.Path, "/")
+	return target == prefix || strings.HasPrefix(target, prefix+"/")
 }
 
 func (b *bundle) checkHPA(t *testing.T) {

@@ -205,6 +205,8 @@ type kpushConfig struct {
 	AdminListen string `json:"admin_listen"`
 	Gateway     struct {
 		Path           string `json:"path"`
+		SSEPath        string `json:"sse_path"`
+		CentrifugoPath string `json:"centrifugo_path"`
 		MaxConnections int64  `json:"max_connections"`
 		DrainTimeout   string `json:"drain_timeout"`
 	} `json:"gateway"`
@@ -216,6 +218,9 @@ const (
 	defaultListen       = ":8080"
 	defaultAdminListen  = ":9090"
 	defaultPath         = "/ws"
+	defaultSSEPath      = "/events"
+	defaultCFPath       = "/connection/websocket"
+	pathOff             = "off" // sse_path or centrifugo_path: not served
 	defaultDrainTimeout = 20 * time.Second
 	defaultMaxConns     = 100000
 )
@@ -252,6 +257,12 @@ func (b *bundle) configFile(t *testing.T) (key string, cfg kpushConfig, raw stri
 	}
 	if cfg.Gateway.Path == "" {
 		cfg.Gateway.Path = defaultPath
+	}
+	if cfg.Gateway.SSEPath == "" {
+		cfg.Gateway.SSEPath = defaultSSEPath
+	}
+	if cfg.Gateway.CentrifugoPath == "" {
+		cfg.Gateway.CentrifugoPath = defaultCFPath
 	}
 	if cfg.Gateway.MaxConnections == 0 {
 		cfg.Gateway.MaxConnections = defaultMaxConns

@@ -8,10 +8,11 @@ import (
 	"github.com/kpush/kpush/router"
 )
 
-// handleRequest answers one client request. It runs on the worker that read
-// the request and must not block.
-func (s *Server) handleRequest(c *conn, p []byte) {
-	if ok, _ := c.allowRequest(p); !ok {
+// handleRequest answers one protocol v1 request of t's client. It runs on
+// the worker that read the request and must not block.
+func (s *Server) handleRequest(t transport, p []byte) {
+	c := t.sess()
+	if ok, _ := c.allowRequest(t, p); !ok {
 		return
 	}
 	req, err := ParseRequest(p, s.lim().MaxSubscriptions)
@@ -24,25 +25,29 @@ func (s *Server) handleRequest(c *conn, p []byte) {
 		if pe.Code == CodeTooManySubscriptions {
 			s.metrics.rejected.WithLabelValues(pe.Code).Inc()
 		}
-		c.send(errorFrame(pe.ID, pe.Code, pe.Message))
+		c.send(t, errorFrame(pe.ID, pe.Code, pe.Message))
 		return
 	}
 	switch req.Op {
 	case "ping":
-		c.send(pongFrame(req.ID))
+		c.send(t, pongFrame(req.ID))
 	case "subscribe":
-		if s.authorize(c, req) {
-			s.subscribe(c, req)
+		if s.authorize(t, req) {
+			s.subscribe(t, req)
 		}
 	case "unsubscribe":
-		s.unsubscribe(c, req)
+		s.unsubscribe(t, req)
 	case "refresh":
-		s.refresh(c, req)
+		s.refresh(t, req)
 	}
 }
 
-func (s *Server) subscribe(c *conn, req *Request) {
+// subscribe subscribes t's session to the channels of req that it does not
+// hold yet, within max_subscriptions, each with its resume (since) or
+// snapshot, and answers ok, or lets the resume job answer (resume_seam.go).
+func (s *Server) subscribe(t transport, req *Request) {
 	start := time.Now() // resume_timeout runs from here
+	c := t.sess()
 	c.mu.Lock()
 	if req.MaxRate != nil {
 		// Before the router subscribes: the first frame already obeys
@@ -61,7 +66,7 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		c.mu.Unlock()
 		s.metrics.clientErrors.WithLabelValues(CodeTooManySubscriptions).Inc()
 		s.metrics.rejected.WithLabelValues(CodeTooManySubscriptions).Inc()
-		c.send(errorFrame(req.ID, CodeTooManySubscriptions,
+		c.send(t, errorFrame(req.ID, CodeTooManySubscriptions,
 			fmt.Sprintf("subscribing would hold %d channels, at most %d per connection", n, most)))
 		return
 	}
@@ -84,11 +89,11 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		if pos, ok := req.Since[ch]; ok {
 			parts := parsePositions(pos)
 			// Runs under the channel's shard lock, before any later
-			// frame: see the seam in resume_linux.go.
+			// frame: see the seam in resume_seam.go.
 			before = func(v router.View) {
-				if rc := s.resumeChannel(c, ch, parts, v, recovered, reserve); rc != nil {
+				if rc := s.resumeChannel(t, ch, parts, v, recovered, reserve); rc != nil {
 					if job == nil {
-						job = &resumeJob{c: c, id: req.ID, deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered, reserve: reserve}
+						job = &resumeJob{t: t, id: req.ID, deadline: start.Add(s.cfg.ResumeTimeout), recovered: recovered, reserve: reserve}
 					}
 					job.chans = append(job.chans, rc)
 				}
@@ -99,11 +104,11 @@ func (s *Server) subscribe(c *conn, req *Request) {
 			before = func(v router.View) {
 				if last := v.Last(); last != nil {
 					s.metrics.snapshots.Inc()
-					c.Enqueue(unmeasured(markFrame(last, `"snap":true`)))
+					t.Enqueue(unmeasured(markFrame(last, `"snap":true`)))
 				}
 			}
 		}
-		s.router.Subscribe(c, ch, before)
+		s.router.Subscribe(t, ch, before)
 		c.mu.Lock()
 		closing := c.flags&(flagClosing|flagClosed) != 0
 		if !closing {
@@ -113,7 +118,7 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		if closing {
 			// The close releases the subscriptions in c.subs; this
 			// one arrived after it began and is ours to drop.
-			s.router.Unsubscribe(c, ch)
+			s.router.Unsubscribe(t, ch)
 			return
 		}
 	}
@@ -122,10 +127,13 @@ func (s *Server) subscribe(c *conn, req *Request) {
 		s.submitResume(job)
 		return
 	}
-	c.send(okFrame(req.ID, recovered))
+	c.send(t, okFrame(req.ID, recovered))
 }
 
-func (s *Server) unsubscribe(c *conn, req *Request) {
+// unsubscribe drops the channels of req that t's session holds, with their
+// resume state and caps, and answers ok.
+func (s *Server) unsubscribe(t transport, req *Request) {
+	c := t.sess()
 	c.mu.Lock()
 	kept := c.subs[:0]
 	var gone []string
@@ -144,7 +152,7 @@ func (s *Server) unsubscribe(c *conn, req *Request) {
 	}
 	c.mu.Unlock()
 	if len(gone) > 0 {
-		s.router.Unsubscribe(c, gone...)
+		s.router.Unsubscribe(t, gone...)
 	}
-	c.send(okFrame(req.ID, nil))
+	c.send(t, okFrame(req.ID, nil))
 }

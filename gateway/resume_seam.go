@@ -62,14 +62,14 @@ import (
 // leaves room for it in the queue's bounds, so a read-back that fills the
 // queue answers recovered:false rather than have its own ok reply close the
 // connection as a slow consumer. Caller holds c.mu.
-func (c *conn) finishResumeLocked(ch string, st *chanResume, frames []*router.Frame, parts []partPos, ok bool, last *router.Frame, reserve int) bool {
+func (c *session) finishResumeLocked(t transport, ch string, st *chanResume, frames []*router.Frame, parts []partPos, ok bool, last *router.Frame, reserve int) bool {
 	b := c.bounds()
 	b.messages--
 	b.bytes -= reserve
 	ok, queued := c.out.finishResume(ch, st, frames, parts, ok, last, b, &c.srv.policy)
 	if queued {
 		c.flags |= flagRecent
-		c.scheduleLocked()
+		t.wakeLocked(false)
 	}
 	return ok
 }
@@ -105,8 +105,8 @@ func parsePositions(m map[string]int64) []partPos {
 // read-back is done, or when its timer fires at the deadline, wherever the
 // job is then (waiting in the queue or reading), whichever comes first.
 type resumeJob struct {
-	c         *conn
-	id        int64 // request id, for the ok reply
+	t         transport // the connection resuming
+	id        int64     // request id, for the ok reply
 	deadline  time.Time
 	recovered map[string]bool // verdicts so far (channels served from memory)
 	reserve   int             // okReserve of the request
@@ -118,7 +118,7 @@ type resumeJob struct {
 // resumeChan is one channel of a resumeJob.
 type resumeChan struct {
 	ch    string
-	st    *chanResume     // the conn's state for ch while it replays
+	st    *chanResume     // the session's state for ch while it replays
 	parts []partPos       // every position the client gave for ch
 	kafka []partPos       // those the history could not serve
 	mem   []*router.Frame // frames the history served, for the other partitions
@@ -130,7 +130,7 @@ type resumeChan struct {
 // Subscribe callback (shard lock held): it serves the channel from the
 // history, or registers it for a read-back and returns the job entry.
 // recovered receives the verdict of a channel served at once.
-func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.View, recovered map[string]bool, reserve int) *resumeChan {
+func (s *Server) resumeChannel(t transport, ch string, parts []partPos, v router.View, recovered map[string]bool, reserve int) *resumeChan {
 	var mem []*router.Frame
 	var kafka []partPos
 	for _, pp := range parts {
@@ -139,13 +139,14 @@ func (s *Server) resumeChannel(c *conn, ch string, parts []partPos, v router.Vie
 			kafka = append(kafka, pp)
 		}
 	}
+	c := t.sess()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		return nil
 	}
 	if len(kafka) == 0 {
-		ok := c.finishResumeLocked(ch, nil, mem, parts, true, v.Last(), reserve)
+		ok := c.finishResumeLocked(t, ch, nil, mem, parts, true, v.Last(), reserve)
 		recovered[ch] = ok
 		s.countResume("memory", ok, len(mem))
 		return nil
@@ -173,7 +174,7 @@ func (s *Server) submitResume(j *resumeJob) {
 		s.completeResume(j)
 		return
 	}
-	if reason := s.resumeShares.take(j.c.ip); reason != "" {
+	if reason := s.resumeShares.take(j.t.sess().ip); reason != "" {
 		s.metrics.rejected.WithLabelValues(reason).Inc()
 		s.completeResume(j)
 		return
@@ -186,7 +187,7 @@ func (s *Server) submitResume(j *resumeJob) {
 		s.resumePending.Add(1)
 	default:
 		// Not reached: resumeShares admits no more jobs than the queue holds.
-		s.resumeShares.release(j.c.ip)
+		s.resumeShares.release(j.t.sess().ip)
 		s.metrics.rejected.WithLabelValues("resume_queue_full").Inc()
 		s.completeResume(j)
 	}
@@ -200,7 +201,7 @@ func (s *Server) runResumes(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-s.resumeQ:
-			s.resumeShares.release(j.c.ip)
+			s.resumeShares.release(j.t.sess().ip)
 			s.runResume(ctx, j)
 			s.resumePending.Add(-1)
 		}
@@ -315,7 +316,7 @@ func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 // resumeLive reports whether j still waits for its answer and, for rc, whether
 // its channel still waits for its read-back (not unsubscribed or revoked).
 func (s *Server) resumeLive(j *resumeJob, rc *resumeChan) bool {
-	c := j.c
+	c := j.t.sess()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if j.finished || c.flags&(flagClosing|flagClosed) != 0 {
@@ -327,15 +328,28 @@ func (s *Server) resumeLive(j *resumeJob, rc *resumeChan) bool {
 // completeResume delivers a finished job: per channel the replayed frames
 // (or the failure's snapshot), the held live frames, then the ok reply.
 // A job already answered (timed out) is left alone.
-func (s *Server) completeResume(j *resumeJob) {
-	c := j.c
+func (s *Server) completeResume(j *resumeJob) { s.answerResume(j, false) }
+
+// expireResume answers a job at its deadline, wherever it is: every channel
+// still waiting fails (its snapshot, then the live frames held), and the ok
+// reply goes out. A read-back still running stops at the same deadline and
+// its result is dropped.
+func (s *Server) expireResume(j *resumeJob) { s.answerResume(j, true) }
+
+// answerResume answers j once, under the connection's lock: completed, or
+// expired at its deadline. An expired job does not touch what the read-back
+// writes (out, ok): it may still be running.
+func (s *Server) answerResume(j *resumeJob, expired bool) {
+	c := j.t.sess()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if j.finished {
 		return
 	}
 	j.finished = true
-	if j.timer != nil {
+	if expired {
+		s.metrics.rejected.WithLabelValues("resume_timeout").Inc()
+	} else if j.timer != nil {
 		j.timer.Stop()
 	}
 	if c.flags&(flagClosing|flagClosed) != 0 {
@@ -346,46 +360,14 @@ func (s *Server) completeResume(j *resumeJob) {
 			j.recovered[rc.ch] = false // unsubscribed or revoked meanwhile
 			continue
 		}
-		frames := append(rc.mem, rc.out...)
-		ok := c.finishResumeLocked(rc.ch, rc.st, frames, rc.parts, rc.ok, rc.st.last, j.reserve)
+		var frames []*router.Frame
+		ok := false
+		if !expired {
+			frames, ok = append(rc.mem, rc.out...), rc.ok
+		}
+		ok = c.finishResumeLocked(j.t, rc.ch, rc.st, frames, rc.parts, ok, rc.st.last, j.reserve)
 		j.recovered[rc.ch] = ok
 		s.countResume("kafka", ok, len(frames))
 	}
-	c.sendLocked(okFrame(j.id, j.recovered))
-}
-
-// expireResume answers a job at its deadline, wherever it is: every channel
-// still waiting fails (its snapshot, then the live frames held), and the ok
-// reply goes out. A read-back still running stops at the same deadline and
-// its result is dropped. It does not touch what the read-back writes (out,
-// ok).
-func (s *Server) expireResume(j *resumeJob) {
-	c := j.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if j.finished {
-		return
-	}
-	j.finished = true
-	s.metrics.rejected.WithLabelValues("resume_timeout").Inc()
-	if c.flags&(flagClosing|flagClosed) != 0 {
-		return
-	}
-	for _, rc := range j.chans {
-		if c.out.resume[rc.ch] != rc.st {
-			j.recovered[rc.ch] = false
-			continue
-		}
-		c.finishResumeLocked(rc.ch, rc.st, nil, rc.parts, false, rc.st.last, j.reserve)
-		j.recovered[rc.ch] = false
-		s.countResume("kafka", false, 0)
-	}
-	c.sendLocked(okFrame(j.id, j.recovered))
-}
-
-// closing reports whether the connection is closing or closed.
-func (c *conn) closing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.flags&(flagClosing|flagClosed) != 0
+	c.sendLocked(j.t, okFrame(j.id, j.recovered))
 }

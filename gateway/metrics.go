@@ -20,21 +20,36 @@ type metrics struct {
 	snapshots     prometheus.Counter
 	conflated     prometheus.Counter
 	sseHandshakes *prometheus.CounterVec // kpush_handshakes_total{protocol="sse"}
+	cfHandshakes  *prometheus.CounterVec // kpush_handshakes_total{protocol="centrifugo"}
 	sseConns      atomic.Int64           // open event streams, among the registry's connections
 	cfConns       atomic.Int64           // open Centrifugo connections, likewise
+}
+
+// handshakesOf is kpush_handshakes_total of a WebSocket upgrade: protocol
+// v1, or the Centrifugo client protocol (cf).
+func (m *metrics) handshakesOf(cf bool) *prometheus.CounterVec {
+	if cf {
+		return m.cfHandshakes
+	}
+	return m.handshakes
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	m := &metrics{
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "kpush_handshakes_total",
-			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, sse) and result (ok, rejected, failed).",
+			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, centrifugo, sse) and result (ok, rejected, failed).",
 			ConstLabels: prometheus.Labels{"protocol": "v1"},
 		}, []string{"result"}),
 		sseHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "kpush_handshakes_total",
-			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, sse) and result (ok, rejected, failed).",
+			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, centrifugo, sse) and result (ok, rejected, failed).",
 			ConstLabels: prometheus.Labels{"protocol": "sse"},
+		}, []string{"result"}),
+		cfHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "kpush_handshakes_total",
+			Help:        "Handshakes (WebSocket upgrades, event stream requests) by protocol (v1, centrifugo, sse) and result (ok, rejected, failed).",
+			ConstLabels: prometheus.Labels{"protocol": "centrifugo"},
 		}, []string{"result"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpush_rejected_total",
@@ -74,7 +89,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Records dropped for slow connections on slow: conflate routes (clients see them as \"skipped\").",
 		}),
 	}
-	cs := []prometheus.Collector{m.handshakes, m.sseHandshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
+	cs := []prometheus.Collector{m.handshakes, m.sseHandshakes, m.cfHandshakes, m.rejected, m.clientErrors, m.closes, m.slowConsumers, m.latency,
 		m.resumes, m.resumeRecords, m.snapshots, m.conflated,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kpush_resume_pending",
@@ -96,7 +111,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name:        "kpush_connections",
 			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
 			ConstLabels: prometheus.Labels{"protocol": "v1"},
-		}, func() float64 { return float64(int64(s.conns.Count()) - m.sseConns.Load() - m.cfConns.Load()) }),
+		}, func() float64 { return float64(int64(s.Connections()) - m.sseConns.Load() - m.cfConns.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "kpush_connections",
 			Help:        "Open connections by protocol (v1: WebSocket protocol v1, centrifugo: Centrifugo client protocol, sse: event streams).",
@@ -179,8 +194,12 @@ func closeReason(code ws.StatusCode) string {
 		return "message_too_big"
 	case ws.StatusInternalServerError:
 		return "internal"
-	case CloseTokenExpired:
+	case CloseTokenExpired, cfCloseExpired:
 		return "token_expired"
+	case cfCloseInvalidToken:
+		return "invalid_token"
+	case cfCloseBadRequest:
+		return "bad_request"
 	case CloseSlowConsumer:
 		return "slow_consumer"
 	case ws.StatusNoStatusRcvd:
