@@ -13,31 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
-
-// Message is one routed record.
-type Message struct {
-	Channel   string
-	Topic     string
-	Partition int32
-	Offset    int64
-	Timestamp int64 // Unix milliseconds
-	Value     []byte
-	Route     *Route
-	// Epoch names the unbroken read this record belongs to. Two records of
-	// one partition with the same Epoch were read with every offset between
-	// them read too; a new Epoch means a hole may lie before this record (a
-	// reader that started at the log's end, an offset-out-of-range jump, a
-	// truncated or recreated log). Epochs are unique within the process and
-	// never reused.
-	Epoch uint64
-	// Reset marks the first record of its channel after the partition's
-	// log went back (truncated, or its topic recreated): offsets from here
-	// on may repeat ones delivered before, for different records.
-	Reset bool
-}
 
 // epochs hands out continuity epochs; 0 is never used.
 var epochs atomic.Uint64
@@ -45,24 +24,35 @@ var epochs atomic.Uint64
 // nextEpoch returns a continuity epoch never returned before.
 func nextEpoch() uint64 { return epochs.Add(1) }
 
-// Sink receives routed records. Deliver is called from one goroutine per
-// partition, in offset order within a partition, and must not block.
+// Destination is where the consumer hands routed records: in kpush, the
+// router (*router.Router satisfies it).
 //
-// The Message and its Value are reused for the next record of the partition
-// once Deliver returns: a Sink that keeps either past the call must copy it.
-// (The gateway encodes the record into its own frame during the call.)
-type Sink interface {
-	Deliver(m *Message)
+// Deliver is called from one goroutine per partition, in offset order
+// within a partition, and must not block. The Record and its Value are
+// reused for the next record of the partition once Deliver returns: a
+// Destination that keeps either past the call must copy it (the router's
+// encoder copies the value into the frame it builds during the call).
+//
+// DropRetention is called by SetRoutes, never concurrently with itself,
+// with the router.Retention of every route a reload removed or changed, so
+// what is retained of their channels goes; a record of such a route still
+// being delivered may carry it afterwards.
+type Destination interface {
+	Deliver(rec *router.Record)
+	DropRetention(keeps ...*router.Retention)
 }
 
 // Consumer reads every partition of the routed topics.
 type Consumer struct {
 	cfg   Config
-	table atomic.Pointer[routeTable] // replaced whole by SetRoutes
-	sink  Sink
-	log   *slog.Logger
-	m     *metrics
-	wake  chan struct{} // asks Run to read metadata now (routes changed)
+	table atomic.Pointer[Routes] // replaced whole by SetRoutes
+	dest  Destination
+	// routesMu serialises SetRoutes: it hands one table's Retentions to
+	// the next and drops the others.
+	routesMu sync.Mutex
+	log      *slog.Logger
+	m        *metrics
+	wake     chan struct{} // asks Run to read metadata now (routes changed)
 	// committed is kafka.isolation == read_committed.
 	committed bool
 
@@ -108,26 +98,6 @@ type Consumer struct {
 	// was replaced (truncated, or its topic recreated): positions below it
 	// may name records of the old log, so Replay refuses them.
 	resetBelow map[topicPartition]int64
-}
-
-// routeTable is the routes in force, indexed by topic. It is never modified
-// once stored.
-type routeTable struct {
-	byTopic map[string][]*Route
-	topics  []string // in first-route order
-}
-
-// newRouteTable indexes routes, which must have passed ValidateRoutes.
-func newRouteTable(routes []Route) *routeTable {
-	t := &routeTable{byTopic: make(map[string][]*Route)}
-	for i := range routes {
-		r := &routes[i]
-		if _, ok := t.byTopic[r.Topic]; !ok {
-			t.topics = append(t.topics, r.Topic)
-		}
-		t.byTopic[r.Topic] = append(t.byTopic[r.Topic], r)
-	}
-	return t
 }
 
 type topicPartition struct {
@@ -189,17 +159,19 @@ func (ps *partState) set(status string, err error) {
 	}
 }
 
-// New returns a Consumer for routes (already checked with ValidateRoutes).
-func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *slog.Logger) (*Consumer, error) {
+// New returns a Consumer that reads the topics of routes and hands their
+// records to dest. routes are compiled (CompileRoutes) and not kept.
+func New(cfg Config, routes []Route, dest Destination, reg prometheus.Registerer, log *slog.Logger) (*Consumer, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := ValidateRoutes(routes); err != nil {
+	t, err := CompileRoutes(routes)
+	if err != nil {
 		return nil, err
 	}
-	if sink == nil {
-		return nil, errors.New("consumer: nil sink")
+	if dest == nil {
+		return nil, errors.New("consumer: nil destination")
 	}
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -210,7 +182,7 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 	c := &Consumer{
 		cfg:        cfg,
 		committed:  cfg.Isolation == ReadCommitted,
-		sink:       sink,
+		dest:       dest,
 		log:        log,
 		wake:       make(chan struct{}, 1),
 		partitions: make(map[topicPartition]*partState),
@@ -221,7 +193,6 @@ func New(cfg Config, routes []Route, sink Sink, reg prometheus.Registerer, log *
 		groups:     make(map[int]*fetchGroup),
 		resetBelow: make(map[topicPartition]int64),
 	}
-	t := newRouteTable(routes)
 	c.table.Store(t)
 	for _, topic := range t.topics {
 		c.fresh[topic] = true

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"github.com/kpush/kpush/router"
 	"net"
 	"strconv"
 	"strings"
@@ -77,14 +78,15 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // chanSink hands copies of delivered values to a channel; block, while
-// set, makes Deliver wait for it to be closed (a stuck Sink).
+// set, makes Deliver wait for it to be closed (a stuck Destination).
 type chanSink struct {
+	dropsNothing
 	mu    sync.Mutex
 	block chan struct{}
 	got   chan string
 }
 
-func (s *chanSink) Deliver(m *Message) {
+func (s *chanSink) Deliver(m *router.Record) {
 	s.mu.Lock()
 	b := s.block
 	s.mu.Unlock()
@@ -145,7 +147,7 @@ func TestStartupMetadataErrorKeepsLatest(t *testing.T) {
 	}
 }
 
-// A partition reader stuck in the Sink (this pod's fault) shows as stalled
+// A partition reader stuck in the Destination (this pod's fault) shows as stalled
 // once its loop has not turned for the stall bound, and stops being so once
 // it turns again. Kafka being down never shows as a stall: every request
 // has a deadline shorter than the bound.

@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"fmt"
+	"github.com/kpush/kpush/router"
 	"sync"
 	"testing"
 	"time"
@@ -15,11 +16,12 @@ import (
 // msgSink keeps a copy of every delivered message, for a test goroutine to
 // read while partition goroutines deliver.
 type msgSink struct {
+	dropsNothing
 	mu   sync.Mutex
-	msgs []Message
+	msgs []router.Record
 }
 
-func (s *msgSink) Deliver(m *Message) {
+func (s *msgSink) Deliver(m *router.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := *m
@@ -27,10 +29,10 @@ func (s *msgSink) Deliver(m *Message) {
 	s.msgs = append(s.msgs, c)
 }
 
-func (s *msgSink) snapshot() []Message {
+func (s *msgSink) snapshot() []router.Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Message(nil), s.msgs...)
+	return append([]router.Record(nil), s.msgs...)
 }
 
 // A new leader epoch in the fetched batches makes the reader ask the leader
@@ -89,7 +91,7 @@ func TestLeaderEpochDivergence(t *testing.T) {
 		t.Fatal(err)
 	}
 	runConsumer(t, c)
-	delivered := func(n int) []Message {
+	delivered := func(n int) []router.Record {
 		t.Helper()
 		waitUntil(t, 20*time.Second, fmt.Sprintf("%d records delivered", n), func() bool { return len(sink.snapshot()) >= n })
 		return sink.snapshot()
@@ -148,7 +150,7 @@ func TestLeaderEpochDivergence(t *testing.T) {
 	mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, result, err := c.Replay(ctx, "c", 0, 2, func(*Message) bool { return true }); err != nil || result != ReplayReset {
+	if _, result, err := c.Replay(ctx, "c", 0, 2, func(*router.Record) bool { return true }); err != nil || result != ReplayReset {
 		t.Fatalf("Replay after offset 2 (before the divergence) = %q, %v; want %q", result, err, ReplayReset)
 	}
 

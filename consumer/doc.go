@@ -1,5 +1,19 @@
 // Package consumer reads the routed Kafka topics and hands every record,
-// mapped to its channel, to a Sink.
+// mapped to its channel, to a Destination (the router) as a router.Record
+// carrying its route's compiled router.Policy.
+//
+// Routes are compiled once, when they are set (New, SetRoutes;
+// CompileRoutes): defaults filled in a copy (the caller's routes are never
+// modified), the channel template parsed, and one router.Policy built per
+// route: format, slow-consumer policy, max_rate, public, and what the
+// router retains of its channels (a router.Retention). Every record of the
+// route carries a pointer to that policy to the router, and so to the
+// gateway's encoder; nothing on the record path looks at a Route again,
+// and a record read under the old routes keeps the policy it was read
+// under. A reload hands a route that stays as it was (same topic, channel
+// template and retention keys) the same router.Retention, so its channels
+// keep their snapshots and histories, and has the router drop the retained
+// state of routes removed or changed (compile.go).
 //
 // Every kpush instance must see every record, because a client subscribed to
 // any channel may be connected to any instance. So the consumer uses no
@@ -13,7 +27,7 @@
 // every kafka.metadata_interval) and reads those from their first offset.
 //
 // A partition reader delivers records strictly in offset order and advances
-// its position only past records it has handed to the Sink, so after a broker
+// its position only past records it has handed to the Destination, so after a broker
 // failure it retries with backoff from exactly the next undelivered offset:
 // nothing is skipped or repeated. It fetches with the configured isolation
 // level (read_committed by default: records of aborted transactions are
@@ -45,14 +59,20 @@
 // reload): readers of newly routed topics start, readers of topics no longer
 // routed stop, and the others use the new routes from their next fetch.
 //
+// Public answers, from the routes in force, which channels anonymous
+// clients may subscribe to (the gateway's PublicChannels).
+//
 // Place in kpush: the start of the record's path (consumer → router →
-// gateway). Of kpush it imports only router, for the channel name rule
-// (router.ValidChannel); cmd/kpush wires its Sink to the gateway's Publish.
+// gateway). Of kpush it imports only router, for the record type
+// (router.Record, router.Policy, router.Retention) and the channel name
+// rule (router.ValidChannel); cmd/kpush wires the router in as its
+// Destination.
 //
 // Concurrency: Run owns every goroutine it starts and returns after they
-// stop (kafka-go's transport goroutines end when Run returns); SetRoutes and
-// Replay are safe to call while it runs. Sink.Deliver is called concurrently
-// from partition goroutines (but in order within a partition) and must not
-// block; the Message it gets is reused for the partition's next record, so
-// routing a record allocates nothing.
+// stop (kafka-go's transport goroutines end when Run returns); SetRoutes,
+// Public and Replay are safe to call while it runs. Destination.Deliver is
+// called concurrently from partition goroutines (but in order within a
+// partition) and must not block; the Record it gets is reused for the
+// partition's next record, so routing a record allocates nothing.
+// Destination.DropRetention is called by SetRoutes, one call at a time.
 package consumer

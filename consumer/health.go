@@ -51,7 +51,7 @@ func (c *Consumer) Started() bool {
 // before it counts as stalled. Every step of the loop has a deadline: a
 // fetch at most fetch_max_wait + dial_timeout + 10s, a backoff at most
 // retry_backoff_max, a listing of offsets or metadata dial_timeout + 5s;
-// delivering to the Sink must not block. Twice the longest step, so Kafka
+// delivering to the Destination must not block. Twice the longest step, so Kafka
 // being slow or down never looks like a stall.
 func (c *Consumer) stallAfter() time.Duration {
 	if c.stallLimit > 0 {
@@ -63,7 +63,7 @@ func (c *Consumer) stallAfter() time.Duration {
 
 // Stalled returns the partitions whose reader's loop has not turned for
 // longer than any Kafka request or backoff can take: this pod's own
-// fault (a Sink that blocks, a deadlock), not Kafka's.
+// fault (a Destination that blocks, a deadlock), not Kafka's.
 func (c *Consumer) Stalled() []string {
 	limit := c.stallAfter()
 	now := time.Now()

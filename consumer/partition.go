@@ -12,7 +12,7 @@ import (
 )
 
 // partReader reads one partition in offset order and hands its records to
-// the Sink through a recordRouter, which allocates nothing per record.
+// the Destination through a recordRouter, which allocates nothing per record.
 type partReader struct {
 	c      *Consumer
 	tp     topicPartition
@@ -36,7 +36,7 @@ func (c *Consumer) newPartReader(tp topicPartition, ps *partState) *partReader {
 		c:      c,
 		tp:     tp,
 		state:  ps,
-		router: newRecordRouter(c.m, tp, c.table.Load().byTopic[tp.topic], c.sink.Deliver),
+		router: newRecordRouter(c.m, tp, c.table.Load().byTopic[tp.topic], c.dest.Deliver),
 		m:      c.m.forPartition(tp),
 		log:    c.log.With("topic", tp.topic, "partition", tp.partition),
 

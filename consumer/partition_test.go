@@ -3,6 +3,7 @@ package consumer
 import (
 	"bytes"
 	"fmt"
+	"github.com/kpush/kpush/router"
 	"strings"
 	"testing"
 	"time"
@@ -14,17 +15,26 @@ import (
 	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
-// recordingSink keeps a copy of every message (the consumer reuses the
-// Message and its Value after Deliver returns).
-type recordingSink struct{ msgs []Message }
+// dropsNothing is a test Destination's DropRetention: these tests retain
+// nothing.
+type dropsNothing struct{}
 
-func (s *recordingSink) Deliver(m *Message) {
+func (dropsNothing) DropRetention(...*router.Retention) {}
+
+// recordingSink keeps a copy of every record (the consumer reuses the
+// Record and its Value after Deliver returns).
+type recordingSink struct {
+	dropsNothing
+	msgs []router.Record
+}
+
+func (s *recordingSink) Deliver(m *router.Record) {
 	c := *m
 	c.Value = bytes.Clone(m.Value)
 	s.msgs = append(s.msgs, c)
 }
 
-func newTestReader(t testing.TB, routes []Route, sink Sink) *partReader {
+func newTestReader(t testing.TB, routes []Route, sink Destination) *partReader {
 	t.Helper()
 	c, err := New(Config{}, routes, sink, prometheus.NewRegistry(), nil)
 	if err != nil {
@@ -115,7 +125,7 @@ func TestDispatchTransactions(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
-			sink := sinkFunc(func(m *Message) { got = append(got, fmt.Sprintf("%d:%s", m.Offset, m.Value)) })
+			sink := sinkFunc(func(m *router.Record) { got = append(got, fmt.Sprintf("%d:%s", m.Offset, m.Value)) })
 			c, err := New(Config{Isolation: tc.isolation}, routes, sink, prometheus.NewRegistry(), nil)
 			if err != nil {
 				t.Fatal(err)
@@ -224,7 +234,7 @@ func TestDispatch(t *testing.T) {
 			var got []string
 			for _, m := range sink.msgs {
 				got = append(got, fmt.Sprintf("%s %d %s", m.Channel, m.Offset, m.Value))
-				if m.Topic != "t" || m.Partition != 3 || m.Timestamp != 1_700_000_000_000+m.Offset || m.Route == nil {
+				if m.Topic != "t" || m.Partition != 3 || m.Timestamp != 1_700_000_000_000+m.Offset || m.Policy == nil {
 					t.Errorf("message %+v: wrong topic, partition, timestamp or route", m)
 				}
 			}
@@ -240,19 +250,19 @@ func TestDispatch(t *testing.T) {
 	}
 }
 
-// The Message handed to the Sink is reused: its Value holds the current
-// record only during Deliver.
-func TestDispatchReusesMessage(t *testing.T) {
-	var seen []*Message
+// The Record handed to the Destination is reused: its Value holds the
+// current record only during Deliver.
+func TestDispatchReusesRecord(t *testing.T) {
+	var seen []*router.Record
 	var values []string
-	sink := sinkFunc(func(m *Message) {
+	sink := sinkFunc(func(m *router.Record) {
 		seen = append(seen, m)
 		values = append(values, string(m.Value))
 	})
 	r := newTestReader(t, []Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink)
 	r.dispatch(&fetched{records: stream(data(kr(0, "", "first"), kr(1, "", "second")))}, 0)
 	if len(seen) != 2 || seen[0] != seen[1] {
-		t.Fatalf("got %d messages, want the same *Message twice", len(seen))
+		t.Fatalf("got %d messages, want the same *router.Record twice", len(seen))
 	}
 	if values[0] != "first" || values[1] != "second" {
 		t.Fatalf("values during Deliver %q, want first, second", values)
@@ -267,16 +277,17 @@ func counterValue(c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
-type sinkFunc func(m *Message)
+type sinkFunc func(m *router.Record)
 
-func (f sinkFunc) Deliver(m *Message) { f(m) }
+func (f sinkFunc) Deliver(m *router.Record)           { f(m) }
+func (f sinkFunc) DropRetention(...*router.Retention) {}
 
 // BenchmarkDispatch routes a fetch of 1,000 100-byte JSON records over 100
 // channels: the consumer's own per-record cost, without the network.
 func BenchmarkDispatch(b *testing.B) {
 	const n = 1000
 	value := `{"sym":"S000","px":123.45,"pad":"` + strings.Repeat("x", 100-37) + `"}`
-	r := newTestReader(b, []Route{{Topic: "t", Channel: "ticks.{key}", Format: FormatJSON}}, sinkFunc(func(*Message) {}))
+	r := newTestReader(b, []Route{{Topic: "t", Channel: "ticks.{key}", Format: FormatJSON}}, sinkFunc(func(*router.Record) {}))
 	recs := make([]kafka.Record, n)
 	b.ReportAllocs()
 	b.SetBytes(n * int64(len(value)))

@@ -1,10 +1,16 @@
 package consumer
 
 // SetRoutes replaces the routes of a running (or not yet running) Consumer.
-// routes are checked with ValidateRoutes first; invalid routes change
-// nothing. Like New, it keeps pointers into routes (a Message's Route), so
-// the caller must not modify them afterwards. Safe to call concurrently with
-// Run.
+// routes are compiled (CompileRoutes) and not kept; invalid routes change
+// nothing. Safe to call concurrently with Run and with itself.
+//
+// What is retained of channels: a route that stays as it was (same topic,
+// channel template, snapshot and history keys) keeps its router.Retention,
+// so its channels keep their snapshots and histories; the retained state
+// of a route removed or changed is dropped (Destination.DropRetention)
+// once the new routes are in force. Every record carries its route's
+// policy, so a record of the old routes still being delivered is published
+// with the policy it was read under.
 //
 // What changes, and from which offset:
 //   - A route added for a topic already being read applies from the
@@ -21,13 +27,16 @@ package consumer
 //     is routed again before they have stopped, its new readers start once
 //     they have.
 func (c *Consumer) SetRoutes(routes []Route) error {
-	if err := ValidateRoutes(routes); err != nil {
+	t, err := CompileRoutes(routes)
+	if err != nil {
 		return err
 	}
-	t := newRouteTable(routes)
+	c.routesMu.Lock()
+	defer c.routesMu.Unlock()
 	var added, removed []string
 	c.mu.Lock()
 	old := c.table.Load()
+	gone := t.inherit(old)
 	c.table.Store(t)
 	for _, topic := range t.topics {
 		if _, ok := old.byTopic[topic]; !ok {
@@ -50,12 +59,20 @@ func (c *Consumer) SetRoutes(routes []Route) error {
 		}
 	}
 	c.mu.Unlock()
+	if len(gone) > 0 {
+		c.dest.DropRetention(gone...)
+	}
 	if len(added) > 0 || len(removed) > 0 {
 		c.log.Info("consumer: routed topics changed", "added", added, "removed", removed, "topics", t.topics)
 	}
 	c.poke()
 	return nil
 }
+
+// Public reports whether a route in force marked public: true can produce
+// channel ch: anonymous clients may subscribe to it. It satisfies the
+// gateway's PublicChannels and is safe for concurrent use.
+func (c *Consumer) Public(ch string) bool { return c.table.Load().Public(ch) }
 
 // readerStopped is called when a partition reader returns.
 func (c *Consumer) readerStopped(tp topicPartition, ps *partState) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kpush/kpush/router"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -26,17 +27,17 @@ const (
 // sees it (the last stable offset under read_committed), and calls emit, in offset order, with every record routed to ch.
 // It stops when emit returns false, after kafka.replay_max_scanned records,
 // or when ctx ends. It reports whether every such record was emitted, and
-// why not (one of the Replay* results). The Message handed to emit is
+// why not (one of the Replay* results). The Record handed to emit is
 // reused once emit returns: emit must copy what it keeps.
 //
 // The topic is found from the routes whose channel template can produce ch;
 // positions are per partition, so a channel must come from
 // a single topic to be replayed. Replay is safe for concurrent use and
 // independent of the live partition readers.
-func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (complete bool, result string, err error) {
+func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (complete bool, result string, err error) {
 	defer func() { c.m.replays.WithLabelValues(result).Inc() }()
 	var topic string
-	var routes []*Route
+	var routes []*compiledRoute
 	table := c.table.Load()
 	for _, t := range table.topics {
 		for _, r := range table.byTopic[t] {
@@ -64,7 +65,7 @@ func (c *Consumer) Replay(ctx context.Context, ch string, p int32, after int64, 
 	scanned := 0
 	stalls := 0
 	emitStopped := false
-	rr := newRecordRouter(c.m, tp, routes, func(m *Message) {
+	rr := newRecordRouter(c.m, tp, routes, func(m *router.Record) {
 		if !emitStopped && !emit(m) {
 			emitStopped = true
 		}

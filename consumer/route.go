@@ -14,27 +14,28 @@ import (
 const maxInterned = 4096
 
 // recordRouter maps the records of one partition through its topic's routes
-// and hands deliver a Message per route that gives a record a valid
-// channel. It reuses its buffers from record to record, so routing a record
-// allocates nothing: key and value are copied out of kafka-go's pooled pages
-// into buffers it owns, channel names are interned, and the same Message is
-// handed over each time (deliver must copy what it keeps). Not safe for
+// and hands deliver a router.Record per route that gives a record a valid
+// channel, carrying that route's compiled policy. It reuses its buffers
+// from record to record, so routing a record allocates nothing: key and
+// value are copied out of kafka-go's pooled pages into buffers it owns,
+// channel names are interned, and the same Record is handed over each time
+// (deliver must copy what it keeps). Not safe for
 // concurrent use: each partition reader and each replay has its own.
 type recordRouter struct {
 	m       *metrics
 	tp      topicPartition
-	routes  []*Route
-	deliver func(*Message)
+	routes  []*compiledRoute
+	deliver func(*router.Record)
 	// only, when set, restricts delivery to that one channel; live says
 	// whether skipped records are counted (a replay reads them again).
 	only string
 	live bool
-	// epoch is stamped on every Message (Message.Epoch); the partition
+	// epoch is stamped on every Record (router.Record.Epoch); the partition
 	// reader replaces it whenever its read has a hole.
 	epoch uint64
 	// resetPending, while non-nil, holds the channels that have had a
 	// record since the last reset: the first record of any other channel
-	// is marked Message.Reset. It stops marking after maxInterned channels.
+	// is marked router.Record.Reset. It stops marking after maxInterned channels.
 	resetPending map[string]bool
 
 	key, value []byte
@@ -42,10 +43,10 @@ type recordRouter struct {
 	channels   map[string]string // valid channel names rendered before
 	headers    []kafka.Header    // of the record being routed; read by header
 	fields     Fields
-	msg        Message
+	rec        router.Record
 }
 
-func newRecordRouter(m *metrics, tp topicPartition, routes []*Route, deliver func(*Message)) *recordRouter {
+func newRecordRouter(m *metrics, tp topicPartition, routes []*compiledRoute, deliver func(*router.Record)) *recordRouter {
 	r := &recordRouter{
 		m:        m,
 		tp:       tp,
@@ -96,23 +97,23 @@ func (r *recordRouter) route(rec *kafka.Record) {
 				continue
 			}
 		}
-		r.msg = Message{
+		r.rec = router.Record{
 			Channel:   ch,
 			Topic:     r.tp.topic,
 			Partition: int32(r.tp.partition),
 			Offset:    rec.Offset,
 			Timestamp: rec.Time.UnixMilli(),
-			Value:     r.value,
-			Route:     rt,
 			Epoch:     r.epoch,
+			Value:     r.value,
+			Policy:    rt.policy,
 		}
 		if r.resetPending != nil && !r.resetPending[ch] {
-			r.msg.Reset = true
+			r.rec.Reset = true
 			if r.resetPending[ch] = true; len(r.resetPending) >= maxInterned {
 				r.resetPending = nil
 			}
 		}
-		r.deliver(&r.msg)
+		r.deliver(&r.rec)
 	}
 	r.headers = nil
 }

@@ -66,11 +66,15 @@ func TestValidateRoutes(t *testing.T) {
 		t.Fatal("no routes accepted")
 	}
 	routes := []Route{{Topic: "t", Channel: "c.{key}"}}
-	if err := ValidateRoutes(routes); err != nil || routes[0].Format != FormatJSON || routes[0].Template() == nil {
-		t.Fatalf("valid route: err=%v format=%q", err, routes[0].Format)
+	rs, err := CompileRoutes(routes)
+	if err != nil || rs.all[0].Format != FormatJSON || rs.all[0].tmpl == nil || rs.all[0].policy.Binary {
+		t.Fatalf("valid route: err=%v", err)
+	}
+	if routes[0] != (Route{Topic: "t", Channel: "c.{key}"}) {
+		t.Fatalf("CompileRoutes modified the caller's route: %+v", routes[0])
 	}
 	bad := []Route{{Channel: "c"}, {Topic: "t", Channel: "{x}"}, {Topic: "t", Channel: "c", Format: "xml"}}
-	err := ValidateRoutes(bad)
+	err = ValidateRoutes(bad)
 	for _, key := range []string{"routes[0].topic", "routes[1].channel", "routes[2].format"} {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("error %v does not name %s", err, key)
@@ -100,7 +104,7 @@ func TestValidateRoutesResumeKeys(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			routes := []Route{tc.route}
-			err := ValidateRoutes(routes)
+			rs, err := CompileRoutes(routes)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
@@ -110,7 +114,10 @@ func TestValidateRoutesResumeKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r := routes[0]; r.Slow != tc.want.Slow || r.History != tc.want.History {
+			if routes[0] != tc.route {
+				t.Fatalf("CompileRoutes modified the caller's route: %+v, was %+v", routes[0], tc.route)
+			}
+			if r := rs.all[0]; r.Slow != tc.want.Slow || r.History != tc.want.History {
 				t.Fatalf("route after defaults: slow %q history %+v, want %q %+v", r.Slow, r.History, tc.want.Slow, tc.want.History)
 			}
 		})

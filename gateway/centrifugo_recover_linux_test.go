@@ -194,9 +194,9 @@ func TestCentrifugoRecoverySemantics(t *testing.T) {
 // emits those asked for.
 type logReplayer map[int32][]int64
 
-func (l logReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (bool, error) {
+func (l logReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
 	for _, o := range l[p] {
-		if o > after && !emit(&Message{Channel: ch, Topic: "t", Partition: p, Offset: o, Epoch: 9, Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}) {
+		if o > after && !emit(&router.Record{Channel: ch, Topic: "t", Partition: p, Offset: o, Epoch: 9, Value: []byte(fmt.Sprintf(`{"o":%d}`, o))}) {
 			return false, nil
 		}
 	}

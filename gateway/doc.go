@@ -20,10 +20,11 @@
 //   - outbound.go, capped.go: a connection's queue of frames, its bounds,
 //     the slow-consumer policy (conflation), frequency caps and the resume
 //     seam's per-channel state;
-//   - protocol.go: request parsing, replies, EncodeMessage (a record
+//   - protocol.go: request parsing, replies, EncodeRecord (a router.Record
 //     encoded once as a complete frame);
 //   - server.go, metrics.go: the Server's sessions' half (configuration,
-//     limits, verifier, resume queue, Publish) and the metrics.
+//     limits, verifier, resume queue, Encode, the router's Encoder, and
+//     Publish) and the metrics.
 //
 // The transport half (the _linux.go files; the parsers they use are
 // portable and tested on any system):
@@ -67,7 +68,8 @@
 //     writer, arm the timer, closing) with mu held; they never block or
 //     take a router lock, so a record can be queued from inside the
 //     router's fan-out.
-//   - Publishers (the Kafka consumer, through Server.Publish) only append to
+//   - Publishing (the router's fan-out, with each record encoded once by
+//     Server.Encode) only appends to
 //     per-connection queues, which are bounded in bytes and messages; when a
 //     record does not fit, its route's policy applies (outbound.go): close
 //     with 4008, or conflate to the newest pending record per channel.

@@ -213,7 +213,10 @@ func errorFrame(id int64, code, msg string) []byte {
 	return wire.ServerFrame(ws.OpText, b)
 }
 
-// Message describes one record to encode as a msg frame.
+// Message is a record given to the gateway directly, with its route's
+// settings inline: what tests, benchmarks and tools publish (Server.Publish,
+// EncodeMessage) when no consumer is involved. kpush's own records reach
+// the gateway as router.Record, through the router's Encoder (Server.Encode).
 type Message struct {
 	Channel   string
 	Topic     string // the Kafka topic ("" when unknown)
@@ -245,51 +248,92 @@ type Message struct {
 	MaxRate float64
 }
 
+// record returns m as the router.Record it stands for, with a policy of
+// its own holding m's settings and keep (one allocation for both).
+func (m *Message) record(keep *router.Retention) *router.Record {
+	p := &struct {
+		rec router.Record
+		pol router.Policy
+	}{
+		rec: router.Record{
+			Channel:   m.Channel,
+			Topic:     m.Topic,
+			Partition: m.Partition,
+			Offset:    m.Offset,
+			Timestamp: m.Timestamp,
+			Epoch:     m.Epoch,
+			Reset:     m.Reset,
+			Value:     m.Data,
+		},
+		pol: router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate, Keep: keep},
+	}
+	p.rec.Policy = &p.pol
+	return &p.rec
+}
+
 // EncodeMessage encodes m once as a complete WebSocket text frame and
 // returns the Frame every subscriber of m.Channel receives.
 func EncodeMessage(m *Message) *router.Frame {
-	// Size the buffer exactly so the frame is one allocation.
-	dataLen := len(m.Data)
-	if m.Binary {
-		dataLen = base64.StdEncoding.EncodedLen(len(m.Data)) + 2 + len(`,"enc":"base64"`)
+	pol := router.Policy{Binary: m.Binary, Conflate: m.Conflate, MaxRate: m.MaxRate}
+	rec := router.Record{Channel: m.Channel, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Timestamp: m.Timestamp,
+		Epoch: m.Epoch, Reset: m.Reset, Value: m.Data, Policy: &pol}
+	return encodeRecord(&rec, m.Snapshot, m.Skipped)
+}
+
+// EncodeRecord encodes rec once as a complete WebSocket text frame (a msg
+// frame of protocol v1, in its route's format) and returns the Frame every
+// subscriber of rec.Channel receives. rec.Value is copied.
+func EncodeRecord(rec *router.Record) *router.Frame { return encodeRecord(rec, false, 0) }
+
+// encodeRecord is EncodeRecord, marked as a snapshot or as following
+// skipped records when asked.
+func encodeRecord(rec *router.Record, snapshot bool, skipped int64) *router.Frame {
+	var pol router.Policy
+	if rec.Policy != nil {
+		pol = *rec.Policy
 	}
-	n := len(`{"op":"msg","ch":"","p":,"o":,"ts":,"data":}`) + len(m.Channel) + 11 + 20 + 20 + dataLen
-	if m.Snapshot {
+	// Size the buffer exactly so the frame is one allocation.
+	dataLen := len(rec.Value)
+	if pol.Binary {
+		dataLen = base64.StdEncoding.EncodedLen(len(rec.Value)) + 2 + len(`,"enc":"base64"`)
+	}
+	n := len(`{"op":"msg","ch":"","p":,"o":,"ts":,"data":}`) + len(rec.Channel) + 11 + 20 + 20 + dataLen
+	if snapshot {
 		n += len(`,"snap":true`)
 	}
-	if m.Skipped > 0 {
+	if skipped > 0 {
 		n += len(`,"skipped":`) + 20
 	}
-	if m.Reset {
+	if rec.Reset {
 		n += len(`,"reset":true`)
 	}
 	hl := wire.ServerHeaderLen(n) // upper bound on the final length's header size
 	buf := make([]byte, hl, hl+n)
 	b := append(buf, `{"op":"msg","ch":"`...)
-	b = append(b, m.Channel...)
+	b = append(b, rec.Channel...)
 	b = append(b, `","p":`...)
-	b = strconv.AppendInt(b, int64(m.Partition), 10)
+	b = strconv.AppendInt(b, int64(rec.Partition), 10)
 	b = append(b, `,"o":`...)
-	b = strconv.AppendInt(b, m.Offset, 10)
+	b = strconv.AppendInt(b, rec.Offset, 10)
 	b = append(b, `,"ts":`...)
-	b = strconv.AppendInt(b, m.Timestamp, 10)
-	if m.Snapshot {
+	b = strconv.AppendInt(b, rec.Timestamp, 10)
+	if snapshot {
 		b = append(b, `,"snap":true`...)
 	}
-	if m.Skipped > 0 {
+	if skipped > 0 {
 		b = append(b, `,"skipped":`...)
-		b = strconv.AppendInt(b, m.Skipped, 10)
+		b = strconv.AppendInt(b, skipped, 10)
 	}
-	if m.Reset {
+	if rec.Reset {
 		b = append(b, `,"reset":true`...)
 	}
-	if m.Binary {
+	if pol.Binary {
 		b = append(b, `,"enc":"base64","data":"`...)
-		b = base64.StdEncoding.AppendEncode(b, m.Data)
+		b = base64.StdEncoding.AppendEncode(b, rec.Value)
 		b = append(b, `"}`...)
 	} else {
 		b = append(b, `,"data":`...)
-		b = append(b, m.Data...)
+		b = append(b, rec.Value...)
 		b = append(b, '}')
 	}
 	payload := len(b) - hl
@@ -298,16 +342,16 @@ func EncodeMessage(m *Message) *router.Frame {
 	start := hl - real
 	wire.PutServerHeader(b[start:hl], ws.OpText, payload)
 	return &router.Frame{
-		Channel:   m.Channel,
-		Topic:     m.Topic,
-		Partition: m.Partition,
-		Offset:    m.Offset,
-		Timestamp: m.Timestamp,
-		Epoch:     m.Epoch,
-		Reset:     m.Reset,
+		Channel:   rec.Channel,
+		Topic:     rec.Topic,
+		Partition: rec.Partition,
+		Offset:    rec.Offset,
+		Timestamp: rec.Timestamp,
+		Epoch:     rec.Epoch,
+		Reset:     rec.Reset,
 		Data:      b[start:],
 		Payload:   b[hl:],
-		Conflate:  m.Conflate,
-		MaxRate:   m.MaxRate,
+		Conflate:  pol.Conflate,
+		MaxRate:   pol.MaxRate,
 	}
 }

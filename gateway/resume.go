@@ -1,6 +1,10 @@
 package gateway
 
-import "context"
+import (
+	"context"
+
+	"github.com/kpush/kpush/router"
+)
 
 // Replayer reads a channel's records back from Kafka for clients that resume
 // from a position older than the in-memory history. cmd/kpush wires it to the
@@ -17,5 +21,5 @@ type Replayer interface {
 	// emitted; it is false when records were deleted from Kafka, a replay
 	// limit was reached, emit stopped it, or the records cannot be found
 	// (no route or more than one topic produces ch).
-	Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (complete bool, err error)
+	Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (complete bool, err error)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/kpush/kpush/gateway/auth"
 	"github.com/kpush/kpush/gateway/client"
+	"github.com/kpush/kpush/router"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -20,7 +21,7 @@ type stuckReplayer struct {
 	release chan struct{}
 }
 
-func (r *stuckReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (bool, error) {
+func (r *stuckReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
 	r.started <- ch
 	<-r.release
 	return true, nil

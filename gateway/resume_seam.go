@@ -279,11 +279,11 @@ func (s *Server) runResume(ctx context.Context, j *resumeJob) {
 		}
 		for _, pp := range rc.kafka {
 			next := pp.after
-			complete, err := s.replayer.Replay(ctx, rc.ch, pp.p, pp.after, func(m *Message) bool {
+			complete, err := s.replayer.Replay(ctx, rc.ch, pp.p, pp.after, func(m *router.Record) bool {
 				if m.Channel != rc.ch || m.Partition != pp.p || m.Offset <= next {
 					return true // not asked for; never sent out of order
 				}
-				f := EncodeMessage(m)
+				f := EncodeRecord(m)
 				cn++
 				cb += len(f.Data)
 				if n+cn > maxMsgs || bytes+cb > maxBytes {

@@ -26,7 +26,7 @@ func newFakeReplayer(complete bool, offsets ...int64) *fakeReplayer {
 	return &fakeReplayer{started: make(chan string, 4), release: make(chan struct{}), offsets: offsets, complete: complete}
 }
 
-func (f *fakeReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (bool, error) {
+func (f *fakeReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
 	f.started <- ch
 	select {
 	case <-f.release:
@@ -34,7 +34,7 @@ func (f *fakeReplayer) Replay(ctx context.Context, ch string, p int32, after int
 		return false, ctx.Err()
 	}
 	for _, o := range f.offsets {
-		if o > after && !emit(&Message{Channel: ch, Partition: p, Offset: o, Data: []byte(fmt.Sprintf(`{"o":%d}`, o))}) {
+		if o > after && !emit(&router.Record{Channel: ch, Partition: p, Offset: o, Value: []byte(fmt.Sprintf(`{"o":%d}`, o))}) {
 			return false, nil
 		}
 	}

@@ -126,18 +126,25 @@ func (s *Server) SetLimits(cfg Config) error {
 // lim returns the limits in force.
 func (s *Server) lim() *Limits { return s.limits.Load() }
 
-// Publish encodes m once and queues it to every subscriber of its channel.
-// keep (nil for nothing) says what the router retains of the channel for
-// snapshots and resumes; it is the route's and shared. It returns the number
-// of connections that accepted it. A record nobody subscribes to and
-// nothing retains is not encoded at all.
+// Encode is the router's Encoder (router.SetEncoder): it encodes rec once
+// as a msg frame and, when a connection negotiated permessage-deflate and
+// the frame is large enough, compresses it once for all of them.
+func (s *Server) Encode(rec *router.Record) *router.Frame {
+	f := EncodeRecord(rec)
+	if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
+		f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
+		s.deflated.Add(1)
+	}
+	return f
+}
+
+var _ router.Encoder = (*Server)(nil)
+
+// Publish publishes m through the router as a record of a route with m's
+// settings and keep (nil for nothing retained), encoded by Encode: how
+// tests and tools without a consumer publish. It returns the number of
+// connections that accepted it. A record nobody subscribes to and nothing
+// retains is not encoded at all.
 func (s *Server) Publish(m *Message, keep *router.Retention) int {
-	return s.router.PublishLazy(m.Channel, keep, func() *router.Frame {
-		f := EncodeMessage(m)
-		if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
-			f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
-			s.deflated.Add(1)
-		}
-		return f
-	})
+	return s.router.PublishRecord(m.record(keep), s)
 }

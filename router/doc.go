@@ -1,9 +1,15 @@
 // Package router maps channel names to the sinks subscribed to them and fans
 // each published frame out to every subscriber.
 //
-// A Frame is encoded once by its publisher; the router hands the same *Frame
-// to every subscriber of its channel without copying it, so a delivery costs
-// one interface call and no allocation.
+// Records come from the consumer as a Record (Deliver), each carrying its
+// route's compiled Policy: format, slow-consumer policy, max_rate, public,
+// and what to retain (Keep, a Retention). The router asks its Encoder (the
+// gateway, set once with SetEncoder) to turn a record into a Frame at most
+// once, and only when the channel has a subscriber or the route retains
+// something (PublishRecord says why, with a benchmark's figure). The same
+// *Frame then goes to every subscriber of the channel without copying, so
+// a delivery costs one interface call and no allocation. Publish takes a
+// Frame encoded beforehand.
 //
 // The index is split into shards picked by a hash of the channel name. Each
 // shard is a sync.RWMutex plus a map; Publish runs under the shard's read lock,
@@ -28,9 +34,11 @@
 //
 // Place in kpush: the middle of the record's path (consumer → router →
 // gateway). The router imports neither the gateway nor the consumer
-// (cmd/kpush's TestPackageDependencies checks it); the gateway's
-// connections reach it only as Sinks.
+// (cmd/kpush's TestPackageDependencies checks it): the consumer reaches it
+// as its Destination, the gateway as its Encoder and, for each connection,
+// as a Sink.
 //
-// All methods are safe for concurrent use. Sink.Enqueue is called with a shard
-// lock held and must never block.
+// All methods are safe for concurrent use, except SetEncoder, called once
+// before the first Deliver. Sink.Enqueue and Encoder.Encode are called
+// with a shard lock held and must never block.
 package router

@@ -117,7 +117,7 @@ func (r *Router) evictedCounts() (out [NumEvictReasons]uint64) {
 // rounded up so that the estimate stays above the real heap.
 const (
 	channelCost = 320 // channel struct, its index entry and name header
-	frameCost   = 144 // a Frame struct, and the rounding of its Data
+	frameCost   = 160 // a Frame struct (160 B since Frame.Topic), and the rounding of its Data
 	historyCost = 96  // a history struct
 	entryCost   = 16  // one ring slot
 	rangeCost   = 32  // one partition range

@@ -101,6 +101,8 @@ type Router struct {
 	goneMu sync.RWMutex
 	gone   map[*Retention]struct{} // guarded by goneMu; see DropRetention
 	goneN  atomic.Int32            // len(gone), read without goneMu
+
+	encoder Encoder // set once before the first Deliver (SetEncoder)
 }
 
 type shard struct {
@@ -311,26 +313,6 @@ func (r *Router) Publish(f *Frame, keep *Retention) int {
 	}
 	sh.mu.RUnlock()
 	return n
-}
-
-// PublishLazy is Publish(encode(), keep) for a frame built only if it is
-// needed: ch has subscribers, or keep retains something. Most records have
-// no subscriber at a given instant, and encoding them would be wasted work.
-// encode runs at most once, and must not call back into the Router.
-// Published counts the record either way.
-func (r *Router) PublishLazy(ch string, keep *Retention, encode func() *Frame) int {
-	if keep.keepsAnything() {
-		return r.Publish(encode(), keep)
-	}
-	sh := r.shardFor(ch)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	c := sh.channels[ch]
-	if c == nil {
-		r.published.Add(1)
-		return 0
-	}
-	return r.fanout(c, encode())
 }
 
 // fanout enqueues f to every sink of c; caller holds the shard lock.

@@ -3,6 +3,7 @@ package router
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -205,6 +206,33 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
+// frameEncoder hands out one frame made before, so BenchmarkDeliver measures
+// the router's part of a delivery.
+type frameEncoder struct{ f *Frame }
+
+func (e frameEncoder) Encode(*Record) *Frame { return e.f }
+
+// BenchmarkDeliver is BenchmarkPublish through the record path: a Record,
+// its Policy and the Encoder, as the consumer delivers.
+func BenchmarkDeliver(b *testing.B) {
+	for _, subs := range []int{1, 100, 10000} {
+		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
+			r := New()
+			for i := 0; i < subs; i++ {
+				r.Subscribe(&nopSink{}, "ticks.AAPL", nil)
+			}
+			r.SetEncoder(frameEncoder{&Frame{Channel: "ticks.AAPL", Data: make([]byte, 100)}})
+			rec := &Record{Channel: "ticks.AAPL", Value: make([]byte, 100), Policy: &Policy{}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r.Deliver(rec)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*subs), "ns/delivery")
+		})
+	}
+}
+
 func TestPublishDoesNotAllocate(t *testing.T) {
 	r := New()
 	for i := 0; i < 100; i++ {
@@ -216,27 +244,38 @@ func TestPublishDoesNotAllocate(t *testing.T) {
 	}
 }
 
-func TestPublishLazyEncodesOnlyForSubscribers(t *testing.T) {
+// countingEncoder encodes a record as a frame holding its value, counting
+// its calls.
+type countingEncoder struct{ n int }
+
+func (e *countingEncoder) Encode(rec *Record) *Frame {
+	e.n++
+	return &Frame{Channel: rec.Channel, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Data: slices.Clone(rec.Value)}
+}
+
+func TestPublishRecordEncodesOnlyForSubscribersOrRetention(t *testing.T) {
 	r := New()
 	a := &recSink{}
 	r.Subscribe(a, "ticks.AAPL", nil)
-	encoded := 0
-	frame := func(ch string) func() *Frame {
-		return func() *Frame {
-			encoded++
-			return &Frame{Channel: ch, Data: []byte("x")}
-		}
+	enc := &countingEncoder{}
+	plain := &Policy{}
+	if n := r.PublishRecord(&Record{Channel: "ticks.MSFT", Value: []byte("1"), Policy: plain}, enc); n != 0 || enc.n != 0 {
+		t.Fatalf("no subscriber: delivered to %d, encoded %d times; want 0 and 0", n, enc.n)
 	}
-	if n := r.PublishLazy("ticks.MSFT", nil, frame("ticks.MSFT")); n != 0 || encoded != 0 {
-		t.Fatalf("no subscriber: delivered to %d, encoded %d times; want 0 and 0", n, encoded)
+	if n := r.PublishRecord(&Record{Channel: "ticks.AAPL", Topic: "t", Offset: 4, Value: []byte("2"), Policy: plain}, enc); n != 1 || enc.n != 1 {
+		t.Fatalf("one subscriber: delivered to %d, encoded %d times; want 1 and 1", n, enc.n)
 	}
-	if n := r.PublishLazy("ticks.AAPL", nil, frame("ticks.AAPL")); n != 1 || encoded != 1 {
-		t.Fatalf("one subscriber: delivered to %d, encoded %d times; want 1 and 1", n, encoded)
-	}
-	if got := a.got(); len(got) != 1 || got[0].Channel != "ticks.AAPL" {
+	if got := a.got(); len(got) != 1 || got[0].Channel != "ticks.AAPL" || got[0].Topic != "t" || got[0].Offset != 4 || string(got[0].Data) != "2" {
 		t.Fatalf("subscriber got %v, want the one frame", got)
 	}
-	if st := r.Stats(); st.Published != 2 || st.Deliveries != 1 {
-		t.Fatalf("stats = %+v, want 2 published (both records) and 1 delivery", st)
+	// A route that retains: encoded with no subscriber, and kept.
+	snap := &Policy{Keep: &Retention{Last: true}}
+	r.SetEncoder(enc)
+	r.Deliver(&Record{Channel: "ticks.IBM", Value: []byte("3"), Policy: snap})
+	if enc.n != 2 || r.Last("ticks.IBM") == nil || string(r.Last("ticks.IBM").Data) != "3" {
+		t.Fatalf("retained route: encoded %d times, last %v; want 2 and the record", enc.n, r.Last("ticks.IBM"))
+	}
+	if st := r.Stats(); st.Published != 3 || st.Deliveries != 1 {
+		t.Fatalf("stats = %+v, want 3 published (every record) and 1 delivery", st)
 	}
 }

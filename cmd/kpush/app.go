@@ -12,7 +12,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +35,6 @@ type app struct {
 	router   *router.Router
 	gw       *gateway.Server
 	consumer *consumer.Consumer
-	pub      *publisher
 	reloader *reloader
 
 	gwLn    net.Listener
@@ -81,14 +79,15 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	a.gw.HandleHTTP(web.Handler(web.Config{WSPath: cfg.Gateway.Path}))
-	a.gw.SetPublicChannels(publicRoutes(cfg.Routes))
 	if err := a.router.SetConfig(cfg.Router); err != nil {
 		return nil, err
 	}
-	a.pub = newPublisher(a.gw, a.router, cfg.Routes)
-	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, a.pub, a.reg, log.With("component", "consumer")); err != nil {
+	// The record path: consumer → router → gateway (the router's Encoder).
+	a.router.SetEncoder(a.gw)
+	if a.consumer, err = consumer.New(cfg.Kafka, cfg.Routes, a.router, a.reg, log.With("component", "consumer")); err != nil {
 		return nil, err
 	}
+	a.gw.SetPublicChannels(a.consumer)
 	a.gw.SetReplayer(replayer{a.consumer})
 	if a.reloader, err = newReloader(cfg, a.gw, a, a.reg, log.With("component", "config")); err != nil {
 		return nil, err
@@ -104,135 +103,19 @@ func newApp(cfg *Config, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// SetRoutes applies reloaded routes (already validated) to everything that
-// depends on them. routes is owned from here on: a Message's Route points
-// into it.
-func (a *app) SetRoutes(routes []consumer.Route) error {
-	routes = slices.Clone(routes)
-	if err := consumer.ValidateRoutes(routes); err != nil {
-		return err
-	}
-	// Retention first, so no record of a new route is published without it.
-	a.pub.setRoutes(routes)
-	a.gw.SetPublicChannels(publicRoutes(routes))
-	return a.consumer.SetRoutes(routes)
-}
+// SetRoutes applies reloaded routes (already validated). The consumer
+// compiles them: the policy every record carries, which channels are
+// public, and what the router keeps retaining.
+func (a *app) SetRoutes(routes []consumer.Route) error { return a.consumer.SetRoutes(routes) }
 
 // SetRouterConfig applies reloaded `router` keys (already validated).
 func (a *app) SetRouterConfig(cfg router.Config) error { return a.router.SetConfig(cfg) }
 
-// publisher hands consumed records to the gateway, with what the router
-// retains of each route's channels.
-type publisher struct {
-	gw   *gateway.Server
-	rt   *router.Router
-	mu   sync.Mutex                 // serialises setRoutes
-	keep atomic.Pointer[retentions] // replaced whole by setRoutes
-}
-
-// retentions maps routes to what the router keeps of their channels.
-type retentions struct {
-	// byRoute holds the routes in force and those they replaced that
-	// are unchanged: a fetch the consumer dispatched with the old routes
-	// may still be delivering.
-	byRoute map[*consumer.Route]*router.Retention
-	current map[*consumer.Route]*router.Retention // the routes in force
-}
-
-func newPublisher(gw *gateway.Server, rt *router.Router, routes []consumer.Route) *publisher {
-	p := &publisher{gw: gw, rt: rt}
-	p.setRoutes(routes)
-	return p
-}
-
-// retentionKey is what makes a route's retained state reusable across a
-// reload: the same channels from the same topic, kept the same way.
-type retentionKey struct {
-	topic, channel string
-	keep           router.Retention
-}
-
-// setRoutes adds the retention of routes. A route that a reload leaves
-// unchanged (same topic, channel and retention keys) keeps its Retention,
-// and so what its channels retain; the retained state of a route removed or
-// changed is dropped from the router (router.DropRetention).
-func (p *publisher) setRoutes(routes []consumer.Route) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next := &retentions{
-		byRoute: make(map[*consumer.Route]*router.Retention),
-		current: make(map[*consumer.Route]*router.Retention),
-	}
-	prev := p.keep.Load()
-	reuse := make(map[retentionKey]*router.Retention)
-	if prev != nil {
-		for r, k := range prev.current {
-			reuse[retentionKey{r.Topic, r.Channel, *k}] = k
-		}
-	}
-	kept := make(map[*router.Retention]bool)
-	for i := range routes {
-		r := &routes[i]
-		k := &router.Retention{
-			Last:           r.Snapshot,
-			HistoryRecords: r.History.MaxRecords,
-			HistoryBytes:   r.History.MaxBytes,
-			HistoryAge:     r.History.MaxAge,
-		}
-		if !k.Last && k.HistoryRecords == 0 {
-			continue
-		}
-		key := retentionKey{r.Topic, r.Channel, *k}
-		if old := reuse[key]; old != nil {
-			k = old
-			delete(reuse, key) // one route per Retention
-		}
-		kept[k] = true
-		next.byRoute[r], next.current[r] = k, k
-	}
-	var gone []*router.Retention
-	if prev != nil {
-		for r, k := range prev.current {
-			if kept[k] {
-				next.byRoute[r] = k
-			} else {
-				gone = append(gone, k)
-			}
-		}
-	}
-	p.keep.Store(next)
-	if len(gone) > 0 {
-		p.rt.DropRetention(gone...)
-	}
-}
-
-func (p *publisher) Deliver(m *consumer.Message) {
-	p.gw.Publish(toGateway(m), p.keep.Load().byRoute[m.Route])
-}
-
-func toGateway(m *consumer.Message) *gateway.Message {
-	return &gateway.Message{
-		Channel:   m.Channel,
-		Topic:     m.Topic,
-		Partition: m.Partition,
-		Offset:    m.Offset,
-		Timestamp: m.Timestamp,
-		Epoch:     m.Epoch,
-		Reset:     m.Reset,
-		Data:      m.Value,
-		Binary:    m.Route.Format == consumer.FormatBytes,
-		Conflate:  m.Route.Slow == consumer.SlowConflate,
-		MaxRate:   m.Route.MaxRate,
-	}
-}
-
 // replayer reads records back from Kafka for the gateway's resumes.
 type replayer struct{ c *consumer.Consumer }
 
-func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*gateway.Message) bool) (bool, error) {
-	complete, _, err := r.c.Replay(ctx, ch, p, after, func(m *consumer.Message) bool {
-		return emit(toGateway(m))
-	})
+func (r replayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
+	complete, _, err := r.c.Replay(ctx, ch, p, after, emit)
 	return complete, err
 }
 

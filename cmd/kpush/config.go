@@ -99,6 +99,9 @@ func (c *Config) SetDefaults() {
 	c.Gateway.SetDefaults()
 	c.Kafka.SetDefaults()
 	c.Router.SetDefaults()
+	for i := range c.Routes {
+		c.Routes[i].SetDefaults()
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -238,18 +241,4 @@ func cleanYAMLError(err error) string {
 	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
 	msg = strings.ReplaceAll(msg, "into time.Duration", "into a duration (e.g. 30s, 250ms)")
 	return msg
-}
-
-// publicRoutes tells the gateway which channels anonymous clients may
-// subscribe to: those a route marked public: true can produce.
-type publicRoutes []consumer.Route
-
-func (p publicRoutes) Public(ch string) bool {
-	for i := range p {
-		r := &p[i]
-		if r.Public && r.Template() != nil && r.Template().Match(ch, r.Topic) {
-			return true
-		}
-	}
-	return false
 }

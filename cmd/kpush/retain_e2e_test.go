@@ -152,3 +152,44 @@ func TestHistoryNotAcrossOutOfRangeJump(t *testing.T) {
 		t.Fatalf("kpush_resumes_total{source=memory} = %v, want 0: the history must not answer across the jump", n)
 	}
 }
+
+// TestReloadKeepsRetainedStateOfUnchangedRoutes: a reload that leaves a
+// route as it was keeps its channels' snapshots; a route it changes loses
+// them (route_removed), and a route it adds starts with none.
+func TestReloadKeepsRetainedStateOfUnchangedRoutes(t *testing.T) {
+	k := startKafka(t)
+	ta := k.topic(t, "kept", 1)
+	tb := k.topic(t, "changed", 1)
+	routeA := consumer.Route{Topic: ta, Channel: "a.{key}", Snapshot: true}
+	routeB := consumer.Route{Topic: tb, Channel: "b.{key}", Snapshot: true}
+	a := startApp(t, k, []consumer.Route{routeA, routeB}, nil)
+	a.waitPartitions(t, 2)
+	ra := k.produce(t, rec(ta, 0, "k", `{"n":"a"}`))[0]
+	k.produce(t, rec(tb, 0, "k", `{"n":"b"}`))
+	a.waitConsumed(t, 2)
+
+	routeB2 := routeB
+	routeB2.History = consumer.History{MaxRecords: 10}
+	routeC := consumer.Route{Topic: tb, Channel: "c.{key}", Snapshot: true}
+	if err := a.SetRoutes([]consumer.Route{routeB2, routeC, routeA}); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.metric(t, "kpush_retained_evictions_total", `reason="route_removed"`); got != 1 {
+		t.Fatalf("kpush_retained_evictions_total{reason=route_removed} = %v, want 1 (route b's channel)", got)
+	}
+	c := dial(t, a.wsURL)
+	id, err := c.Send(&client.Request{Op: "subscribe", Channels: []string{"a.k"}, Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, _, reply := c.resumeReply(t, id, 1)
+	if reply.Op != "ok" || !msgs[0].Snap || msgs[0].O != ra.Offset {
+		t.Fatalf("unchanged route after the reload: %+v then %+v, want its snapshot", msgs[0], reply)
+	}
+	for _, ch := range []string{"b.k", "c.k"} {
+		if f := c.request(t, &client.Request{Op: "subscribe", Channels: []string{ch}, Snapshot: true}); f.Op != "ok" {
+			t.Fatalf("subscribe %s: %+v", ch, f)
+		}
+	}
+	c.expectNoMsg(t) // b changed and c is new: no snapshot for either
+}

@@ -131,7 +131,11 @@ func TestSecurityConfigKeys(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !publicRoutes(cfg.Routes).Public("t.AAPL") || publicRoutes(cfg.Routes).Public("u.AAPL") {
+				rs, err := consumer.CompileRoutes(cfg.Routes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !rs.Public("t.AAPL") || rs.Public("u.AAPL") {
 					t.Fatal("public: true route not applied")
 				}
 				return
