@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"os/exec"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -171,5 +175,79 @@ func TestCFProtoData(t *testing.T) {
 	}
 	if got := fmt.Sprint(cfBinary([]byte(`{"op":"msg"}`))); got != "false" {
 		t.Fatal("a payload without data is binary")
+	}
+}
+
+// TestCentrifugoSDKsProtobufBytes: centrifuge-js (the npm package's
+// Protobuf build, in Node) and centrifuge-python in the Protobuf format get
+// a format: bytes route's records as their raw bytes, exactly: the
+// snapshot in the subscribe reply, then live records.
+func TestCentrifugoSDKsProtobufBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		command func(t *testing.T) []string
+	}{
+		{"node", func(t *testing.T) []string {
+			nodeSDKCommand(t, "protobuf") // skips (or fails in CI) without node and the packages
+			return []string{"node", "testdata/node/cf_bytes.mjs"}
+		}},
+		{"python", func(t *testing.T) []string {
+			pythonSDKCommand(t, "protobuf") // skips (or fails in CI) without the venv
+			return []string{"testdata/python/.venv/bin/python", "testdata/python/cf_bytes.py"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			argv := tc.command(t)
+			g := startSSEServer(t, nil)
+			last := &router.Retention{Last: true}
+			pub := func(o int64) {
+				g.srv.Publish(&Message{Channel: "blobs", Topic: "raw", Partition: 0, Offset: o, Epoch: 1, Timestamp: time.Now().UnixMilli(),
+					Data: binRecord(o), Binary: true}, last)
+			}
+			pub(1)
+			const n = 10
+			cmd := exec.Command(argv[0], append(argv[1:], cfURL(g.addr), "blobs", fmt.Sprint(n))...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			lines := make(chan string, 64)
+			go func() {
+				defer close(lines)
+				sc := bufio.NewScanner(stdout)
+				for sc.Scan() {
+					lines <- sc.Text()
+				}
+			}()
+			waitSubscribed(t, g.srv, 1)
+			for o := int64(2); o <= n; o++ {
+				pub(o)
+			}
+			for o := int64(1); o <= n; o++ {
+				var line string
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						t.Fatalf("the client ended before record %d: %s", o, stderr.String())
+					}
+					line = l
+				case <-time.After(30 * time.Second):
+					t.Fatalf("no record %d within 30s: %s", o, stderr.String())
+				}
+				want := fmt.Sprintf(`{"offset": %d, "hex": "%s"}`, o, hex.EncodeToString(binRecord(o)))
+				if tc.name == "node" {
+					want = fmt.Sprintf(`{"offset":%d,"hex":"%s"}`, o, hex.EncodeToString(binRecord(o)))
+				}
+				if line != want {
+					t.Fatalf("record %d: got %s, want %s", o, line, want)
+				}
+			}
+		})
 	}
 }
