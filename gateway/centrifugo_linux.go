@@ -34,22 +34,24 @@ type cfSession struct {
 	// delta; guarded by the conn's mu.
 	delta map[string]*router.Frame
 	// pos holds the channels answered with a stream position, each with
-	// the partition the position is of; stale the channels told to
-	// resubscribe because records of another partition came (see
-	// cfFrameLocked). Guarded by the conn's mu.
+	// the partition the position is of; stale the channels whose
+	// publications wait for the SDK's resubscribe, each true when it was
+	// told to because records of another partition came (see
+	// cfFrameLocked), false after a 112 answer. Guarded by the conn's mu.
 	pos   map[string]int32
 	stale map[string]bool
 }
 
 // markStaleLocked marks ch as waiting for the SDK's resubscribe: its
 // publications are not sent, and the resubscribe replaces the
-// subscription. Caller holds c.mu.
-func (cf *cfSession) markStaleLocked(ch string) {
+// subscription; mixed says that ch had records of several partitions, so
+// that the resubscribe's recover is not exact. Caller holds c.mu.
+func (cf *cfSession) markStaleLocked(ch string, mixed bool) {
 	delete(cf.pos, ch)
 	if cf.stale == nil {
 		cf.stale = make(map[string]bool)
 	}
-	cf.stale[ch] = true
+	cf.stale[ch] = cf.stale[ch] || mixed
 }
 
 // setPosLocked notes that ch was answered with a position in partition p.
@@ -252,8 +254,13 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 		return
 	}
 	c.mu.Lock()
-	if c.cfState().stale[ch] {
-		// The resubscribe asked for with 2500: the old subscription goes.
+	// mixed: the resubscribe asked for with 2500, records of several
+	// partitions having come: the old subscription goes, and a recover is
+	// not exact whatever the router retains (a route that retains nothing
+	// would otherwise be read back from the one partition the position
+	// names, leaving out the others' records).
+	mixed, stale := c.cfState().stale[ch]
+	if stale {
 		c.mu.Unlock()
 		s.unsubscribeQuiet(c, ch)
 		c.mu.Lock()
@@ -290,7 +297,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 	var ok map[string]bool // the v1 verdict of a resume served at once
 	start := time.Now()    // resume_timeout runs from here
 	s.router.Subscribe(c, ch, func(v router.View) {
-		if req.Recover {
+		if req.Recover && !mixed {
 			if n := v.Newest(); n != nil && v.Partitions() == 1 && req.Epoch == cfEpoch(n) && int64(req.Offset) == n.Offset {
 				// The client has the channel's newest record, from the
 				// same unbroken stream: nothing to recover.
@@ -311,8 +318,8 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				if c.cfState().pending == nil {
 					c.cfState().pending = make(map[string]*cfPending)
 				}
-				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, delta: delta, str: delta && !cf.proto,
-					reject: req.Flag&cfFlagRejectUnrecovered != 0}
+				c.cfState().pending[ch] = &cfPending{id: id, ch: ch, offset: req.Offset, epoch: req.Epoch, part: pos.p, delta: delta,
+					str: delta && !cf.proto, proto: cf.proto, reject: req.Flag&cfFlagRejectUnrecovered != 0}
 				c.mu.Unlock()
 				recovered := map[string]bool{ch: true}
 				reserve := okReserve(int64(id), recovered)
@@ -324,16 +331,24 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 				}
 				return
 			}
+		}
+		if req.Recover {
 			s.metrics.resumes.WithLabelValues("memory", "not_recovered").Inc()
 			if req.Flag&cfFlagRejectUnrecovered != 0 {
 				c.mu.Lock()
-				cf.markStaleLocked(ch)
+				cf.markStaleLocked(ch, mixed)
 				c.mu.Unlock()
 				c.cfSend(cfError(id, cfErrUnrecoverable, "unrecoverable position"))
 				return
 			}
 		}
 		res, sent, pos := cfSubscribeResult(v, req.Recover, delta, delta && !cf.proto)
+		var pubs [][]byte // the Protobuf data of the reply's publication
+		if sent != nil && cf.proto {
+			if value, ok := recordValue(sent.Payload); ok {
+				pubs = [][]byte{cfProtoData(sent.Payload, value)}
+			}
+		}
 		c.mu.Lock()
 		if _, still := cf.delta[ch]; still && sent != nil {
 			cf.delta[ch] = sent // the base of the next delta
@@ -342,7 +357,7 @@ func (s *Server) cfSubscribe(c *conn, id uint32, req *cfSubscribe) {
 			cf.setPosLocked(ch, pos.Partition)
 		}
 		c.mu.Unlock()
-		c.cfSend(cfReply(id, "subscribe", res))
+		c.cfSendPubs(cfReply(id, "subscribe", res), pubs)
 	})
 	c.mu.Lock()
 	closing := c.flags&(flagClosing|flagClosed) != 0
@@ -430,11 +445,17 @@ type cfPending struct {
 	ch     string
 	offset uint64 // the position the client gave
 	epoch  string
+	part   int32  // the partition the epoch names, which the recovery reads
 	reject bool   // answer error 112 rather than recovered:false
 	delta  bool   // delta: "fossil" negotiated
 	str    bool   // the publications' data are JSON strings (delta, JSON format)
+	proto  bool   // a Protobuf session: raws holds the publications' data
 	pubs   []byte // publications gathered for the reply, comma separated
+	raws   [][]byte
 	last   *router.Frame
+	// mixed: a record of another partition came while recovering (see
+	// cfFrameLocked): the reply is followed by the 2500 unsubscribe push.
+	mixed bool
 }
 
 // cfEpoch names a record's partition stream: "<topic>:<partition>:<continuity
@@ -470,8 +491,11 @@ func parseCFEpoch(e string) (topic string, part int32, epoch uint64, ok bool) {
 }
 
 // cfSubscribeReply turns protocol v1's answer to a recovering subscribe
-// into Centrifugo's. Caller holds c.mu.
-func (c *conn) cfSubscribeReply(payload []byte) []byte {
+// into Centrifugo's: the reply, with, for a Protobuf session, the data of its
+// publications (see cfReplyProto), and, when records of another partition
+// came during the recovery, the 2500 unsubscribe push after it. Caller
+// holds c.mu.
+func (c *conn) cfSubscribeReply(payload []byte) (reply []byte, pubs [][]byte, then []byte) {
 	var r struct {
 		Op        string          `json:"op"`
 		ID        uint32          `json:"id"`
@@ -480,7 +504,7 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		Recovered map[string]bool `json:"recovered"`
 	}
 	if json.Unmarshal(payload, &r) != nil {
-		return nil
+		return nil, nil, nil
 	}
 	var pd *cfPending
 	for _, x := range c.cfState().pending {
@@ -489,7 +513,7 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		}
 	}
 	if pd == nil {
-		return nil
+		return nil, nil, nil
 	}
 	delete(c.cfState().pending, pd.ch)
 	if r.Op == "error" {
@@ -500,11 +524,11 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		case CodeForbidden:
 			code = cfErrPermissionDenied
 		}
-		return cfError(r.ID, code, r.Message)
+		return cfError(r.ID, code, r.Message), nil, nil
 	}
-	if pd.reject && !r.Recovered[pd.ch] {
-		c.cfState().markStaleLocked(pd.ch)
-		return cfError(r.ID, cfErrUnrecoverable, "unrecoverable position")
+	if pd.reject && (!r.Recovered[pd.ch] || pd.mixed) {
+		c.cfState().markStaleLocked(pd.ch, pd.mixed)
+		return cfError(r.ID, cfErrUnrecoverable, "unrecoverable position"), nil, nil
 	}
 	epoch, offset := pd.epoch, int64(pd.offset)
 	if pd.last != nil {
@@ -529,7 +553,21 @@ func (c *conn) cfSubscribeReply(payload []byte) []byte {
 		b = append(b, ']')
 	}
 	b = append(b, '}')
-	return cfReply(r.ID, "subscribe", string(b))
+	if pd.mixed {
+		// The records gathered are of the recovered partition, and the
+		// reply's position is right for them; what came of another one
+		// was not sent. As for a live record of another partition, the
+		// SDK is told to resubscribe.
+		cf.markStaleLocked(pd.ch, true)
+		then = cfInsufficientState(pd.ch)
+	}
+	return cfReply(r.ID, "subscribe", string(b)), pd.raws, then
+}
+
+// cfInsufficientState is the unsubscribe push with Centrifugo's code 2500
+// ("insufficient state"), after which the SDKs resubscribe with recover.
+func cfInsufficientState(ch string) []byte {
+	return []byte(`{"push":{"channel":"` + ch + `","unsubscribe":{"code":2500,"reason":"insufficient state"}}}`)
 }
 
 // unsubscribeQuiet drops one channel without a v1 reply.
@@ -573,17 +611,30 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		}
 		if pd := c.cfState().pending[f.Channel]; pd != nil {
 			// Before its subscribe reply: into the reply's publications;
-			// an unsolicited pong (RFC 6455 §5.5.3) takes its place.
+			// an unsolicited pong (RFC 6455 §5.5.3) takes its place. A
+			// record of another partition than the one recovered (a live
+			// one, the channel being fed by several) is not: the channel's
+			// offsets do not say where the client is in it, so the reply
+			// (whose position is right for the records it holds) is
+			// followed by the 2500 unsubscribe push, as for a live record
+			// (below), and the resubscribe is answered recovered:false.
+			b = []byte{0x8A, 0}
+			if f.Partition != pd.part {
+				pd.mixed = true
+				break
+			}
 			if len(pd.pubs) > 0 {
 				pd.pubs = append(pd.pubs, ',')
 			}
 			pd.pubs = append(pd.pubs, cfPubAs(f.Offset, v, pd.str)...)
+			if pd.proto {
+				pd.raws = append(pd.raws, cfProtoData(f.Payload, v))
+			}
 			pd.last = f
-			b = []byte{0x8A, 0}
 			break
 		}
 		cf := c.cfState()
-		if cf.stale[f.Channel] {
+		if _, stale := cf.stale[f.Channel]; stale {
 			// Told to resubscribe: the SDK drops publications until then.
 			b = []byte{0x8A, 0}
 			break
@@ -595,11 +646,11 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			// Centrifugo's "insufficient state" unsubscribe (2500) makes
 			// the SDK resubscribe with recover, which is then answered
 			// recovered:false, without a position.
-			cf.markStaleLocked(f.Channel)
-			js := []byte(`{"push":{"channel":"` + f.Channel + `","unsubscribe":{"code":2500,"reason":"insufficient state"}}}`)
+			cf.markStaleLocked(f.Channel, true)
+			js := cfInsufficientState(f.Channel)
 			b = wire.ServerFrame(ws.OpText, js)
 			if cf.proto {
-				pb, err := cfReplyProto(js)
+				pb, err := cfReplyProto(js, nil)
 				if err != nil {
 					return f
 				}
@@ -624,13 +675,16 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		if op != ws.OpText || !bytes.HasPrefix(payload, []byte(`{"op":`)) {
 			return f
 		}
-		r := c.cfSubscribeReply(payload)
+		r, pubs, then := c.cfSubscribeReply(payload)
 		if r == nil {
 			return f
 		}
+		if then != nil {
+			r = append(append(r, '\n'), then...) // one frame, newline separated
+		}
 		b = wire.ServerFrame(ws.OpText, r)
 		if c.cfState().proto {
-			pb, err := cfReplyProto(r)
+			pb, err := cfReplyProto(r, pubs)
 			if err != nil {
 				c.srv.log.Error("gateway: centrifugo reply not sent", "err", err)
 				return f
@@ -649,9 +703,13 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 
 // cfSend queues a reply built in the JSON form, transcoded for a Protobuf
 // session.
-func (c *conn) cfSend(js []byte) {
+func (c *conn) cfSend(js []byte) { c.cfSendPubs(js, nil) }
+
+// cfSendPubs is cfSend for a subscribe reply whose publications have other
+// data in the Protobuf format (see cfReplyProto).
+func (c *conn) cfSendPubs(js []byte, pubs [][]byte) {
 	if cf := c.cfState(); cf != nil && cf.proto {
-		b, err := cfReplyProto(js)
+		b, err := cfReplyProto(js, pubs)
 		if err != nil {
 			c.srv.log.Error("gateway: centrifugo reply not sent", "err", err) // a kpush bug: its own replies
 			return

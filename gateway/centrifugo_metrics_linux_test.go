@@ -60,6 +60,11 @@ func TestCentrifugoMetricsByProtocol(t *testing.T) {
 		t.Fatal("upgrade from a foreign origin accepted")
 	}
 	secWaitUntil(t, 10*time.Second, "three connections", func() bool { return g.srv.Connections() == 3 })
+	// The refusal is counted after it is written: the client may read it
+	// first.
+	secWaitUntil(t, 10*time.Second, "the refusal to be counted", func() bool {
+		return metricWith(t, g.reg, "kpush_handshakes_total", map[string]string{"result": "rejected"}) >= 1
+	})
 	for _, tc := range []struct {
 		name   string
 		labels map[string]string

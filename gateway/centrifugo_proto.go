@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -121,8 +122,11 @@ func cfFromProto(c *protocol.Command) *cfCommand {
 }
 
 // cfReplyProto transcodes replies in the JSON form (newline separated)
-// into the Protobuf form: each Reply prefixed with its varint length.
-func cfReplyProto(js []byte) ([]byte, error) {
+// into the Protobuf form: each Reply prefixed with its varint length. pubs,
+// when not nil, holds the Protobuf data of a subscribe reply's
+// publications, in order (nil: the JSON data as it is), so that a record of
+// a format: bytes route is its raw bytes there (cfProtoData).
+func cfReplyProto(js []byte, pubs [][]byte) ([]byte, error) {
 	var out []byte
 	for _, line := range bytes.Split(js, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
@@ -131,6 +135,13 @@ func cfReplyProto(js []byte) ([]byte, error) {
 		var r protocol.Reply
 		if err := json.Unmarshal(line, &r); err != nil {
 			return nil, fmt.Errorf("gateway: centrifugo: transcode reply %.64q: %w", line, err)
+		}
+		if r.Subscribe != nil {
+			for i, p := range r.Subscribe.Publications {
+				if i < len(pubs) && pubs[i] != nil {
+					p.Data = pubs[i]
+				}
+			}
 		}
 		b, err := r.MarshalVT()
 		if err != nil {
@@ -142,8 +153,40 @@ func cfReplyProto(js []byte) ([]byte, error) {
 	return out, nil
 }
 
-// cfPushProto encodes a publication push: value (the record as protocol
-// v1's "data", or a fossil delta when delta is set) becomes the
+// cfBinaryMember is what precedes the data of a record of a format: bytes
+// route in its protocol v1 payload (EncodeMessage): its data is the record's
+// bytes in base64, as a JSON string.
+var cfBinaryMember = []byte(`,"enc":"base64","data":"`)
+
+// cfBinary reports whether a record's v1 payload holds opaque bytes (a
+// format: bytes route). Only the payload's head is looked at: the first
+// ,"data": member is the record's, whatever its value holds.
+func cfBinary(payload []byte) bool {
+	i := bytes.Index(payload, []byte(`,"data":`))
+	return i >= 0 && bytes.HasPrefix(payload[i:], cfBinaryMember[len(`,"enc":"base64"`):]) &&
+		bytes.HasSuffix(payload[:i], cfBinaryMember[:len(`,"enc":"base64"`)])
+}
+
+// cfProtoData is the data of a record's publication in the Protobuf format,
+// given its v1 payload and its value there (recordValue): the record's raw
+// bytes for a format: bytes route (its value is them in base64), the JSON
+// value as it is otherwise. In the JSON format the value stays as it is:
+// Centrifugo's JSON protocol copies a publication's data into the frame
+// verbatim (github.com/centrifugal/protocol's Raw), so it must be JSON, and
+// the base64 string is.
+func cfProtoData(payload, value []byte) []byte {
+	if len(value) < 2 || !cfBinary(payload) {
+		return value
+	}
+	raw, err := base64.StdEncoding.AppendDecode(make([]byte, 0, base64.StdEncoding.DecodedLen(len(value)-2)), value[1:len(value)-1])
+	if err != nil {
+		return value // not reached: EncodeMessage wrote it
+	}
+	return raw
+}
+
+// cfPushProto encodes a publication push: value (the publication's data:
+// the record's cfProtoData, or a fossil delta when delta is set) becomes the
 // Publication's data.
 func cfPushProto(channel string, offset int64, value []byte, delta bool) []byte {
 	pub := &protocol.Publication{Data: value, Delta: delta}
@@ -183,6 +226,8 @@ type cfPushCache struct {
 	bytes  atomic.Int64  // held by all slots
 	limit  int64         // cfPushCacheBytes; tests lower it
 	deltas atomic.Uint64 // fossil deltas computed
+	// protoEncodes counts the whole records encoded as Protobuf pushes.
+	protoEncodes atomic.Uint64
 }
 
 const (
@@ -202,12 +247,20 @@ type cfEncoded struct {
 	json  []byte        // a text frame; nil until a JSON session needed it
 	proto []byte        // a binary frame; nil until a Protobuf session needed it
 
-	// For subscriptions with delta: "fossil" (see pushDelta).
-	jsonStr    []byte        // the JSON push with the data as a JSON string
-	deltaBase  *router.Frame // the record the delta was computed against
-	delta      []byte        // fossil delta from deltaBase's data; nil: none (not smaller, or no room)
-	jsonDelta  []byte        // the JSON push of delta
-	protoDelta []byte        // the Protobuf push of delta
+	// For subscriptions with delta: "fossil" (see pushDelta). deltas[0]
+	// is computed from the record's JSON value (JSON sessions, and
+	// Protobuf sessions of JSON records), deltas[1] from its raw bytes
+	// (Protobuf sessions of a format: bytes record).
+	jsonStr    []byte // the JSON push with the data as a JSON string
+	deltas     [2]cfDeltaOf
+	jsonDelta  []byte // the JSON push of deltas[0]
+	protoDelta []byte // the Protobuf push of the record's Protobuf delta
+}
+
+// cfDeltaOf is one fossil delta of a record.
+type cfDeltaOf struct {
+	base  *router.Frame // the record the delta was computed against
+	delta []byte        // from base's data; nil: none (not smaller, or no room)
 }
 
 func newCFPushCache() *cfPushCache {
@@ -254,7 +307,8 @@ func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
 		if e.proto != nil {
 			return e.proto
 		}
-		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false)))
+		pc.protoEncodes.Add(1)
+		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, cfProtoData(f.Payload, value), false)))
 	}
 	if e.json != nil {
 		return e.json
@@ -270,43 +324,57 @@ func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
 // whole record, so no delta is ever computed per subscriber (nor when the
 // cache has no room to keep it). In the JSON form the data of such
 // subscriptions is a JSON string, whole or delta, as the SDKs expect.
+//
+// A Protobuf subscriber of a format: bytes record gets a delta between raw
+// bytes (the data it applies deltas to), computed once per record too.
 func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Frame, proto bool) []byte {
 	baseValue, ok := []byte(nil), base != nil && base.Channel == f.Channel
 	if ok {
 		baseValue, ok = recordValue(base.Payload)
 	}
+	raw := proto && cfBinary(f.Payload)
+	form := 0
+	if raw {
+		form = 1
+	}
 	sl, e := pc.lock(f)
 	defer sl.mu.Unlock()
-	if ok && e.f != nil && e.deltaBase == nil {
-		// The first subscriber of f that has a base: compute the delta.
-		// Keeping base counts against the cache's bytes.
+	dv := &e.deltas[form]
+	if ok && e.f != nil && dv.base == nil {
+		// The first subscriber of f (in this form) that has a base: compute
+		// the delta. Keeping base counts against the cache's bytes.
 		if room := int64(len(base.Data)); pc.bytes.Load()+room <= pc.limit {
-			e.deltaBase = base
+			dv.base = base
 			e.size += room
 			pc.bytes.Add(room)
 			pc.deltas.Add(1)
-			if d := fdelta.Create(baseValue, value); len(d) < len(value) {
-				pc.keep(e, &e.delta, d)
+			data, baseData := value, baseValue
+			if raw {
+				data, baseData = cfProtoData(f.Payload, value), cfProtoData(base.Payload, baseValue)
+			}
+			if d := fdelta.Create(baseData, data); len(d) < len(data) {
+				pc.keep(e, &dv.delta, d)
 			}
 		}
 	}
-	useDelta := ok && e.deltaBase == base && e.delta != nil
+	useDelta := ok && dv.base == base && dv.delta != nil
 	switch {
 	case useDelta && proto:
 		if e.protoDelta != nil {
 			return e.protoDelta
 		}
-		return pc.keep(e, &e.protoDelta, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, e.delta, true)))
+		return pc.keep(e, &e.protoDelta, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, dv.delta, true)))
 	case useDelta:
 		if e.jsonDelta != nil {
 			return e.jsonDelta
 		}
-		return pc.keep(e, &e.jsonDelta, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, e.delta, true)))
+		return pc.keep(e, &e.jsonDelta, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, dv.delta, true)))
 	case proto:
 		if e.proto != nil {
 			return e.proto
 		}
-		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, value, false)))
+		pc.protoEncodes.Add(1)
+		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, cfProtoData(f.Payload, value), false)))
 	default:
 		if e.jsonStr != nil {
 			return e.jsonStr
