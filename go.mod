@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/centrifugal/centrifuge-go v0.12.1
+	github.com/centrifugal/fdelta v0.0.3
 	github.com/centrifugal/protocol v0.21.0
 	github.com/gobwas/httphead v0.1.0
 	github.com/gobwas/ws v1.5.0
@@ -20,7 +21,6 @@ require (
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
-	github.com/centrifugal/fdelta v0.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/gorilla/websocket v1.5.3 // indirect
 	github.com/josharian/intern v1.0.0 // indirect

@@ -26,7 +26,7 @@ func newGateReplayer(log logReplayer) *gateReplayer {
 	return &gateReplayer{log: log, started: make(chan struct{}), release: make(chan struct{})}
 }
 
-func (g *gateReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*Message) bool) (bool, error) {
+func (g *gateReplayer) Replay(ctx context.Context, ch string, p int32, after int64, emit func(*router.Record) bool) (bool, error) {
 	if g.calls.Add(1) == 1 {
 		close(g.started)
 	}
