@@ -1,5 +1,3 @@
-//go:build linux
-
 package main
 
 import (
@@ -42,7 +40,7 @@ type Step struct {
 	// every record, production to the client's receipt of it or a newer
 	// one of its channel. It differs from Latency only under caps.
 	Newest *hist.Summary `json:"newest_latency,omitempty"`
-	// Kernel is the plain writev loop of the same run (kernel.go) at this
+	// Kernel is the plain writev loop of the same run (kernel_linux.go) at this
 	// step's frames per write, rounded; KernelRatio is DeliveriesPerKpushCPU
 	// divided by FramesPerWrite / Kernel.CPUPerWrite (the plain loop's CPU
 	// per write over kpush's). KernelSweepSeconds is its CPU time to

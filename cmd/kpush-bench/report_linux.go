@@ -1,5 +1,3 @@
-//go:build linux
-
 package main
 
 import (
@@ -180,7 +178,7 @@ func stepRow(p func(string, ...any), s Step) {
 }
 
 // kernelTable sets each step against the plain writev loop of the same run
-// (kernel.go): nothing when the loop did not run.
+// (kernel_linux.go): nothing when the loop did not run.
 func kernelTable(p func(string, ...any), steps []Step) {
 	have := false
 	for _, s := range steps {

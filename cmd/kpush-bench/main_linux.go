@@ -1,5 +1,3 @@
-//go:build linux
-
 // Command kpush-bench measures kpush at scale: it holds many WebSocket
 // connections in one process, produces records to Kafka, and measures every
 // delivery from the record's send time to its receipt, next to kpush's own
@@ -23,7 +21,7 @@
 // on several Zipf-popular symbols), handshake (upgrades per second, and a
 // reconnect storm). After fan-out and market a plain writev loop over as
 // many sockets gives what this machine's kernel allows, and each step is
-// also reported as a ratio of it (kernel.go). See cmd/kpush-bench/README.md
+// also reported as a ratio of it (kernel_linux.go). See cmd/kpush-bench/README.md
 // for the results and how each is measured.
 package main
 
