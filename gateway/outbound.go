@@ -234,7 +234,7 @@ func (o *outbound) pendingOf(ch string) int {
 type skipMark struct {
 	n     int64         // records dropped just before the frame
 	shown int64         // how many of them the frame's bytes report (0: none, it is unmarked)
-	base  *router.Frame // the frame before it was marked, when shown > 0
+	base  *router.Frame // the frame's unmarked form when the queue holds another (marked, or a transport's form); else nil
 }
 
 // addMark counts n more records dropped just before the queued frame by.
@@ -295,7 +295,7 @@ func (o *outbound) markSkipped(i int) *router.Frame {
 		return f
 	}
 	base := f
-	if mk.shown > 0 || mk.base != nil {
+	if mk.base != nil {
 		base = mk.base
 	}
 	if base.Channel == "" || base.Payload == nil {

@@ -384,3 +384,38 @@ func TestMarkFrameMatchesEncodeMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestSkipMarkFollowsItsFrame: a frame marked while gathered but not yet
+// written keeps its count: replaced by a transport's form (an event
+// stream's), then dropped by conflation, its count and itself go to the
+// next frame of its channel, and nothing is left once that is written.
+func TestSkipMarkFollowsItsFrame(t *testing.T) {
+	pc := newPolicyCounters()
+	var o outbound
+	a1, a2 := rec("a", 1, true), rec("a", 2, true)
+	o.add(a1)
+	o.addMark(a1, 3) // three records of a dropped before a@1
+	m := o.markSkipped(0)
+	if !strings.Contains(string(m.Payload), `"skipped":3,`) {
+		t.Fatalf("marked %s", m.Payload)
+	}
+	// A transport puts its own form in the queue (conn_linux.go wireLocked).
+	nf := &router.Frame{Channel: "a", Offset: 1, Conflate: true, Payload: m.Payload, Data: []byte("event form")}
+	o.bytes += len(nf.Data) - len(m.Data)
+	o.frames[0] = nf
+	o.replaced(m, nf)
+	// Nothing was written; a@2 arrives on a full queue and a@1 is dropped.
+	o.add(a2)
+	o.compact(pc)
+	if got := describe(&o); got != "a@2" {
+		t.Fatalf("queue %q, want a@2", got)
+	}
+	if m := o.markSkipped(0); !strings.Contains(string(m.Payload), `"skipped":4,`) {
+		t.Fatalf("a@2 marked %s, want skipped:4 (3 before a@1, and a@1)", m.Payload)
+	}
+	checkBytes(t, &o)
+	o.consume(o.bytes)
+	if len(o.conflated) != 0 {
+		t.Fatalf("%d marks left after the queue was written", len(o.conflated))
+	}
+}
