@@ -198,12 +198,11 @@ func (o *outbound) releaseDue(now int64, b queueBounds, pc *policyCounters) (que
 		case pushQueued, pushReplaced:
 			queued = true
 			if cp.skipped > 0 {
-				// Counted in kpush_conflated_total by throttle already.
-				if o.conflated == nil {
-					o.conflated = make(map[string]skipMark)
-				}
-				m := o.conflated[ch]
-				o.conflated[ch] = skipMark{n: m.n + cp.skipped, by: f}
+				// f reports the records it replaced while it waited, and
+				// no other frame does: an earlier frame of ch still queued
+				// keeps its own mark. Counted in kpush_conflated_total by
+				// throttle already.
+				o.addMark(f, cp.skipped)
 			}
 		}
 		cp.skipped = 0

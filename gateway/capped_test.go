@@ -2,7 +2,10 @@ package gateway
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -274,5 +277,207 @@ func TestWriteDelayValidation(t *testing.T) {
 		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "gateway.write_delay") {
 			t.Errorf("write_delay %s: %v, want an error naming gateway.write_delay", d, err)
 		}
+	}
+}
+
+// writeOut emulates the writer (conn_linux.go flush): it gathers frames as
+// the writer does, marking them (markSkipped), and writes them all. It
+// returns the payloads written.
+func writeOut(t *testing.T, c *session) []string {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for i := range c.out.frames {
+		out = append(out, string(payloadOf(t, c.out.markSkipped(i).Data)))
+	}
+	c.out.consume(c.out.bytes)
+	return out
+}
+
+// TestCapMarksEachReleasedFrame: a capped channel that releases again
+// before its last released frame was written (a connection slower than
+// the cap) gives each released frame its own "skipped":N, the records it
+// replaced, and none to a later one.
+func TestCapMarksEachReleasedFrame(t *testing.T) {
+	s := newSessionServer(t, nil)
+	c := newFakeLink(s, "192.0.2.1")
+	// One frame every 100 s: the test's clock never passes the interval,
+	// so only the releases below send a waiting frame.
+	c.request(`{"op":"subscribe","id":1,"channels":["m.a"],"max_rate":0.01}`)
+	if got := writeOut(t, &c.session); len(got) != 1 || got[0] != `{"op":"ok","id":1}` {
+		t.Fatalf("subscribe answered %q", got)
+	}
+	pub := func(o int64) { s.Publish(&Message{Channel: "m.a", Offset: o, Data: []byte(`1`)}, nil) }
+	release := func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		due := c.out.capDue("m.a")
+		if due == 0 {
+			t.Fatal("nothing waits for the cap")
+		}
+		c.releaseDueLocked(c, due, false)
+	}
+	pub(1) // the first record goes at once
+	pub(2) // replaced by 3 while it waits
+	pub(3)
+	release() // queues 3; 1 is not written yet
+	pub(4)    // replaced by 5
+	pub(5)
+	release() // queues 5; neither 1 nor 3 is written yet
+	got := writeOut(t, &c.session)
+	want := []string{
+		`{"op":"msg","ch":"m.a","p":0,"o":1,"ts":0,"data":1}`,
+		`{"op":"msg","ch":"m.a","p":0,"o":3,"ts":0,"skipped":1,"data":1}`,
+		`{"op":"msg","ch":"m.a","p":0,"o":5,"ts":0,"skipped":1,"data":1}`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("written\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := count(t, s.policy.conflated); n != 2 {
+		t.Fatalf("kpush_conflated_total %v, want 2", n)
+	}
+	s.router.Unsubscribe(c, "m.a")
+}
+
+// TestSkipMarksAreExact drives one connection's queue with capped and
+// conflated channels, a writer that stalls, writes part of a frame or
+// gathers only a few frames, and caps released late, and reads what the
+// client receives: every frame's "skipped":N is exactly the number of its
+// channel's records published between the channel's previous frame the
+// client got and this one, and once drained every channel ends at its
+// newest record. Seeded: the same runs every time.
+func TestSkipMarksAreExact(t *testing.T) {
+	for seed := uint64(1); seed <= 40; seed++ {
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) { skipMarkRun(t, seed) })
+	}
+}
+
+func skipMarkRun(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 14))
+	pc := newPolicyCounters()
+	var o outbound
+	b := queueBounds{messages: 2 + rng.IntN(6), bytes: 1 << 20}
+	chans := []string{"c.own", "c.route", "c.both", "c.free"}
+	o.setCap("c.own", 20) // 50 ms
+	o.setCap("c.both", 8) // 125 ms, over the route's 40
+	routeRate := map[string]float64{"c.route": 10, "c.both": 40}
+	pub := map[string]int64{}  // last offset published per channel
+	seen := map[string]int64{} // last offset the client got per channel
+	var stream []byte          // bytes the client received
+	var due int64              // the connection's timer: 0 when not armed
+	var publish func()         // publishes the next record of a random channel
+	arm := func(at int64) {
+		if at != 0 && (due == 0 || at < due) {
+			due = at
+		}
+	}
+	// read parses the complete frames the client received.
+	read := func() {
+		for len(stream) >= 2 {
+			n, h := int(stream[1]), 2
+			if n == 126 {
+				if len(stream) < 4 {
+					return
+				}
+				n, h = int(binary.BigEndian.Uint16(stream[2:])), 4
+			}
+			if len(stream) < h+n {
+				return
+			}
+			var m struct {
+				Ch      string
+				O       int64
+				Skipped int64
+			}
+			if err := json.Unmarshal(stream[h:h+n], &m); err != nil {
+				t.Fatalf("frame %q: %v", stream[h:h+n], err)
+			}
+			if want := m.O - seen[m.Ch] - 1; m.Skipped != want {
+				t.Fatalf("%s@%d after %s@%d carries skipped:%d, want %d", m.Ch, m.O, m.Ch, seen[m.Ch], m.Skipped, want)
+			}
+			seen[m.Ch] = m.O
+			stream = stream[h+n:]
+		}
+	}
+	// write is one writer round: gather up to k frames, marking them,
+	// write some of their bytes.
+	write := func(k int, all bool) {
+		var out []byte
+		for i := range o.frames {
+			if i == k {
+				break
+			}
+			if i > 0 || o.head == 0 {
+				o.markSkipped(i)
+			}
+			w := o.wire(o.frames[i])
+			if i == 0 {
+				w = w[o.head:]
+			}
+			out = append(out, w...)
+		}
+		o.inflight = int32(min(k, len(o.frames)))
+		n := len(out)
+		if !all && n > 0 {
+			n = rng.IntN(n + 1)
+		}
+		// Frames arrive while the write is in progress.
+		for range rng.IntN(3) {
+			publish()
+		}
+		o.inflight = 0
+		stream = append(stream, out[:n]...)
+		o.consume(n)
+		read()
+	}
+	now := int64(1000)
+	publish = func() {
+		ch := chans[rng.IntN(len(chans))]
+		pub[ch]++
+		f := rec(ch, pub[ch], true)
+		f.MaxRate = routeRate[ch]
+		switch o.enqueue(f, now, b, pc) {
+		case pushRefused:
+			t.Fatalf("%s@%d refused on a conflate route", ch, pub[ch])
+		case pushDeferred:
+			arm(o.capDue(ch))
+		}
+	}
+	for step := 0; step < 3000; step++ {
+		now += int64(rng.IntN(8))
+		if due != 0 && now >= due+int64(rng.IntN(3))*40 { // the timer fires, sometimes late
+			due = 0
+			_, ok, next := o.releaseDue(now, b, pc)
+			if !ok {
+				t.Fatal("a released frame was refused on a conflate route")
+			}
+			arm(next)
+		}
+		switch r := rng.IntN(10); {
+		case r < 6:
+			publish()
+		case r < 8 && step%400 < 300: // the writer stalls a quarter of the time
+			write(1+rng.IntN(4), false)
+		}
+		checkBytes(t, &o)
+	}
+	// Drain: release what waits, write everything.
+	for due != 0 || len(o.frames) > 0 {
+		if due != 0 {
+			now = max(now, due)
+			due = 0
+			_, _, next := o.releaseDue(now, b, pc)
+			arm(next)
+		}
+		write(len(o.frames), true)
+	}
+	for _, ch := range chans {
+		if seen[ch] != pub[ch] {
+			t.Fatalf("%s: the client ended at offset %d, want the newest, %d", ch, seen[ch], pub[ch])
+		}
+	}
+	if len(o.conflated) != 0 {
+		t.Fatalf("%d skip marks left behind", len(o.conflated))
 	}
 }

@@ -93,9 +93,13 @@ func (c *conn) cfState() *cfSession {
 func (c *conn) wireLocked(i int, f *router.Frame) []byte {
 	switch {
 	case c.sseState() != nil:
-		return c.sseFrameLocked(i, f).Data
+		nf := c.sseFrameLocked(i, f)
+		c.out.replaced(f, nf) // its skip mark follows it
+		return nf.Data
 	case c.cfState() != nil:
-		return c.cfFrameLocked(i, f).Data
+		nf := c.cfFrameLocked(i, f)
+		c.out.replaced(f, nf)
+		return nf.Data
 	default:
 		return c.out.wire(f)
 	}

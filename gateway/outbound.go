@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gobwas/ws"
@@ -40,15 +42,15 @@ import (
 // Frames gathered into a write in progress (the first inflight frames of the
 // queue) are never dropped or rewritten.
 type outbound struct {
-	frames    []*router.Frame        // frames waiting to be written
-	bytes     int                    // bytes of frames (and of held frames) not yet written
-	head      int                    // bytes of frames[0] already written
-	inflight  int32                  // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
-	deflate   bool                   // the connection negotiated permessage-deflate: write Deflated when a frame has it
-	heldCount int                    // live frames held aside for resumes: the sum of every chanResume.held's length
-	conflated map[string]skipMark    // channel → records dropped by conflation or a cap, not yet reported
-	resume    map[string]*chanResume // channels replaying or with floors
-	caps      *capSet                // frequency-capped channels (capped.go); nil: none
+	frames    []*router.Frame            // frames waiting to be written
+	bytes     int                        // bytes of frames (and of held frames) not yet written
+	head      int                        // bytes of frames[0] already written
+	inflight  int32                      // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
+	deflate   bool                       // the connection negotiated permessage-deflate: write Deflated when a frame has it
+	heldCount int                        // live frames held aside for resumes: the sum of every chanResume.held's length
+	conflated map[*router.Frame]skipMark // queued frame → records of its channel dropped just before it (skip marks)
+	resume    map[string]*chanResume     // channels replaying or with floors
+	caps      *capSet                    // frequency-capped channels (capped.go); nil: none
 }
 
 // compactScratch holds the maps compact uses to find each channel's newest
@@ -63,14 +65,6 @@ func (o *outbound) wire(f *router.Frame) []byte {
 		return f.Deflated
 	}
 	return f.Data
-}
-
-// skipMark is a channel's count of dropped records not yet reported, and
-// the queued frame that reports them: the newest one of the channel whose
-// predecessors were dropped (nil: the next one written).
-type skipMark struct {
-	n  int64
-	by *router.Frame
 }
 
 // queueBounds are a connection's queue limits (Limits.MaxQueueMessages and
@@ -158,7 +152,7 @@ func (o *outbound) push(f *router.Frame, b queueBounds, pc *policyCounters) push
 				old := o.frames[i]
 				o.frames[i] = f
 				o.bytes += len(f.Data) - len(old.Data)
-				o.skipped(f.Channel, 1, f, pc)
+				o.dropInto(old, f, pc)
 				return pushReplaced
 			}
 			// The channel has nothing pending: f joins the queue beyond
@@ -187,7 +181,7 @@ func (o *outbound) compact(pc *policyCounters) {
 		}
 		if newest := seen[f.Channel]; newest != nil {
 			o.bytes -= len(f.Data)
-			o.skipped(f.Channel, 1, newest, pc)
+			o.dropInto(f, newest, pc)
 			o.frames[i] = nil
 			dropped++
 			continue
@@ -221,32 +215,96 @@ func (o *outbound) pendingOf(ch string) int {
 	return -1
 }
 
-// skipped counts n records of ch dropped by conflation or a cap; by, the
-// newest frame of ch queued, carries the total when it is written (with
-// those not yet reported before it).
-func (o *outbound) skipped(ch string, n int64, by *router.Frame, pc *policyCounters) {
-	if o.conflated == nil {
-		o.conflated = make(map[string]skipMark)
-	}
-	m := o.conflated[ch]
-	o.conflated[ch] = skipMark{n: m.n + n, by: by}
-	pc.conflated.Add(float64(n))
+// Skip marks. A frame's mark is the number of records of its channel
+// dropped between the channel's previous frame in the queue (or on the
+// wire) and it; it goes out as "skipped":N when the frame is written
+// (markSkipped). Marks are kept per queued frame, not per channel: two
+// frames of a channel may both wait in the queue with records dropped
+// before each (a capped channel releasing again before its last frame was
+// written), and each reports its own.
+//
+// A frame is marked when a writer gathers it, which is not always when it
+// is written: a write that the socket takes only in part leaves the
+// gathered frames after it in the queue, marked, and conflation may still
+// drop them or drop older frames before them. So a marked frame keeps its
+// mark until it is written: dropped, its count passes on to the next frame
+// of its channel; given more, it is marked again from its unmarked form.
+
+// skipMark is a queued frame's mark.
+type skipMark struct {
+	n     int64         // records dropped just before the frame
+	shown int64         // how many of them the frame's bytes report (0: none, it is unmarked)
+	base  *router.Frame // the frame's unmarked form when the queue holds another (marked, or a transport's form); else nil
 }
 
-// markSkipped rewrites frames[i] to carry "skipped":N when it is the frame
-// that reports records of its channel dropped before it. Writers call it
-// while gathering, for frames not yet on the wire.
+// addMark counts n more records dropped just before the queued frame by.
+func (o *outbound) addMark(by *router.Frame, n int64) {
+	if o.conflated == nil {
+		o.conflated = make(map[*router.Frame]skipMark)
+	}
+	m := o.conflated[by]
+	m.n += n
+	o.conflated[by] = m
+}
+
+// dropInto counts a queued frame dropped by conflation, with the records
+// dropped before it, against by, the next frame of its channel queued.
+func (o *outbound) dropInto(dropped, by *router.Frame, pc *policyCounters) {
+	n := int64(1)
+	if m, ok := o.conflated[dropped]; ok {
+		n += m.n
+		delete(o.conflated, dropped)
+	}
+	o.addMark(by, n)
+	pc.conflated.Inc()
+}
+
+// forget drops the mark of a frame that left the queue (written, or
+// dropped with the rest of the queue on close).
+func (o *outbound) forget(f *router.Frame) {
+	if len(o.conflated) > 0 {
+		delete(o.conflated, f)
+	}
+}
+
+// replaced moves f's mark to nf, the form a transport put in f's place in
+// the queue (an event stream's or Centrifugo's, conn_linux.go wireLocked).
+func (o *outbound) replaced(f, nf *router.Frame) {
+	if f == nf || len(o.conflated) == 0 {
+		return
+	}
+	if m, ok := o.conflated[f]; ok {
+		delete(o.conflated, f)
+		if m.shown == 0 {
+			m.base = f
+		}
+		o.conflated[nf] = m
+	}
+}
+
+// markSkipped rewrites frames[i] to carry "skipped":N when records of its
+// channel were dropped just before it. Writers call it while gathering,
+// for frames not yet on the wire.
 func (o *outbound) markSkipped(i int) *router.Frame {
 	f := o.frames[i]
-	if f.Channel == "" || f.Payload == nil {
+	if len(o.conflated) == 0 {
 		return f
 	}
-	sk, ok := o.conflated[f.Channel]
-	if !ok || sk.by != nil && sk.by != f {
+	mk, ok := o.conflated[f]
+	if !ok || mk.n == mk.shown {
 		return f
 	}
-	delete(o.conflated, f.Channel)
-	m := markFrame(f, `"skipped":`+strconv.FormatInt(sk.n, 10))
+	base := f
+	if mk.base != nil {
+		base = mk.base
+	}
+	if base.Channel == "" || base.Payload == nil {
+		delete(o.conflated, f)
+		return f
+	}
+	m := markFrame(base, `"skipped":`+strconv.FormatInt(mk.n, 10))
+	delete(o.conflated, f)
+	o.conflated[m] = skipMark{n: mk.n, shown: mk.n, base: base}
 	o.frames[i] = m
 	o.bytes += len(m.Data) - len(f.Data)
 	return m
@@ -276,6 +334,7 @@ func (o *outbound) consume(n int) {
 			o.bytes -= len(f.Data)
 		}
 		o.head = 0
+		o.forget(f)
 		i++
 	}
 	if i > 0 {
@@ -292,6 +351,7 @@ func (o *outbound) dropPending() {
 	keep := o.protected()
 	for _, f := range o.frames[keep:] {
 		o.bytes -= len(f.Data)
+		o.forget(f)
 	}
 	clear(o.frames[keep:])
 	o.frames = o.frames[:keep]
@@ -492,19 +552,21 @@ func newerThan(f *router.Frame, parts []partPos) bool {
 	return true
 }
 
-// markFrame returns a copy of a msg frame with an extra member added right
-// after "op":"msg", e.g. `"snap":true` or `"skipped":3`.
+// markFrame returns a copy of a msg frame with one more member, e.g.
+// `"snap":true` or `"skipped":3`, where EncodeMessage puts it (markAt), so
+// that a marked frame is byte for byte the frame EncodeMessage makes of the
+// same record with Snapshot or Skipped set.
 func markFrame(f *router.Frame, member string) *router.Frame {
-	const prefix = `{"op":"msg",`
-	rest := f.Payload[len(prefix):]
-	n := len(prefix) + len(member) + 1 + len(rest)
+	p := f.Payload
+	at := markAt(p, len(f.Channel), member)
+	n := len(p) + 1 + len(member)
 	h := wire.ServerHeaderLen(n)
 	b := make([]byte, h, h+n)
 	wire.PutServerHeader(b, ws.OpText, n)
-	b = append(b, prefix...)
-	b = append(b, member...)
+	b = append(b, p[:at]...)
 	b = append(b, ',')
-	b = append(b, rest...)
+	b = append(b, member...)
+	b = append(b, p[at:]...)
 	return &router.Frame{
 		Channel:   f.Channel,
 		Topic:     f.Topic,
@@ -512,9 +574,36 @@ func markFrame(f *router.Frame, member string) *router.Frame {
 		Offset:    f.Offset,
 		Timestamp: f.Timestamp,
 		Epoch:     f.Epoch,
+		Reset:     f.Reset,
 		Data:      b,
 		Payload:   b[h:],
 		Conflate:  f.Conflate,
 		MaxRate:   f.MaxRate,
 	}
+}
+
+// markAt is where a marker member goes in the payload p of a msg frame of
+// a channel chLen bytes long: in EncodeMessage's order, right after the
+// "ts" member, and a "skipped" after a "snap" there already. Channel names
+// hold no quotes and "p" and "o" are numbers, so the first `,"ts":` after
+// the channel is the record's. A payload without one (not EncodeMessage's)
+// takes the member right after "op".
+func markAt(p []byte, chLen int, member string) int {
+	const ts, snap = `,"ts":`, `,"snap":true`
+	from := min(len(`{"op":"msg","ch":"`)+chLen, len(p))
+	i := bytes.Index(p[from:], []byte(ts))
+	if i < 0 {
+		return len(`{"op":"msg"`)
+	}
+	i += from + len(ts)
+	if i < len(p) && p[i] == '-' {
+		i++
+	}
+	for i < len(p) && p[i] >= '0' && p[i] <= '9' {
+		i++
+	}
+	if strings.HasPrefix(member, `"skipped":`) && bytes.HasPrefix(p[i:], []byte(snap)) {
+		i += len(snap)
+	}
+	return i
 }

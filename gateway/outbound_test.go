@@ -129,7 +129,7 @@ func TestOutboundCompaction(t *testing.T) {
 	if got, want := describe(&o), "a@1 x@1 a@3 x@2 b@2"; got != want {
 		t.Fatalf("compacted to %q, want %q", got, want)
 	}
-	if o.conflated["a"].n != 1 || o.conflated["b"].n != 1 || count(t, pc.conflated) != 2 || count(t, pc.compactions) != 1 {
+	if o.conflated[o.frames[2]].n != 1 || o.conflated[o.frames[4]].n != 1 || count(t, pc.conflated) != 2 || count(t, pc.compactions) != 1 {
 		t.Fatalf("skipped %v, conflated %v, compactions %v", o.conflated, count(t, pc.conflated), count(t, pc.compactions))
 	}
 	checkBytes(t, &o)
@@ -141,10 +141,11 @@ func TestOutboundCompaction(t *testing.T) {
 	// The next frame of a channel written carries what was dropped before it.
 	o.inflight = 0
 	o.consume(len(o.frames[0].Data))
+	a3 := o.frames[1]
 	if m := o.markSkipped(1); !strings.Contains(string(m.Payload), `"skipped":1,`) || o.frames[1] != m {
 		t.Fatalf("markSkipped gave %s", m.Payload)
 	}
-	if _, left := o.conflated["a"]; left {
+	if _, left := o.conflated[a3]; left {
 		t.Fatal("the skipped count of a was not reset once reported")
 	}
 	checkBytes(t, &o)
@@ -330,4 +331,91 @@ func TestOutboundFloorForgottenOnReset(t *testing.T) {
 		t.Fatalf("queue %q, want %q", got, want)
 	}
 	checkBytes(t, &o)
+}
+
+// TestMarkFrameMatchesEncodeMessage: a frame marked after encoding
+// ("snap":true on a snapshot, "skipped":N on a conflated or capped frame)
+// is byte for byte the frame EncodeMessage makes of the same record with
+// Snapshot or Skipped set: one member order for clients that read by
+// position.
+func TestMarkFrameMatchesEncodeMessage(t *testing.T) {
+	long := `{"v":"` + strings.Repeat("x", 200) + `"}`     // a 2-byte length header once marked
+	longer := `{"v":"` + strings.Repeat("y", 65600) + `"}` // an 8-byte one
+	for _, tc := range []struct {
+		name string
+		m    Message
+	}{
+		{"plain", Message{Channel: "t.a", Partition: 3, Offset: 17, Timestamp: 1700000000000, Data: []byte(`{"p":1}`)}},
+		{"negative offset and time", Message{Channel: "t.a", Offset: -1, Timestamp: -5, Data: []byte(`1`)}},
+		{"channel with punctuation", Message{Channel: "a:b@c/d-e_f.g", Offset: 1, Data: []byte(`{"ts":1,"o":2}`)}},
+		{"reset", Message{Channel: "t.a", Offset: 2, Reset: true, Data: []byte(`{}`)}},
+		{"binary", Message{Channel: "t.a", Offset: 2, Binary: true, Data: []byte{0, 1, 2, 250}}},
+		{"crosses 125 bytes", Message{Channel: "t.a", Offset: 9, Data: []byte(`"` + strings.Repeat("z", 125-len(`{"op":"msg","ch":"t.a","p":0,"o":9,"ts":0,"data":""}`)) + `"`)}},
+		{"2-byte header", Message{Channel: "t.a", Offset: 9, Data: []byte(long)}},
+		{"8-byte header", Message{Channel: "t.a", Offset: 9, Data: []byte(longer)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, mk := range []struct {
+				name    string
+				mark    func(*router.Frame) *router.Frame
+				snap    bool
+				skipped int64
+			}{
+				{"snap", func(f *router.Frame) *router.Frame { return markFrame(f, `"snap":true`) }, true, 0},
+				{"skipped", func(f *router.Frame) *router.Frame { return markFrame(f, `"skipped":12`) }, false, 12},
+				{"snap then skipped", func(f *router.Frame) *router.Frame {
+					return markFrame(markFrame(f, `"snap":true`), `"skipped":3`)
+				}, true, 3},
+				{"skipped then snap", func(f *router.Frame) *router.Frame {
+					return markFrame(markFrame(f, `"skipped":3`), `"snap":true`)
+				}, true, 3},
+			} {
+				m := tc.m
+				got := mk.mark(EncodeMessage(&m))
+				m.Snapshot, m.Skipped = mk.snap, mk.skipped
+				want := EncodeMessage(&m)
+				if string(got.Data) != string(want.Data) {
+					t.Fatalf("%s: marked frame\n%.300q\nEncodeMessage\n%.300q", mk.name, got.Data, want.Data)
+				}
+				if string(got.Payload) != string(want.Payload) || got.Channel != want.Channel || got.Offset != want.Offset || got.Reset != want.Reset {
+					t.Fatalf("%s: marked frame's fields differ from EncodeMessage's", mk.name)
+				}
+			}
+		})
+	}
+}
+
+// TestSkipMarkFollowsItsFrame: a frame marked while gathered but not yet
+// written keeps its count: replaced by a transport's form (an event
+// stream's), then dropped by conflation, its count and itself go to the
+// next frame of its channel, and nothing is left once that is written.
+func TestSkipMarkFollowsItsFrame(t *testing.T) {
+	pc := newPolicyCounters()
+	var o outbound
+	a1, a2 := rec("a", 1, true), rec("a", 2, true)
+	o.add(a1)
+	o.addMark(a1, 3) // three records of a dropped before a@1
+	m := o.markSkipped(0)
+	if !strings.Contains(string(m.Payload), `"skipped":3,`) {
+		t.Fatalf("marked %s", m.Payload)
+	}
+	// A transport puts its own form in the queue (conn_linux.go wireLocked).
+	nf := &router.Frame{Channel: "a", Offset: 1, Conflate: true, Payload: m.Payload, Data: []byte("event form")}
+	o.bytes += len(nf.Data) - len(m.Data)
+	o.frames[0] = nf
+	o.replaced(m, nf)
+	// Nothing was written; a@2 arrives on a full queue and a@1 is dropped.
+	o.add(a2)
+	o.compact(pc)
+	if got := describe(&o); got != "a@2" {
+		t.Fatalf("queue %q, want a@2", got)
+	}
+	if m := o.markSkipped(0); !strings.Contains(string(m.Payload), `"skipped":4,`) {
+		t.Fatalf("a@2 marked %s, want skipped:4 (3 before a@1, and a@1)", m.Payload)
+	}
+	checkBytes(t, &o)
+	o.consume(o.bytes)
+	if len(o.conflated) != 0 {
+		t.Fatalf("%d marks left after the queue was written", len(o.conflated))
+	}
 }

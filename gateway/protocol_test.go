@@ -141,7 +141,7 @@ func TestMarkFrame(t *testing.T) {
 	f := EncodeMessage(&Message{Channel: "c", Partition: 1, Offset: 5, Data: []byte(`{"a":1}`)})
 	m := markFrame(f, `"snap":true`)
 	got := string(payloadOf(t, m.Data))
-	want := `{"op":"msg","snap":true,"ch":"c","p":1,"o":5,"ts":0,"data":{"a":1}}`
+	want := `{"op":"msg","ch":"c","p":1,"o":5,"ts":0,"snap":true,"data":{"a":1}}`
 	if got != want {
 		t.Fatalf("got %s, want %s", got, want)
 	}

@@ -108,11 +108,19 @@ func (s *Server) subscribe(t transport, req *Request) {
 				}
 			}
 		}
-		s.router.Subscribe(t, ch, before)
+		// c.subs keeps the router's copy of the name, not the request's:
+		// an idle connection then pays no bytes of its own for it.
+		name := ch
+		s.router.Subscribe(t, ch, func(v router.View) {
+			name = v.Name()
+			if before != nil {
+				before(v)
+			}
+		})
 		c.mu.Lock()
 		closing := c.flags&(flagClosing|flagClosed) != 0
 		if !closing {
-			c.subs = append(c.subs, ch)
+			c.subs = append(c.subs, name)
 		}
 		c.mu.Unlock()
 		if closing {

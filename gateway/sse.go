@@ -86,18 +86,41 @@ type ssePos struct {
 // safe for concurrent use: the connection's mu guards it.
 type sseStream struct {
 	channels []string       // as requested, in order
-	index    map[string]int // channel → index in channels
+	index    map[string]int // channel → index in channels, for a list longer than sseIndexFrom; nil: searched
 	hash     string         // 4 base-36 digits of the channel list's hash
 	pos      []ssePos       // sorted by (ch, part)
 	over     bool           // the stream's close event is queued: nothing follows it
 }
 
+// sseIndexFrom is the shortest channel list a stream indexes: a shorter
+// one is searched, which costs a record a few comparisons and an idle
+// stream nothing (a one-entry map cost it 208 bytes).
+const sseIndexFrom = 16
+
 func newSSEStream(channels []string) *sseStream {
-	st := &sseStream{channels: channels, index: make(map[string]int, len(channels)), hash: sseHash(channels)}
-	for i, ch := range channels {
-		st.index[ch] = i
+	st := &sseStream{channels: channels, hash: sseHash(channels)}
+	if len(channels) >= sseIndexFrom {
+		st.index = make(map[string]int, len(channels))
+		for i, ch := range channels {
+			st.index[ch] = i
+		}
 	}
 	return st
+}
+
+// channelIndex returns ch's index in the stream's channel list (its last,
+// if listed twice, as the index has it).
+func (st *sseStream) channelIndex(ch string) (int, bool) {
+	if st.index != nil {
+		i, ok := st.index[ch]
+		return i, ok
+	}
+	for i := len(st.channels) - 1; i >= 0; i-- {
+		if st.channels[i] == ch {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 // sseHash is 4 base-36 digits of an FNV-1a hash of the channel list.
@@ -113,7 +136,7 @@ func sseHash(channels []string) string {
 
 // advance records that the stream delivers offset o of partition p of ch.
 func (st *sseStream) advance(ch string, p int32, o int64) {
-	ci, ok := st.index[ch]
+	ci, ok := st.channelIndex(ch)
 	if !ok {
 		return
 	}

@@ -196,6 +196,11 @@ type View struct {
 // Last returns the channel's retained last frame, or nil.
 func (v View) Last() *Frame { return v.c.last }
 
+// Name returns the channel's name, the router's own copy: a subscriber that
+// keeps it shares its bytes with the router and the channel's other
+// subscribers instead of holding a copy of its own.
+func (v View) Name() string { return v.c.name }
+
 // Newest returns the channel's most recent retained frame (its last, or the
 // newest of its history), or nil when it retains none.
 func (v View) Newest() *Frame {

@@ -116,9 +116,11 @@ type shard struct {
 }
 
 // channel holds one channel's subscribers. sinks is iterated by Publish under
-// the shard read lock; index gives O(1) removal by swapping with the last
-// (nil until the first subscriber). Every field is guarded by the owning
-// shard's mu.
+// the shard read lock; removal swaps with the last. index maps a sink to its
+// place in sinks once the channel has indexFrom subscribers (nil below
+// that: a short list is searched, which costs an idle subscriber nothing;
+// the map cost about 62 bytes a subscription). Every field is guarded by
+// the owning shard's mu.
 type channel struct {
 	name  string
 	sinks []Sink
@@ -136,6 +138,24 @@ type channel struct {
 	used       int64    // Unix ms of the last record, subscribe, or subscriber leaving
 	size       int64    // estimated bytes retained; 0 when not in the LRU list
 	prev, next *channel // shard's LRU list
+}
+
+// indexFrom is how many subscribers a channel has when it starts indexing
+// them (channel.index).
+const indexFrom = 64
+
+// find returns s's place in c.sinks.
+func (c *channel) find(s Sink) (int, bool) {
+	if c.index != nil {
+		i, ok := c.index[s]
+		return i, ok
+	}
+	for i, x := range c.sinks {
+		if x == s {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 // idle reports whether nothing is subscribed or retained; caller holds the
@@ -185,14 +205,19 @@ func (r *Router) Subscribe(s Sink, ch string, before func(v View)) bool {
 		sh.channels[ch] = c
 		r.channels.Add(1)
 	}
-	if _, ok := c.index[s]; ok {
+	if _, ok := c.find(s); ok {
 		return false
 	}
-	if c.index == nil {
-		c.index = make(map[Sink]int)
-	}
-	c.index[s] = len(c.sinks)
 	c.sinks = append(c.sinks, s)
+	switch {
+	case c.index != nil:
+		c.index[s] = len(c.sinks) - 1
+	case len(c.sinks) >= indexFrom:
+		c.index = make(map[Sink]int, len(c.sinks))
+		for i, x := range c.sinks {
+			c.index[x] = i
+		}
+	}
 	r.subscriptions.Add(1)
 	if before != nil {
 		before(View{r: r, c: c})
@@ -225,7 +250,7 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 	if c == nil {
 		return false
 	}
-	i, ok := c.index[s]
+	i, ok := c.find(s)
 	if !ok {
 		return false
 	}
@@ -233,11 +258,18 @@ func (r *Router) removeLocked(sh *shard, s Sink, ch string) bool {
 	if i != last {
 		moved := c.sinks[last]
 		c.sinks[i] = moved
-		c.index[moved] = i
+		if c.index != nil {
+			c.index[moved] = i
+		}
 	}
 	c.sinks[last] = nil
 	c.sinks = c.sinks[:last]
-	delete(c.index, s)
+	if c.index != nil {
+		delete(c.index, s)
+		if len(c.sinks) < indexFrom/2 {
+			c.index = nil // searched again; half the threshold, so it does not flap
+		}
+	}
 	r.subscriptions.Add(-1)
 	if c.idle() {
 		r.forgetLocked(sh, c)

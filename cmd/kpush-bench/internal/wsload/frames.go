@@ -38,8 +38,9 @@ var (
 // parseMsg reads a msg payload as kpush encodes it: "op" first, then ch,
 // p, o, ts and optional markers in any order, then data last. A frame kpush
 // marks after encoding ("snap", "skipped" on conflated and capped frames)
-// has the marker right after "op" (gateway/outbound.go markFrame), before
-// "ch". ok is false for anything else.
+// has the marker after "ts", as EncodeMessage puts it; kpush builds before
+// that put it right after "op", before "ch", and are read too. ok is false
+// for anything else.
 func parseMsg(p []byte) (m msgFrame, ok bool) {
 	if !bytes.HasPrefix(p, msgOpPrefix) {
 		return m, false
