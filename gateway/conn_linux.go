@@ -101,6 +101,9 @@ func (c *conn) wireLocked(i int, f *router.Frame) []byte {
 		c.out.replaced(f, nf)
 		return nf.Data
 	default:
+		if c.out.zshared {
+			c.srv.deflateShared(f) // made already unless f came by a resume (deflate.go)
+		}
 		return c.out.wire(f)
 	}
 }
@@ -650,8 +653,7 @@ func (c *conn) releaseIfIdleLocked() {
 	c.out.heldCount = 0
 	c.out.conflated = nil
 	c.out.caps = nil
-	if c.out.deflate {
-		c.out.deflate = false
+	if c.out.zshared { // once: c.fd is -1 from here on
 		c.srv.deflateConns.Add(-1)
 	}
 	c.rd = nil

@@ -18,13 +18,27 @@ import (
 // kpush accepts the extension only with server_no_context_takeover and
 // client_no_context_takeover (gobwas/ws's wsflate negotiates it): every
 // message is compressed on its own, so one compressed frame is valid on
-// every connection that negotiated the extension. Publish compresses a
-// record once, when it encodes it, and only while some connection has the
-// extension and the record has at least gateway.compression_min_bytes of
-// payload; the router hands the same frame to every subscriber, and each
-// connection writes Deflated or Data according to what it negotiated.
-// Frames rewritten for one connection ("snap", "skipped") and replies are
-// sent uncompressed, which the extension allows.
+// every connection that negotiated the extension.
+//
+// A record is compressed at most once, and only when a connection that
+// negotiated the extension takes it. Encode marks a frame as compressible
+// (gives it a router.Lazy, Frame.Deflated) when it has at least
+// gateway.compression_min_bytes of payload and some plain-ws connection
+// has the extension; nothing is compressed then. The first such
+// connection the router hands the frame to compresses it (deflateShared),
+// in its Enqueue before it takes its session lock, so on the publishing
+// goroutine, as the router's fan-out runs; the frame keeps the result and
+// every later connection with the extension writes the same bytes. A
+// channel whose subscribers did not negotiate it never pays for
+// compression, whatever other channels do. A compressible frame that
+// reaches a queue another way (a resume from the channel's history or
+// from Kafka) is compressed, once as well, by the worker that writes it
+// (conn.wireLocked, with the session lock held): at most one compression
+// per record, of at most max_record size, which only a resume pays.
+// Connections that did not negotiate the extension write Data, and so do
+// frames rewritten for one connection ("snap", "skipped"), replies, event
+// streams and Centrifugo sessions: the extension allows uncompressed
+// messages.
 //
 // Messages a client compresses (RSV1) are inflated with a bound: the
 // inflated size counts against gateway.max_message_bytes.
@@ -48,6 +62,21 @@ var inflaters = sync.Pool{New: func() any {
 		return flate.NewReader(r)
 	})
 }}
+
+// deflateShared returns f's shared compressed frame, compressing it if no
+// connection has yet (once per record, counted in
+// kpush_deflated_records_total); nil when f may not be compressed or
+// compressing does not make it smaller. Safe for concurrent use: a caller
+// that comes while another compresses f waits for its result.
+func (s *Server) deflateShared(f *router.Frame) []byte {
+	if f.Deflated == nil {
+		return nil
+	}
+	return f.Deflated.Get(func() []byte {
+		s.deflated.Add(1)
+		return deflateFrame(f)
+	})
+}
 
 // deflateFrame returns f's text message compressed as one complete server
 // frame with RSV1 set, or nil when compressing does not make it smaller.

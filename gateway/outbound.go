@@ -46,7 +46,8 @@ type outbound struct {
 	bytes     int                        // bytes of frames (and of held frames) not yet written
 	head      int                        // bytes of frames[0] already written
 	inflight  int32                      // frames at the front handed to a write in progress (at most netpoll.MaxIovecs)
-	deflate   bool                       // the connection negotiated permessage-deflate: write Deflated when a frame has it
+	deflate   bool                       // the connection negotiated permessage-deflate (set before it is registered, then fixed)
+	zshared   bool                       // a plain-ws connection with deflate: it writes records' shared compressed form (set before it is registered, then fixed)
 	heldCount int                        // live frames held aside for resumes: the sum of every chanResume.held's length
 	conflated map[*router.Frame]skipMark // queued frame → records of its channel dropped just before it (skip marks)
 	resume    map[string]*chanResume     // channels replaying or with floors
@@ -59,10 +60,15 @@ type outbound struct {
 var compactScratch = sync.Pool{New: func() any { return make(map[string]*router.Frame) }}
 
 // wire is what goes on the socket for f: its shared compressed form on a
-// connection that negotiated permessage-deflate, else Data.
+// connection that writes it, once made, else Data. It never compresses: a
+// queued frame's form is made before the frame is written (deliver,
+// conn.wireLocked), so what wire returns for a frame being written does
+// not change under consume.
 func (o *outbound) wire(f *router.Frame) []byte {
-	if o.deflate && f.Deflated != nil {
-		return f.Deflated
+	if o.zshared && f.Deflated != nil {
+		if z := f.Deflated.Made(); z != nil {
+			return z
+		}
 	}
 	return f.Data
 }

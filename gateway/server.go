@@ -33,7 +33,7 @@ type Server struct {
 	policy       policyCounters // the outbound queues' counters, on metrics
 	clock        atomic.Int64   // coarse time in Unix ms, advanced by the ticker
 	socketWrites atomic.Int64   // write calls on client sockets (kpush_socket_writes_total)
-	deflateConns atomic.Int64   // connections that negotiated permessage-deflate (deflate.go)
+	deflateConns atomic.Int64   // plain-ws connections that negotiated permessage-deflate (deflate.go)
 	deflated     atomic.Int64   // records compressed (kpush_deflated_records_total)
 	cfPushes     *cfPushCache   // Centrifugo forms of the records being pushed (centrifugo_proto.go)
 	draining     atomic.Bool
@@ -128,12 +128,13 @@ func (s *Server) lim() *Limits { return s.limits.Load() }
 
 // Encode is the router's Encoder (router.SetEncoder): it encodes rec once
 // as a msg frame and, when a connection negotiated permessage-deflate and
-// the frame is large enough, compresses it once for all of them.
+// the frame is large enough, marks it compressible: the first of those
+// connections that takes it compresses it, once for all of them
+// (deflate.go).
 func (s *Server) Encode(rec *router.Record) *router.Frame {
 	f := EncodeRecord(rec)
 	if s.deflateConns.Load() > 0 && len(f.Payload) >= s.cfg.CompressionMinBytes {
-		f.Deflated = deflateFrame(f) // once, shared by every subscriber that negotiated it
-		s.deflated.Add(1)
+		f.Deflated = new(router.Lazy)
 	}
 	return f
 }

@@ -553,7 +553,10 @@ func (s *Server) handshake(nc net.Conn) {
 	c := &conn{session: session{srv: s, ip: client.ip}, fd: int32(fd), gen: s.conns.NextGen()}
 	if _, ok := ext.Accepted(); ok {
 		c.out.deflate = true
-		s.deflateConns.Add(1) // until releaseIfIdleLocked
+		if !cf { // Centrifugo re-encodes every frame: it never writes the shared form
+			c.out.zshared = true
+			s.deflateConns.Add(1) // until releaseIfIdleLocked
+		}
 	}
 	if len(rest) > 0 {
 		c.rd = &readState{partial: append([]byte(nil), rest...)} // frames sent with the request

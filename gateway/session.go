@@ -65,8 +65,14 @@ const closeGraceMS = 2000
 // transport's Enqueue. It is called by the router with a shard lock held,
 // so it only appends and schedules; it never writes. Frames of a channel
 // being resumed go through its resume state first (resume_seam.go); a full
-// queue applies the route's slow-consumer policy (outbound.go).
+// queue applies the route's slow-consumer policy (outbound.go). A
+// connection that writes the shared compressed form makes it first, if no
+// connection has (deflate.go): before it takes mu, so its writer does not
+// wait on a compression; zshared is fixed before the router can reach c.
 func (c *session) deliver(t transport, f *router.Frame) bool {
+	if f.Deflated != nil && c.out.zshared {
+		c.srv.deflateShared(f)
+	}
 	c.mu.Lock()
 	if c.flags&(flagClosing|flagClosed) != 0 {
 		c.mu.Unlock()

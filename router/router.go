@@ -32,12 +32,15 @@ type Frame struct {
 	// Data is the complete wire form (a WebSocket frame, header included),
 	// written to every subscriber as it is.
 	Data []byte
-	// Deflated is Data compressed with permessage-deflate (RFC 7692, no
-	// context takeover: a complete frame with RSV1 set), made once when the
-	// frame is encoded for the sinks that negotiated it; nil when none did
-	// or the frame is too small to gain. Sinks that did not negotiate it
-	// write Data.
-	Deflated []byte
+	// Deflated holds Data compressed with permessage-deflate (RFC 7692, no
+	// context takeover: a complete frame with RSV1 set), made at most once,
+	// by the first sink that negotiated the extension and takes the frame,
+	// and shared by every such sink after it (Lazy). nil when the frame may
+	// not be compressed (compression off, no sink negotiated it when it was
+	// encoded, or too small to gain); its form is nil when compressing did
+	// not make it smaller. Sinks that did not negotiate it write Data, and a
+	// frame no such sink takes is never compressed.
+	Deflated *Lazy
 	// Payload is the message body inside Data, kept for sinks that must
 	// re-encode it (for example to mark it as a snapshot or as conflated).
 	Payload []byte
