@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
+	"github.com/kpush/kpush/router"
 )
 
 // rawDeflateConn is a client that offers permessage-deflate with gobwas/ws's
@@ -147,6 +148,103 @@ func TestDeflateSharedFrame(t *testing.T) {
 	}
 	if n := srv.deflated.Load(); n != 1 {
 		t.Fatalf("%d records compressed for two subscribers of one large record, want 1", n)
+	}
+}
+
+// TestDeflateOnlyWhereTaken: a record is compressed only when a
+// connection that negotiated permessage-deflate takes it. Records of a
+// channel with only plain subscribers are never compressed while a
+// deflate connection listens on another channel (the counter stays 0);
+// on a channel with one deflate and one plain subscriber a record is
+// compressed once and each gets its exact form.
+func TestDeflateOnlyWhereTaken(t *testing.T) {
+	srv := startPushServer(t, Config{Compression: true, CompressionMinBytes: 64}, nil)
+	z := dialDeflate(t, srv.url, true)
+	p1 := dialDeflate(t, srv.url, false)
+	p2 := dialDeflate(t, srv.url, false)
+	if !z.accepted {
+		t.Fatal("the deflate client did not get the extension")
+	}
+	subscribe := func(c *rawDeflateConn, ch string) {
+		t.Helper()
+		c.send(t, `{"op":"subscribe","id":1,"channels":["`+ch+`"]}`, false)
+		if got, _ := c.read(t); got != `{"op":"ok","id":1}` {
+			t.Fatalf("subscribe %s answered %s", ch, got)
+		}
+	}
+	subscribe(z, "z")
+	subscribe(p1, "p")
+	subscribe(p2, "p")
+	big := `{"px":[` + strings.Repeat(`101.25,`, 300) + `1]}`
+	want := func(ch string, o int) string {
+		return fmt.Sprintf(`{"op":"msg","ch":"%s","p":0,"o":%d,"ts":7,"data":%s}`, ch, o, big)
+	}
+	for o := 1; o <= 5; o++ {
+		srv.Publish(&Message{Channel: "p", Offset: int64(o), Timestamp: 7, Data: []byte(big)}, nil)
+	}
+	for o := 1; o <= 5; o++ {
+		for i, c := range []*rawDeflateConn{p1, p2} {
+			if got, zz := c.read(t); got != want("p", o) || zz {
+				t.Fatalf("plain client %d, record %d: compressed %v, %d bytes equal %v", i, o, zz, len(got), got == want("p", o))
+			}
+		}
+	}
+	if n := srv.deflated.Load(); n != 0 {
+		t.Fatalf("%d records compressed on a channel without a deflate subscriber, want 0", n)
+	}
+	subscribe(p1, "z") // now z has one deflate and one plain subscriber
+	srv.Publish(&Message{Channel: "z", Offset: 1, Timestamp: 7, Data: []byte(big)}, nil)
+	if got, zz := z.read(t); got != want("z", 1) || !zz {
+		t.Fatalf("deflate client: compressed %v, %d bytes equal %v", zz, len(got), got == want("z", 1))
+	}
+	if got, zz := p1.read(t); got != want("z", 1) || zz {
+		t.Fatalf("plain client: compressed %v, %d bytes equal %v", zz, len(got), got == want("z", 1))
+	}
+	if n := srv.deflated.Load(); n != 1 {
+		t.Fatalf("%d records compressed for one record with a deflate subscriber, want 1", n)
+	}
+}
+
+// TestDeflateResumedFromHistory: records nobody took live are compressed
+// by the writer of the first deflate connection that resumes them from
+// the channel's history, once each however many resume; a plain client
+// resuming them gets them plain.
+func TestDeflateResumedFromHistory(t *testing.T) {
+	srv := startPushServer(t, Config{Compression: true, CompressionMinBytes: 64}, nil)
+	z1 := dialDeflate(t, srv.url, true) // present when the records are encoded
+	for deadline := time.Now().Add(20 * time.Second); srv.deflateConns.Load() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the server never counted the deflate connection")
+		}
+		time.Sleep(time.Millisecond) // poll: the 101 reaches the client before the conn is counted
+	}
+	keep := &router.Retention{HistoryRecords: 100, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
+	big := `{"px":[` + strings.Repeat(`101.25,`, 300) + `1]}`
+	for o := 1; o <= 3; o++ {
+		srv.Publish(&Message{Channel: "h", Offset: int64(o), Timestamp: 7, Data: []byte(big)}, keep)
+	}
+	if n := srv.deflated.Load(); n != 0 {
+		t.Fatalf("%d records compressed with no subscriber, want 0", n)
+	}
+	z2 := dialDeflate(t, srv.url, true)
+	plain := dialDeflate(t, srv.url, false)
+	for _, tc := range []struct {
+		c     *rawDeflateConn
+		wantZ bool
+	}{{z1, true}, {z2, true}, {plain, false}} {
+		tc.c.send(t, `{"op":"subscribe","id":1,"channels":["h"],"since":{"h":{"0":0}}}`, false)
+		for o := 1; o <= 3; o++ {
+			want := fmt.Sprintf(`{"op":"msg","ch":"h","p":0,"o":%d,"ts":7,"data":%s}`, o, big)
+			if got, z := tc.c.read(t); got != want || z != tc.wantZ {
+				t.Fatalf("resumed record %d: compressed %v (want %v), %d bytes equal %v: %.80s", o, z, tc.wantZ, len(got), got == want, got)
+			}
+		}
+		if got, _ := tc.c.read(t); !strings.HasPrefix(got, `{"op":"ok","id":1`) {
+			t.Fatalf("resume answered %s", got)
+		}
+	}
+	if n := srv.deflated.Load(); n != 3 {
+		t.Fatalf("%d records compressed for 3 records resumed by two deflate clients, want 3", n)
 	}
 }
 
