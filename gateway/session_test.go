@@ -294,6 +294,64 @@ func TestSessionDeliverDoesNotAllocate(t *testing.T) {
 	}
 }
 
+// TestSessionDeliverDeflate: a session that writes the shared compressed
+// form makes it on its first delivery of a compressible record, once; later
+// deliveries of that record, to it or to others, neither compress again
+// nor allocate; a plain session delivering it never compresses it.
+func TestSessionDeliverDeflate(t *testing.T) {
+	s := newSessionServer(t, nil)
+	plain := newFakeLink(s, "192.0.2.1")
+	z := newFakeLink(s, "192.0.2.2")
+	z.out.deflate, z.out.zshared = true, true
+	f := deflatableFrame()
+	deliverOne(t, plain, f)
+	if n := s.deflated.Load(); n != 0 || f.Deflated.Made() != nil {
+		t.Fatalf("a plain session's delivery compressed the record (%d)", n)
+	}
+	deliverOne(t, z, f)
+	zf := f.Deflated.Made()
+	if n := s.deflated.Load(); n != 1 || zf == nil || len(zf) >= len(f.Data) {
+		t.Fatalf("after a deflate session's delivery: %d compressions, form of %d bytes (plain %d)", n, len(zf), len(f.Data))
+	}
+	z.mu.Lock()
+	z.out.frames = append(z.out.frames[:0], f)
+	if w := z.out.wire(f); &w[0] != &zf[0] {
+		t.Fatal("the deflate session does not write the shared compressed form")
+	}
+	if w := plain.out.wire(f); &w[0] != &f.Data[0] {
+		t.Fatal("the plain session does not write Data")
+	}
+	z.out.frames = z.out.frames[:0]
+	z.mu.Unlock()
+	if n := testing.AllocsPerRun(1000, func() { deliverOne(t, z, f) }); n != 0 {
+		t.Fatalf("%.1f allocations per delivery to a deflate session, want 0", n)
+	}
+	if n := s.deflated.Load(); n != 1 {
+		t.Fatalf("%d compressions after 1000 more deliveries, want 1", n)
+	}
+}
+
+// BenchmarkSessionDeliverDeflate: one live record, already compressed by
+// an earlier subscriber, through a deflate session to its queue.
+func BenchmarkSessionDeliverDeflate(b *testing.B) {
+	l := newFakeLink(newSessionServer(b, nil), "192.0.2.1")
+	l.out.deflate, l.out.zshared = true, true
+	f := deflatableFrame()
+	b.ReportAllocs()
+	for b.Loop() {
+		deliverOne(b, l, f)
+	}
+}
+
+// deflatableFrame is a 2 KB market record marked compressible, as Encode
+// marks it while a connection has permessage-deflate.
+func deflatableFrame() *router.Frame {
+	f := EncodeMessage(&Message{Channel: "ticks.AAPL", Partition: 3, Offset: 123456, Timestamp: 1700000000000,
+		Data: []byte(`{"sym":"AAPL","book":[` + strings.Repeat(`{"px":189.52,"size":300},`, 80) + `{}]}`)})
+	f.Deflated = new(router.Lazy)
+	return f
+}
+
 // BenchmarkSessionDeliver: one live record through the session (the body
 // of Enqueue) to its queue, without a socket.
 func BenchmarkSessionDeliver(b *testing.B) {
