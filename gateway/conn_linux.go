@@ -102,7 +102,7 @@ func (c *conn) wireLocked(i int, f *router.Frame) []byte {
 		return nf.Data
 	default:
 		if c.out.zshared {
-			c.srv.deflateShared(f) // made already unless f came by a resume (deflate.go)
+			c.srv.deflateShared(f) // made already unless f came from history (deflate.go)
 		}
 		return c.out.wire(f)
 	}

@@ -31,10 +31,13 @@ import (
 // every later connection with the extension writes the same bytes. A
 // channel whose subscribers did not negotiate it never pays for
 // compression, whatever other channels do. A compressible frame that
-// reaches a queue another way (a resume from the channel's history or
-// from Kafka) is compressed, once as well, by the worker that writes it
-// (conn.wireLocked, with the session lock held): at most one compression
-// per record, of at most max_record size, which only a resume pays.
+// reaches a queue another way (a resume from the channel's in-memory
+// history) is compressed, once as well, by the worker that writes it
+// (conn.wireLocked, with the session lock held, so the router's fan-out to
+// that one connection waits for it): at most one compression per record
+// held in history, however many connections resume it, each of one
+// record's payload, at most MaxIovecs of them per write. Records read back
+// from Kafka for a resume (EncodeRecord) are not marked and go plain.
 // Connections that did not negotiate the extension write Data, and so do
 // frames rewritten for one connection ("snap", "skipped"), replies, event
 // streams and Centrifugo sessions: the extension allows uncompressed

@@ -69,7 +69,9 @@
 //     take a router lock, so a record can be queued from inside the
 //     router's fan-out.
 //   - Publishing (the router's fan-out, with each record encoded once by
-//     Server.Encode) only appends to
+//     Server.Encode, and compressed at most once, by the first connection
+//     with permessage-deflate that takes it, in its Enqueue before it
+//     locks: deflate.go) only appends to
 //     per-connection queues, which are bounded in bytes and messages; when a
 //     record does not fit, its route's policy applies (outbound.go): close
 //     with 4008, or conflate to the newest pending record per channel.
