@@ -49,7 +49,11 @@ type history struct {
 	head  int         // index of the oldest entry
 	n     int         // entries in use
 	bytes int         // sum of len(Data) of the entries
-	parts []partRange
+	// zbytes bounds what the entries' compressed forms may hold
+	// (zCost of each): made lazily after the frame is retained, they are
+	// counted in the retained bytes from the start.
+	zbytes int
+	parts  []partRange
 }
 
 type histEntry struct {
@@ -95,6 +99,7 @@ func (h *history) dropPartition(p int32) (n, b int) {
 		if e.f.Partition == p {
 			n++
 			b += len(e.f.Data)
+			h.zbytes -= zCost(e.f)
 			continue
 		}
 		h.buf[(h.head+kept)%len(h.buf)] = e
@@ -138,6 +143,7 @@ func (h *history) push(f *Frame, now int64, k *Retention) (dn, db int) {
 	h.buf[(h.head+h.n)%len(h.buf)] = histEntry{f: f, at: now}
 	h.n++
 	h.bytes += len(f.Data)
+	h.zbytes += zCost(f)
 	dn++
 	db += len(f.Data)
 	for h.n > 0 && (h.n > k.HistoryRecords || h.bytes > k.HistoryBytes) {
@@ -163,6 +169,7 @@ func (h *history) evict() int {
 	h.head = (h.head + 1) % len(h.buf)
 	h.n--
 	h.bytes -= len(e.f.Data)
+	h.zbytes -= zCost(e.f)
 	if pr := h.rangeFor(e.f.Partition); pr != nil && pr.from <= e.f.Offset {
 		pr.from = e.f.Offset + 1
 	}

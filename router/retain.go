@@ -121,7 +121,20 @@ const (
 	historyCost = 96  // a history struct
 	entryCost   = 16  // one ring slot
 	rangeCost   = 32  // one partition range
+	lazyCost    = 48  // a Lazy (Frame.Deflated) and its slice header
 )
+
+// zCost bounds the memory of f's compressed form (Frame.Deflated): a Lazy,
+// and a form that is only kept when smaller than Data. It is counted while
+// f is retained whether or not the form has been made yet, so a deflate
+// client that takes retained frames later cannot grow the retained memory
+// past the estimate.
+func zCost(f *Frame) int {
+	if f.Deflated == nil {
+		return 0
+	}
+	return lazyCost + len(f.Data)
+}
 
 // retainedSize estimates what c's retained state holds. Caller holds the
 // shard lock.
@@ -131,11 +144,11 @@ func (c *channel) retainedSize() int64 {
 	}
 	n := int64(channelCost + len(c.name))
 	if c.last != nil {
-		n += frameCost + int64(len(c.last.Data))
+		n += frameCost + int64(len(c.last.Data)+zCost(c.last))
 	}
 	if h := c.hist; h != nil {
 		n += historyCost + int64(len(h.buf))*entryCost + int64(len(h.parts))*rangeCost
-		n += int64(h.n)*frameCost + int64(h.bytes)
+		n += int64(h.n)*frameCost + int64(h.bytes+h.zbytes)
 	}
 	return n
 }

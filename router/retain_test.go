@@ -406,3 +406,46 @@ func TestResetRememberedAcrossEviction(t *testing.T) {
 		t.Fatalf("History(after 101) = %v, %v; want [120], complete", got, ok)
 	}
 }
+
+// TestRetainedCountsCompressedForms: a frame that may get a compressed form
+// (Frame.Deflated, made later by the first deflate client that takes it) is
+// counted in the retained bytes from the moment it is retained, with room
+// for that form, and the count goes when the frame does.
+func TestRetainedCountsCompressedForms(t *testing.T) {
+	keep := &Retention{Last: true, HistoryRecords: 4, HistoryBytes: 1 << 20, HistoryAge: time.Hour}
+	data := []byte(strings.Repeat("x", 1000))
+	retained := func(compressible bool) int64 {
+		r := New()
+		for o := int64(1); o <= 10; o++ {
+			f := &Frame{Channel: "c", Offset: o, Epoch: 1, Data: data}
+			if compressible {
+				f.Deflated = new(Lazy)
+			}
+			r.Publish(f, keep)
+		}
+		return r.Stats().RetainedBytes
+	}
+	plain, compressible := retained(false), retained(true)
+	// The last record and 4 history entries: 5 frames, each bounded by
+	// zCost = lazyCost + len(Data).
+	if want := int64(5 * (lazyCost + len(data))); compressible-plain != want {
+		t.Fatalf("retained bytes: %d plain, %d compressible; the difference %d, want %d", plain, compressible, compressible-plain, want)
+	}
+
+	// Evicting frames (history bound, partition restart, route drop)
+	// takes their share back out.
+	r := New()
+	for o := int64(1); o <= 10; o++ {
+		r.Publish(&Frame{Channel: "c", Offset: o, Epoch: 1, Data: data, Deflated: new(Lazy)}, keep)
+	}
+	r.Publish(&Frame{Channel: "c", Offset: 11, Epoch: 2, Data: data}, keep) // new epoch: the partition's range restarts
+	for _, c := range r.shardFor("c").channels {
+		if c.hist != nil && c.hist.zbytes != 0 {
+			t.Fatalf("history zbytes %d after its compressible frames went, want 0", c.hist.zbytes)
+		}
+	}
+	r.DropRetention(keep)
+	if got := r.Stats().RetainedBytes; got != 0 {
+		t.Fatalf("retained bytes %d after the route's retention was dropped, want 0", got)
+	}
+}
