@@ -37,6 +37,12 @@ import (
 // list, so an id brought to a stream of other channels is not misread.
 // "k0a1_0.2.ya3_1.0.5" says: channel 0 up to offset 44211 of partition 2,
 // channel 1 up to offset 5 of partition 0.
+//
+// A stream of one channel fed by one partition has an id that is the
+// record's own position, the same in every such stream of the channel: its
+// event is made once per record and shared (cfPushCache.sseEvent). Only a
+// stream whose id holds several positions (several channels, or a channel
+// of several partitions) gets an event of its own for each record.
 
 // DefaultSSEPath is gateway.sse_path's default.
 const DefaultSSEPath = "/events"
