@@ -80,6 +80,9 @@ func TestCFPushCacheBytesBound(t *testing.T) {
 		j := pc.push(f, false).Data
 		p := pc.push(f, true).Data
 		d := pc.pushDelta(f, prev, true).Data
+		if ev := pc.sseEvent(f); !strings.Contains(string(ev.Data), "data: "+string(v)+"\n") {
+			t.Fatalf("record %d: event without its data", i)
+		}
 		if held := pc.bytes.Load(); held > pc.limit || held < 0 {
 			t.Fatalf("record %d: the cache holds %d bytes, bound %d", i, held, pc.limit)
 		}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/kpush/kpush/router"
@@ -130,5 +131,66 @@ func TestProtocolDeliveryDoesNotAllocate(t *testing.T) {
 				t.Fatalf("%s: 8 deliveries of records already made in the protocol's form, and their flush, allocate %.1f times, want 0", protocol, a)
 			}
 		})
+	}
+}
+
+// TestProtocolFormsShared: subscribers that can take a record's protocol
+// form as it is get the very same frame, and those whose form is their own
+// get their own: a stream of two channels (its id holds both positions) and
+// a delta subscriber whose base is not the one the delta was made from.
+func TestProtocolFormsShared(t *testing.T) {
+	srv := newWriterServer(t)
+	queued := func(r *writerRig, f *router.Frame) *router.Frame {
+		t.Helper()
+		if !r.c.Enqueue(f) {
+			t.Fatal("Enqueue refused the frame")
+		}
+		r.c.mu.Lock()
+		defer r.c.mu.Unlock()
+		i := len(r.c.out.frames) - 1
+		r.c.wireLocked(i, r.c.out.frames[i])
+		return r.c.out.frames[i]
+	}
+	f1, f2 := benchRecord(1), benchRecord(2)
+	for _, protocol := range []string{"centrifugo", "centrifugo-protobuf", "sse"} {
+		a, b := newProtocolRig(t, srv, protocol, "ticks.AAPL"), newProtocolRig(t, srv, protocol, "ticks.AAPL")
+		if x, y := queued(a, f1), queued(b, f1); x != y || x == f1 {
+			t.Fatalf("%s: two subscribers of one record got frames %p and %p, want one shared frame in the protocol's form", protocol, x, y)
+		}
+	}
+
+	// SSE: a stream of two channels gets its own event, with both positions.
+	two := newWriterRigOn(t, srv, "unix")
+	two.c.ext().sse = newSSEStream([]string{"ticks.AAPL", "ticks.MSFT"})
+	msft := EncodeMessage(&Message{Channel: "ticks.MSFT", Partition: 1, Offset: 7, Data: []byte(`{"p":1}`)})
+	queued(two, msft)
+	one := newProtocolRig(t, srv, "sse", "ticks.AAPL")
+	shared, own := queued(one, f2), queued(two, f2)
+	if shared == own {
+		t.Fatal("a stream of two channels got the event shared by streams of one")
+	}
+	wantID := "\nid: " + sseHash([]string{"ticks.AAPL", "ticks.MSFT"}) + "_0.3.2_1.1.7\n"
+	if !strings.Contains(string(own.Data), wantID) {
+		t.Fatalf("two-channel stream's event %q, want id line %q", own.Data, wantID)
+	}
+	if want := "\nid: " + sseHash([]string{"ticks.AAPL"}) + "_0.3.2\n"; !strings.Contains(string(shared.Data), want) {
+		t.Fatalf("shared event %q, want id line %q", shared.Data, want)
+	}
+
+	// Centrifugo delta: subscribers keeping up share the delta; one that
+	// missed f2 (its base is f1) gets the whole record.
+	keep1, keep2 := newProtocolRig(t, srv, "centrifugo-delta", "ticks.AAPL"), newProtocolRig(t, srv, "centrifugo-delta", "ticks.AAPL")
+	behind := newProtocolRig(t, srv, "centrifugo-delta", "ticks.AAPL")
+	f3 := benchRecord(3)
+	for _, r := range []*writerRig{keep1, keep2} {
+		queued(r, f2)
+	}
+	queued(behind, f1)
+	d1, d2, whole := queued(keep1, f3), queued(keep2, f3), queued(behind, f3)
+	if d1 != d2 || !strings.Contains(string(d1.Data), `"delta":true`) {
+		t.Fatalf("delta subscribers keeping up got %q and %q, want one shared delta push", d1.Data, d2.Data)
+	}
+	if whole == d1 || strings.Contains(string(whole.Data), `"delta":true`) {
+		t.Fatalf("a delta subscriber without the base got %q, want the whole record", whole.Data)
 	}
 }
