@@ -601,74 +601,27 @@ func (s *Server) unsubscribeQuiet(c *conn, ch string) {
 // reply {}. Replies are built in Centrifugo's form already and close frames
 // are sent as they are. The result replaces f in the queue (marked by a nil
 // Payload, so conflation leaves it alone). Caller holds c.mu.
+//
+// A record's push is the frame shared by every subscriber of its form
+// (cfPushCache: JSON, Protobuf, and for delta: "fossil" the whole record or
+// its one delta), as protocol v1's frame is: nothing in a push is per
+// connection. What is made per connection: the records that arrive before
+// a recovering subscription's reply (they go into the reply, which is this
+// connection's), the 2500 unsubscribe push of a channel found fed by
+// several partitions, and the choice of a delta subscriber's form (the
+// delta when the client has the record it was computed from, else the
+// whole record). Pings are shared frames too.
 func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
-	var b []byte
+	var nf *router.Frame
 	switch {
 	case f.Channel != "" && f.Payload != nil:
-		v, ok := recordValue(f.Payload)
-		if !ok {
+		if nf = c.cfRecordLocked(f); nf == nil {
 			return f
 		}
-		if pd := c.cfState().pending[f.Channel]; pd != nil {
-			// Before its subscribe reply: into the reply's publications;
-			// an unsolicited pong (RFC 6455 §5.5.3) takes its place. A
-			// record of another partition than the one recovered (a live
-			// one, the channel being fed by several) is not: the channel's
-			// offsets do not say where the client is in it, so the reply
-			// (whose position is right for the records it holds) is
-			// followed by the 2500 unsubscribe push, as for a live record
-			// (below), and the resubscribe is answered recovered:false.
-			b = []byte{0x8A, 0}
-			if f.Partition != pd.part {
-				pd.mixed = true
-				break
-			}
-			if len(pd.pubs) > 0 {
-				pd.pubs = append(pd.pubs, ',')
-			}
-			pd.pubs = append(pd.pubs, cfPubAs(f.Offset, v, pd.str)...)
-			if pd.proto {
-				pd.raws = append(pd.raws, cfProtoData(f.Payload, v))
-			}
-			pd.last = f
-			break
-		}
-		cf := c.cfState()
-		if _, stale := cf.stale[f.Channel]; stale {
-			// Told to resubscribe: the SDK drops publications until then.
-			b = []byte{0x8A, 0}
-			break
-		}
-		if p, ok := cf.pos[f.Channel]; ok && p != f.Partition {
-			// The channel was answered with a position in partition p, and
-			// records of another partition come: its stream is not one
-			// partition, and its offsets do not say where the client is.
-			// Centrifugo's "insufficient state" unsubscribe (2500) makes
-			// the SDK resubscribe with recover, which is then answered
-			// recovered:false, without a position.
-			cf.markStaleLocked(f.Channel, true)
-			js := cfInsufficientState(f.Channel)
-			b = wire.ServerFrame(ws.OpText, js)
-			if cf.proto {
-				pb, err := cfReplyProto(js, nil)
-				if err != nil {
-					return f
-				}
-				b = wire.ServerFrame(ws.OpBinary, pb)
-			}
-			break
-		}
-		if base, ok := cf.delta[f.Channel]; ok {
-			b = c.srv.cfPushes.pushDelta(f, v, base, cf.proto)
-			cf.delta[f.Channel] = f
-			break
-		}
-		b = c.srv.cfPushes.push(f, v, cf.proto)
 	case f.Channel == "" && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpPing:
+		nf = cfPingJSON
 		if c.cfState().proto {
-			b = wire.ServerFrame(ws.OpBinary, cfPingProto)
-		} else {
-			b = wire.ServerFrame(ws.OpText, []byte("{}"))
+			nf = cfPingBinary
 		}
 	case f.Channel == "" && len(c.cfState().pending) > 0 && len(f.Data) >= 2 && ws.OpCode(f.Data[0]&0x0f) == ws.OpText:
 		op, payload := serverFramePayload(f.Data)
@@ -682,7 +635,7 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 		if then != nil {
 			r = append(append(r, '\n'), then...) // one frame, newline separated
 		}
-		b = wire.ServerFrame(ws.OpText, r)
+		b := wire.ServerFrame(ws.OpText, r)
 		if c.cfState().proto {
 			pb, err := cfReplyProto(r, pubs)
 			if err != nil {
@@ -691,14 +644,94 @@ func (c *conn) cfFrameLocked(i int, f *router.Frame) *router.Frame {
 			}
 			b = wire.ServerFrame(ws.OpBinary, pb)
 		}
+		nf = cfPushFrame(f, b)
 	default:
 		return f
 	}
-	nf := &router.Frame{Channel: f.Channel, Partition: f.Partition, Offset: f.Offset, Timestamp: f.Timestamp,
-		Epoch: f.Epoch, Data: b}
-	c.out.bytes += len(b) - len(f.Data)
+	c.out.bytes += len(nf.Data) - len(f.Data)
 	c.out.frames[i] = nf
 	return nf
+}
+
+// The server's ping in each format, as frames shared by every session.
+var (
+	cfPingJSON   = &router.Frame{Data: wire.ServerFrame(ws.OpText, []byte("{}"))}
+	cfPingBinary = &router.Frame{Data: wire.ServerFrame(ws.OpBinary, cfPingProto)}
+)
+
+// cfPongUnsolicited is an unsolicited pong (RFC 6455 §5.5.3), which takes
+// the place of a record that is not written as a push. Shared.
+var cfPongUnsolicited = &router.Frame{Data: []byte{0x8A, 0}}
+
+// cfRecordLocked returns what takes the place of the record f in the
+// queue: its push (shared), or this connection's own frame; nil when f
+// holds no record value. Caller holds c.mu.
+func (c *conn) cfRecordLocked(f *router.Frame) *router.Frame {
+	cf := c.cfState()
+	if pd := cf.pending[f.Channel]; pd != nil {
+		// Before its subscribe reply: into the reply's publications; an
+		// unsolicited pong takes its place. A record of another partition
+		// than the one recovered (a live one, the channel being fed by
+		// several) is not: the channel's offsets do not say where the
+		// client is in it, so the reply (whose position is right for the
+		// records it holds) is followed by the 2500 unsubscribe push, as
+		// for a live record (below), and the resubscribe is answered
+		// recovered:false.
+		v, ok := recordValue(f.Payload)
+		if !ok {
+			return nil
+		}
+		if f.Partition != pd.part {
+			pd.mixed = true
+			return cfPongUnsolicited
+		}
+		if len(pd.pubs) > 0 {
+			pd.pubs = append(pd.pubs, ',')
+		}
+		pd.pubs = append(pd.pubs, cfPubAs(f.Offset, v, pd.str)...)
+		if pd.proto {
+			pd.raws = append(pd.raws, cfProtoData(f.Payload, v))
+		}
+		pd.last = f
+		return cfPongUnsolicited
+	}
+	if _, stale := cf.stale[f.Channel]; stale {
+		// Told to resubscribe: the SDK drops publications until then.
+		if _, ok := recordValue(f.Payload); !ok {
+			return nil
+		}
+		return cfPongUnsolicited
+	}
+	if p, ok := cf.pos[f.Channel]; ok && p != f.Partition {
+		// The channel was answered with a position in partition p, and
+		// records of another partition come: its stream is not one
+		// partition, and its offsets do not say where the client is.
+		// Centrifugo's "insufficient state" unsubscribe (2500) makes the
+		// SDK resubscribe with recover, which is then answered
+		// recovered:false, without a position.
+		if _, ok := recordValue(f.Payload); !ok {
+			return nil
+		}
+		cf.markStaleLocked(f.Channel, true)
+		js := cfInsufficientState(f.Channel)
+		b := wire.ServerFrame(ws.OpText, js)
+		if cf.proto {
+			pb, err := cfReplyProto(js, nil)
+			if err != nil {
+				return nil
+			}
+			b = wire.ServerFrame(ws.OpBinary, pb)
+		}
+		return cfPushFrame(f, b)
+	}
+	if base, ok := cf.delta[f.Channel]; ok {
+		nf := c.srv.cfPushes.pushDelta(f, base, cf.proto)
+		if nf != nil {
+			cf.delta[f.Channel] = f
+		}
+		return nf
+	}
+	return c.srv.cfPushes.push(f, cf.proto)
 }
 
 // cfSend queues a reply built in the JSON form, transcoded for a Protobuf

@@ -204,22 +204,30 @@ func cfPushProto(channel string, offset int64, value []byte, delta bool) []byte 
 // cfPingProto is the server's ping in the Protobuf format: an empty Reply.
 var cfPingProto = []byte{0}
 
-// cfPushCache keeps the Centrifugo forms of the records being pushed, so
-// that a record is encoded (and its delta computed) once for all of its
-// channel's subscribers, not once per subscriber. It is direct-mapped by
-// record (the frame's identity): a slot holds the encodings of one recent
-// record, and another record hashing to the slot replaces it (subscribers
-// still flushing the older record then encode it again). So it holds at
-// most cfPushSlots records, and a burst of records is shared as long as
-// the subscribers' flushes are fewer than cfPushSlots records apart.
+// cfPushCache keeps the Centrifugo forms of the records being pushed, and
+// their event stream form (sse.go, sseEvent), so that a record is encoded (and its delta computed) once for all of its
+// channel's subscribers, not once per subscriber: each form is a whole
+// router.Frame (a WebSocket frame in Data, Payload nil), put in the place
+// of the record in every queue that writes that form, as protocol v1's
+// frames are shared. A subscriber keeping up costs no allocation then (see
+// TestProtocolDeliveryDoesNotAllocate).
+//
+// It is direct-mapped by record (the frame's identity): a slot holds the
+// forms of one recent record, and another record hashing to the slot
+// replaces it (subscribers still flushing the older record then encode it
+// again). So it holds at most cfPushSlots records, and a burst of records
+// is shared as long as the subscribers' flushes are fewer than cfPushSlots
+// records apart.
 //
 // Its memory is bounded by cfPushCacheBytes (the records it holds on to and
 // their encodings; slots filled at the same moment may each pass it by one
 // form): past it, a record is encoded for each subscriber without being
 // kept, and delta subscribers get it whole.
 //
-// Safe for concurrent use: each slot has its own lock, held while one of
-// its forms is made; bytes is updated under the slot's lock.
+// Safe for concurrent use. A form once made never changes, so readers load
+// it without a lock; a slot's lock is held while one of its forms is made
+// or the slot is given to another record, and bytes and an entry's size
+// are updated under it.
 type cfPushCache struct {
 	seed   maphash.Seed
 	slots  [cfPushSlots]cfPushSlot
@@ -237,24 +245,31 @@ const (
 
 type cfPushSlot struct {
 	mu sync.Mutex
-	e  cfEncoded // guarded by mu
+	e  atomic.Pointer[cfEncoded] // the record held (nil: none); stored under mu
 }
 
-// cfEncoded is one record's wire frames for Centrifugo sessions.
+// cfEncoded is one record's wire frames for Centrifugo sessions. Each form
+// is nil until a session needed it, then set once, under the slot's lock.
 type cfEncoded struct {
-	f     *router.Frame // nil: the slot holds nothing
-	size  int64         // bytes counted in the cache's bytes
-	json  []byte        // a text frame; nil until a JSON session needed it
-	proto []byte        // a binary frame; nil until a Protobuf session needed it
+	f    *router.Frame // the record
+	size int64         // bytes counted in the cache's bytes; guarded by the slot's mu
+	kept bool          // the entry is a slot's (false: made for one delivery)
+
+	json  atomic.Pointer[router.Frame] // a text frame
+	proto atomic.Pointer[router.Frame] // a binary frame
 
 	// For subscriptions with delta: "fossil" (see pushDelta). deltas[0]
 	// is computed from the record's JSON value (JSON sessions, and
 	// Protobuf sessions of JSON records), deltas[1] from its raw bytes
 	// (Protobuf sessions of a format: bytes record).
-	jsonStr    []byte // the JSON push with the data as a JSON string
-	deltas     [2]cfDeltaOf
-	jsonDelta  []byte // the JSON push of deltas[0]
-	protoDelta []byte // the Protobuf push of the record's Protobuf delta
+	jsonStr    atomic.Pointer[router.Frame] // the JSON push with the data as a JSON string
+	deltas     [2]atomic.Pointer[cfDeltaOf]
+	jsonDelta  atomic.Pointer[router.Frame] // the JSON push of deltas[0]
+	protoDelta atomic.Pointer[router.Frame] // the Protobuf push of the record's Protobuf delta
+
+	// The record as the event of a stream of its channel alone (sse.go's
+	// cfPushCache.sseEvent).
+	sse atomic.Pointer[router.Frame]
 }
 
 // cfDeltaOf is one fossil delta of a record.
@@ -267,84 +282,149 @@ func newCFPushCache() *cfPushCache {
 	return &cfPushCache{seed: maphash.MakeSeed(), limit: cfPushCacheBytes}
 }
 
-// lock locks f's slot and returns its entry for f. When the slot held
-// another record it is emptied, and taken for f if the cache has room for
-// f's frame; otherwise the entry returned is not the slot's (its f is nil)
-// and nothing made for f is kept. The caller unlocks the slot.
-func (pc *cfPushCache) lock(f *router.Frame) (*cfPushSlot, *cfEncoded) {
+// held returns f's slot, and its entry when the slot holds f (else nil),
+// without locking.
+func (pc *cfPushCache) held(f *router.Frame) (*cfPushSlot, *cfEncoded) {
 	sl := &pc.slots[maphash.Comparable(pc.seed, f)%cfPushSlots]
-	sl.mu.Lock()
-	if sl.e.f == f {
-		return sl, &sl.e
+	if e := sl.e.Load(); e != nil && e.f == f {
+		return sl, e
 	}
-	pc.bytes.Add(-sl.e.size)
-	sl.e = cfEncoded{}
-	if n := int64(len(f.Data)); pc.bytes.Load()+n <= pc.limit {
-		sl.e = cfEncoded{f: f, size: n}
-		pc.bytes.Add(n)
-		return sl, &sl.e
-	}
-	return sl, &cfEncoded{}
+	return sl, nil
 }
 
-// keep stores b in *dst of e when e is a slot's and the cache has room for
-// it, and returns b.
-func (pc *cfPushCache) keep(e *cfEncoded, dst *[]byte, b []byte) []byte {
-	if e.f != nil && pc.bytes.Load()+int64(len(b)) <= pc.limit {
-		*dst = b
-		e.size += int64(len(b))
-		pc.bytes.Add(int64(len(b)))
-	}
-	return b
-}
-
-// push returns f's publication push as a WebSocket frame in the JSON or
-// the Protobuf form; value is the record as protocol v1's "data".
-func (pc *cfPushCache) push(f *router.Frame, value []byte, proto bool) []byte {
-	sl, e := pc.lock(f)
-	defer sl.mu.Unlock()
-	if proto {
-		if e.proto != nil {
-			return e.proto
+// takeLocked returns sl's entry for f. When the slot holds another record
+// it is emptied, and taken for f if the cache has room for f's frame;
+// otherwise the entry returned is not the slot's (kept is false) and
+// nothing made for f is kept. Caller holds sl.mu.
+func (pc *cfPushCache) takeLocked(sl *cfPushSlot, f *router.Frame) *cfEncoded {
+	if e := sl.e.Load(); e != nil {
+		if e.f == f {
+			return e
 		}
+		pc.bytes.Add(-e.size)
+		sl.e.Store(nil)
+	}
+	e := &cfEncoded{f: f}
+	if n := int64(len(f.Data)); pc.bytes.Load()+n <= pc.limit {
+		e.kept, e.size = true, n
+		pc.bytes.Add(n)
+		sl.e.Store(e)
+	}
+	return e
+}
+
+// keepLocked stores fr as the form *dst of e when e is a slot's and the
+// cache has room for it, and returns fr. Caller holds e's slot's mu.
+func (pc *cfPushCache) keepLocked(e *cfEncoded, dst *atomic.Pointer[router.Frame], fr *router.Frame) *router.Frame {
+	if e.kept && pc.bytes.Load()+int64(len(fr.Data)) <= pc.limit {
+		dst.Store(fr)
+		e.size += int64(len(fr.Data))
+		pc.bytes.Add(int64(len(fr.Data)))
+	}
+	return fr
+}
+
+// cfPushFrame is the frame that takes the place of the record f in a
+// Centrifugo session's queue: its position and time, and b (a WebSocket
+// frame) to write. Its nil Payload marks it as made (cfFrameLocked), and
+// keeps conflation from rewriting it.
+func cfPushFrame(f *router.Frame, b []byte) *router.Frame {
+	return &router.Frame{Channel: f.Channel, Topic: f.Topic, Partition: f.Partition, Offset: f.Offset,
+		Timestamp: f.Timestamp, Epoch: f.Epoch, Data: b}
+}
+
+// push returns f's publication push as a frame in the JSON or the Protobuf
+// form, nil when f holds no record value (recordValue).
+func (pc *cfPushCache) push(f *router.Frame, proto bool) *router.Frame {
+	sl, e := pc.held(f)
+	if e != nil {
+		if fr := e.whole(proto).Load(); fr != nil {
+			return fr
+		}
+	}
+	value, ok := recordValue(f.Payload)
+	if !ok {
+		return nil
+	}
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	e = pc.takeLocked(sl, f)
+	return pc.wholeLocked(e, value, proto)
+}
+
+// whole is e's form of the whole record for a subscription without delta.
+func (e *cfEncoded) whole(proto bool) *atomic.Pointer[router.Frame] {
+	if proto {
+		return &e.proto
+	}
+	return &e.json
+}
+
+// wholeLocked returns e's whole-record push, made if it is not yet; value
+// is the record as protocol v1's "data". Caller holds e's slot's mu.
+func (pc *cfPushCache) wholeLocked(e *cfEncoded, value []byte, proto bool) *router.Frame {
+	dst := e.whole(proto)
+	if fr := dst.Load(); fr != nil {
+		return fr
+	}
+	f := e.f
+	if proto {
 		pc.protoEncodes.Add(1)
-		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, cfProtoData(f.Payload, value), false)))
+		return pc.keepLocked(e, dst, cfPushFrame(f, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, cfProtoData(f.Payload, value), false))))
 	}
-	if e.json != nil {
-		return e.json
-	}
-	return pc.keep(e, &e.json, wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value)))
+	return pc.keepLocked(e, dst, cfPushFrame(f, wire.ServerFrame(ws.OpText, cfPush(f.Channel, f.Offset, value))))
 }
 
 // pushDelta returns f's push for a subscription with delta: "fossil" whose
-// client last got the record base (nil: none yet). The delta is computed
-// once per record, against the base of the first subscriber that needs
-// it, which for subscribers keeping up is the channel's previous record;
-// a subscriber with another base (it was behind, or conflated) gets the
-// whole record, so no delta is ever computed per subscriber (nor when the
-// cache has no room to keep it). In the JSON form the data of such
-// subscriptions is a JSON string, whole or delta, as the SDKs expect.
+// client last got the record base (nil: none yet), nil when f holds no
+// record value. The delta is computed once per record, against the base of
+// the first subscriber that needs it, which for subscribers keeping up is
+// the channel's previous record; a subscriber with another base (it was
+// behind, or conflated) gets the whole record, so no delta is ever
+// computed per subscriber (nor when the cache has no room to keep it). In
+// the JSON form the data of such subscriptions is a JSON string, whole or
+// delta, as the SDKs expect.
 //
 // A Protobuf subscriber of a format: bytes record gets a delta between raw
 // bytes (the data it applies deltas to), computed once per record too.
-func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Frame, proto bool) []byte {
-	baseValue, ok := []byte(nil), base != nil && base.Channel == f.Channel
-	if ok {
-		baseValue, ok = recordValue(base.Payload)
-	}
+func (pc *cfPushCache) pushDelta(f *router.Frame, base *router.Frame, proto bool) *router.Frame {
 	raw := proto && cfBinary(f.Payload)
 	form := 0
 	if raw {
 		form = 1
 	}
-	sl, e := pc.lock(f)
+	sl, e := pc.held(f)
+	if e != nil {
+		// Made already: the delta's base decides the form.
+		dv := e.deltas[form].Load()
+		switch {
+		case base == nil:
+			if fr := e.deltaWhole(proto).Load(); fr != nil {
+				return fr
+			}
+		case dv != nil:
+			if fr := e.deltaForm(dv, base, proto).Load(); fr != nil {
+				return fr
+			}
+		}
+	}
+	value, ok := recordValue(f.Payload)
+	if !ok {
+		return nil
+	}
+	baseValue, hasBase := []byte(nil), base != nil && base.Channel == f.Channel
+	if hasBase {
+		baseValue, hasBase = recordValue(base.Payload)
+	}
+	sl.mu.Lock()
 	defer sl.mu.Unlock()
-	dv := &e.deltas[form]
-	if ok && e.f != nil && dv.base == nil {
+	e = pc.takeLocked(sl, f)
+	dv := e.deltas[form].Load()
+	if hasBase && e.kept && dv == nil {
 		// The first subscriber of f (in this form) that has a base: compute
 		// the delta. Keeping base counts against the cache's bytes.
 		if room := int64(len(base.Data)); pc.bytes.Load()+room <= pc.limit {
-			dv.base = base
+			dv = &cfDeltaOf{base: base}
 			e.size += room
 			pc.bytes.Add(room)
 			pc.deltas.Add(1)
@@ -352,34 +432,54 @@ func (pc *cfPushCache) pushDelta(f *router.Frame, value []byte, base *router.Fra
 			if raw {
 				data, baseData = cfProtoData(f.Payload, value), cfProtoData(base.Payload, baseValue)
 			}
-			if d := fdelta.Create(baseData, data); len(d) < len(data) {
-				pc.keep(e, &dv.delta, d)
+			if d := fdelta.Create(baseData, data); len(d) < len(data) && pc.bytes.Load()+int64(len(d)) <= pc.limit {
+				dv.delta = d
+				e.size += int64(len(d))
+				pc.bytes.Add(int64(len(d)))
 			}
+			e.deltas[form].Store(dv)
 		}
 	}
-	useDelta := ok && dv.base == base && dv.delta != nil
+	useDelta := hasBase && dv != nil && dv.base == base && dv.delta != nil
 	switch {
 	case useDelta && proto:
-		if e.protoDelta != nil {
-			return e.protoDelta
+		if fr := e.protoDelta.Load(); fr != nil {
+			return fr
 		}
-		return pc.keep(e, &e.protoDelta, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, dv.delta, true)))
+		return pc.keepLocked(e, &e.protoDelta, cfPushFrame(f, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, dv.delta, true))))
 	case useDelta:
-		if e.jsonDelta != nil {
-			return e.jsonDelta
+		if fr := e.jsonDelta.Load(); fr != nil {
+			return fr
 		}
-		return pc.keep(e, &e.jsonDelta, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, dv.delta, true)))
+		return pc.keepLocked(e, &e.jsonDelta, cfPushFrame(f, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, dv.delta, true))))
 	case proto:
-		if e.proto != nil {
-			return e.proto
-		}
-		pc.protoEncodes.Add(1)
-		return pc.keep(e, &e.proto, wire.ServerFrame(ws.OpBinary, cfPushProto(f.Channel, f.Offset, cfProtoData(f.Payload, value), false)))
+		return pc.wholeLocked(e, value, true)
 	default:
-		if e.jsonStr != nil {
-			return e.jsonStr
+		if fr := e.jsonStr.Load(); fr != nil {
+			return fr
 		}
-		return pc.keep(e, &e.jsonStr, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, value, false)))
+		return pc.keepLocked(e, &e.jsonStr, cfPushFrame(f, wire.ServerFrame(ws.OpText, cfPushString(f.Channel, f.Offset, value, false))))
+	}
+}
+
+// deltaWhole is e's form of the whole record for a subscription with delta.
+func (e *cfEncoded) deltaWhole(proto bool) *atomic.Pointer[router.Frame] {
+	if proto {
+		return &e.proto
+	}
+	return &e.jsonStr
+}
+
+// deltaForm is e's form for a subscription with delta whose client last
+// got base, given the delta computed (dv).
+func (e *cfEncoded) deltaForm(dv *cfDeltaOf, base *router.Frame, proto bool) *atomic.Pointer[router.Frame] {
+	switch {
+	case dv.base != base || dv.delta == nil:
+		return e.deltaWhole(proto)
+	case proto:
+		return &e.protoDelta
+	default:
+		return &e.jsonDelta
 	}
 }
 

@@ -77,9 +77,12 @@ func TestCFPushCacheBytesBound(t *testing.T) {
 	for i := int64(1); i <= 40; i++ {
 		f := big(i)
 		v, _ := recordValue(f.Payload)
-		j := pc.push(f, v, false)
-		p := pc.push(f, v, true)
-		d := pc.pushDelta(f, v, prev, true)
+		j := pc.push(f, false).Data
+		p := pc.push(f, true).Data
+		d := pc.pushDelta(f, prev, true).Data
+		if ev := pc.sseEvent(f); !strings.Contains(string(ev.Data), "data: "+string(v)+"\n") {
+			t.Fatalf("record %d: event without its data", i)
+		}
 		if held := pc.bytes.Load(); held > pc.limit || held < 0 {
 			t.Fatalf("record %d: the cache holds %d bytes, bound %d", i, held, pc.limit)
 		}
@@ -105,9 +108,8 @@ func TestCFPushCacheBytesBound(t *testing.T) {
 		prev = f
 	}
 	small := EncodeMessage(&Message{Channel: "small", Offset: 1, Data: []byte(`{"x":1}`)})
-	v, _ := recordValue(small.Payload)
 	pc.limit = cfPushCacheBytes
-	if a, b := pc.push(small, v, true), pc.push(small, v, true); &a[0] != &b[0] {
+	if a, b := pc.push(small, true), pc.push(small, true); a != b {
 		t.Fatal("a small record was encoded twice")
 	}
 }

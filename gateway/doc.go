@@ -38,7 +38,9 @@
 //     listener, workers, ticker and drain;
 //   - sse*.go and centrifugo*.go: event streams and Centrifugo's client
 //     protocol on the same connections (their encoders portable, the rest
-//     on conn).
+//     on conn). A record's Centrifugo pushes (JSON, Protobuf, fossil delta)
+//     and its event for one-channel streams are made once per record and
+//     shared by every subscriber, as protocol v1's frame is (cfPushCache).
 //
 // Every Linux-only file is named _linux.go and carries no build tag; on
 // other systems New returns an error (server_other.go).

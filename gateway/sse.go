@@ -37,6 +37,12 @@ import (
 // list, so an id brought to a stream of other channels is not misread.
 // "k0a1_0.2.ya3_1.0.5" says: channel 0 up to offset 44211 of partition 2,
 // channel 1 up to offset 5 of partition 0.
+//
+// A stream of one channel fed by one partition has an id that is the
+// record's own position, the same in every such stream of the channel: its
+// event is made once per record and shared (cfPushCache.sseEvent). Only a
+// stream whose id holds several positions (several channels, or a channel
+// of several partitions) gets an event of its own for each record.
 
 // DefaultSSEPath is gateway.sse_path's default.
 const DefaultSSEPath = "/events"
@@ -260,12 +266,23 @@ func recordValue(payload []byte) ([]byte, bool) {
 // sseRecord encodes a record frame (its v1 payload) as an event after
 // advancing the stream's position. ok is false when the id would pass
 // sseMaxIDBytes: the position is not advanced then.
+//
+// This is the event of one stream: its id holds every position of the
+// stream. The streams whose id is the record's own position (one channel,
+// one partition) share one event per record instead (sseShareable,
+// cfPushCache.sseEvent).
 func (st *sseStream) sseRecord(f *router.Frame) (b []byte, ok bool) {
 	v, valid := recordValue(f.Payload)
 	if !valid {
 		return []byte(": unreadable record\n\n"), true
 	}
-	prev := slices.Clone(st.pos)
+	// The positions are kept to be put back only when the id can pass
+	// the bound: with room for one more entry of the longest kind it
+	// cannot.
+	var prev []ssePos
+	if (len(st.pos)+1)*sseMaxEntryBytes+len(st.hash) > sseMaxIDBytes {
+		prev = slices.Clone(st.pos)
+	}
 	st.advance(f.Channel, f.Partition, f.Offset)
 	b = make([]byte, 0, len("event: \nid: \n\n")+len(f.Channel)+16+24*len(st.pos)+len(v)+8)
 	b = append(b, "event: "...)
@@ -280,6 +297,61 @@ func (st *sseStream) sseRecord(f *router.Frame) (b []byte, ok bool) {
 	b = append(b, '\n')
 	b = appendSSEData(b, v)
 	return append(b, '\n'), true
+}
+
+// sseMaxEntryBytes is the longest position entry of an id:
+// "_" channel "." partition "." offset, in base 36 (at most 2, 6 and 13
+// digits).
+const sseMaxEntryBytes = 1 + 2 + 1 + 6 + 1 + 13
+
+// sseShareable reports whether the stream's id after the record f is f's
+// own position alone, the same for every stream of f's channel alone: the
+// stream has that one channel, and no position yet or only one in f's
+// partition. Its event is then the record's shared one.
+func (st *sseStream) sseShareable(f *router.Frame) bool {
+	return len(st.channels) == 1 && st.channels[0] == f.Channel &&
+		(len(st.pos) == 0 || len(st.pos) == 1 && st.pos[0].part == f.Partition)
+}
+
+// advanceShared advances a stream for which sseShareable(f) holds.
+func (st *sseStream) advanceShared(f *router.Frame) {
+	if len(st.pos) == 1 {
+		st.pos[0].offset = f.Offset
+		return
+	}
+	st.advance(f.Channel, f.Partition, f.Offset)
+}
+
+// sseEvent returns the record f as the event of every stream of f's
+// channel alone, made once per
+// record and kept with its Centrifugo forms; nil when f holds no record
+// value. Its id is f's position alone.
+func (pc *cfPushCache) sseEvent(f *router.Frame) *router.Frame {
+	sl, e := pc.held(f)
+	if e != nil {
+		if fr := e.sse.Load(); fr != nil {
+			return fr
+		}
+	}
+	if _, ok := recordValue(f.Payload); !ok {
+		return nil
+	}
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	e = pc.takeLocked(sl, f)
+	if fr := e.sse.Load(); fr != nil {
+		return fr
+	}
+	b, _ := newSSEStream([]string{f.Channel}).sseRecord(f) // one position: never too long
+	return pc.keepLocked(e, &e.sse, sseFrame(f, b))
+}
+
+// sseFrame is the frame that takes the place of f in a stream's queue: b,
+// an event (not a WebSocket frame: sseFrameLocked leaves it as it is), and
+// f's position, time, payload and conflation.
+func sseFrame(f *router.Frame, b []byte) *router.Frame {
+	return &router.Frame{Channel: f.Channel, Topic: f.Topic, Partition: f.Partition, Offset: f.Offset, Timestamp: f.Timestamp,
+		Epoch: f.Epoch, Conflate: f.Conflate, Payload: f.Payload, Data: b}
 }
 
 // sseControl encodes a frame private to the connection (a v1 reply, a

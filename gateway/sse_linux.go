@@ -339,17 +339,33 @@ func (s *Server) sseHandshake(result string) {
 // before it is written, once: the result replaces it in the queue, so a
 // frame written in several parts is the same bytes each time. Positions
 // advance in queue order, which is write order. Caller holds c.mu.
+//
+// A record's event is shared by every stream of its channel alone whose
+// only position is in the record's partition (cfPushCache.sseEvent), as
+// protocol v1's frame is. What is made per stream: the event of a stream
+// of several channels (or of a channel of several partitions), whose id
+// holds all of the stream's positions, and what the stream shows of its
+// own replies, pings and close.
 func (c *conn) sseFrameLocked(i int, f *router.Frame) *router.Frame {
 	if len(f.Data) == 0 || f.Data[0] < 0x80 {
 		return f // already in stream form (a WebSocket frame starts with FIN set)
 	}
+	st := c.sseState()
 	var b []byte
 	switch {
-	case c.sseState().over:
+	case st.over:
 		b = []byte(": dropped\n\n") // after the stream's close event
 	case f.Channel != "" && f.Payload != nil:
+		if st.sseShareable(f) {
+			if nf := c.srv.cfPushes.sseEvent(f); nf != nil {
+				st.advanceShared(f)
+				c.out.bytes += len(nf.Data) - len(f.Data)
+				c.out.frames[i] = nf
+				return nf
+			}
+		}
 		var ok bool
-		if b, ok = c.sseState().sseRecord(f); !ok {
+		if b, ok = st.sseRecord(f); !ok {
 			b = c.sseOverflowLocked()
 		}
 	default:
@@ -359,12 +375,11 @@ func (c *conn) sseFrameLocked(i int, f *router.Frame) *router.Frame {
 			// keeps it from the idle timeout.
 			c.lastSeen.Store(c.srv.clock.Load())
 		} else if op == ws.OpClose {
-			c.sseState().over = true
+			st.over = true
 		}
 		b = sseControl(f.Data)
 	}
-	nf := &router.Frame{Channel: f.Channel, Partition: f.Partition, Offset: f.Offset, Timestamp: f.Timestamp,
-		Epoch: f.Epoch, Conflate: f.Conflate, Payload: f.Payload, Data: b}
+	nf := sseFrame(f, b)
 	c.out.bytes += len(b) - len(f.Data)
 	c.out.frames[i] = nf
 	return nf

@@ -29,6 +29,13 @@ type writerRig struct {
 // (unix) or a loopback TCP connection (tcp), with the other end drained.
 func newWriterRig(tb testing.TB, transport string) *writerRig {
 	tb.Helper()
+	return newWriterRigOn(tb, newWriterServer(tb), transport)
+}
+
+// newWriterServer returns a server for writer rigs, with queues that never
+// fill in a benchmark.
+func newWriterServer(tb testing.TB) *Server {
+	tb.Helper()
 	srv, err := New(Config{MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30}, router.New(), nil, nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -37,6 +44,14 @@ func newWriterRig(tb testing.TB, transport string) *writerRig {
 		srv.readPoller.Release()
 		srv.writePoller.Release()
 	})
+	return srv
+}
+
+// newWriterRigOn is newWriterRig on a given server: rigs of one server
+// share what the server shares between connections (the Centrifugo push
+// cache).
+func newWriterRigOn(tb testing.TB, srv *Server, transport string) *writerRig {
+	tb.Helper()
 	var fd int
 	var peer io.ReadCloser
 	switch transport {
