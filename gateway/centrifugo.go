@@ -18,7 +18,7 @@ import (
 // the command's id and one result or an error; records are pushed as
 // {"push":{"channel":"x","pub":{"data":...,"offset":N}}}; the server's
 // ping is an empty reply {}. The connection's flush turns kpush's record
-// and ping frames into these forms (cfFrameLocked, centrifugo_linux.go);
+// and ping frames into these forms (cfFrameLocked, centrifugo_session.go);
 // a record's push is made once and shared by all of its subscribers
 // (cfPushCache, centrifugo_proto.go).
 //

@@ -27,7 +27,7 @@ import (
 // each prefixed with its length as a varint: Commands from the client,
 // Replies from kpush (github.com/centrifugal/protocol's definitions).
 //
-// kpush builds every reply in the JSON form (centrifugo_linux.go) and a
+// kpush builds every reply in the JSON form (centrifugo_session.go) and a
 // Protobuf session transcodes it (cfReplyProto): replies are few. Records
 // are pushed in the hot path instead, and are encoded once per record for
 // every subscriber of either format (cfPushCache).

@@ -47,7 +47,7 @@ type conn struct {
 type altProto struct {
 	tls *tlsState  // wss and https event streams
 	sse *sseStream // an event stream's position (sse_linux.go); guarded by the conn's mu
-	cf  *cfSession // a Centrifugo client protocol session (centrifugo_linux.go)
+	cf  *cfSession // a Centrifugo client protocol session (centrifugo_session.go)
 }
 
 // ext returns c.alt, made on first use; only before the conn is registered.
@@ -97,7 +97,7 @@ func (c *conn) wireLocked(i int, f *router.Frame) []byte {
 		c.out.replaced(f, nf) // its skip mark follows it
 		return nf.Data
 	case c.cfState() != nil:
-		nf := c.cfFrameLocked(i, f)
+		nf := c.cfFrameLocked(c.cfState(), i, f)
 		c.out.replaced(f, nf)
 		return nf.Data
 	default:
@@ -514,7 +514,7 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 				rd.msgZ = f.Compressed
 				return true
 			}
-			return c.srv.handleCentrifugoProto(c, f.Payload, f.Compressed)
+			return c.srv.handleCentrifugoProto(c, c.cfState(), f.Payload, f.Compressed)
 		}
 		c.srv.metrics.clientErrors.WithLabelValues("binary_frame").Inc()
 		c.closeWith(ws.StatusUnsupportedData, "binary frames are not part of protocol v1", true)
@@ -552,7 +552,7 @@ func (c *conn) handleFrame(f wire.ClientFrame) bool {
 		if rd.msgOp == ws.OpBinary {
 			z := rd.msgZ
 			rd.msgZ = false
-			return c.srv.handleCentrifugoProto(c, msg, z) // only Protobuf sessions start binary messages
+			return c.srv.handleCentrifugoProto(c, c.cfState(), msg, z) // only Protobuf sessions start binary messages
 		}
 		if rd.msgZ {
 			rd.msgZ = false
@@ -588,7 +588,7 @@ func (c *conn) handleText(p []byte) bool {
 		return false
 	}
 	if c.cfState() != nil {
-		return c.srv.handleCentrifugo(c, p)
+		return c.srv.handleCentrifugo(c, c.cfState(), p)
 	}
 	c.srv.handleRequest(c, p)
 	return true
