@@ -24,7 +24,15 @@
 //     encoded once as a complete frame);
 //   - server.go, metrics.go: the Server's sessions' half (configuration,
 //     limits, verifier, resume queue, Encode, the router's Encoder, and
-//     Publish) and the metrics.
+//     Publish) and the metrics;
+//   - centrifugo_session.go: Centrifugo's client protocol as a session:
+//     its commands (connect, subscribe with recover and delta,
+//     unsubscribe, refresh), its per-connection state (cfSession) and the
+//     flush-time rewriting of queued frames into its form (cfFrameLocked);
+//     centrifugo.go, centrifugo_proto.go: its wire forms (JSON, Protobuf)
+//     and the pushes shared by every subscriber (cfPushCache);
+//   - sse.go: event streams' encoding and positions (sseStream), and the
+//     subscribe of a new stream (sseSubscribe).
 //
 // The transport half (the _linux.go files; the parsers they use are
 // portable and tested on any system):
@@ -36,11 +44,15 @@
 //     (shutWrite) and releasing it;
 //   - server_linux.go: the Server's transport half (netState), its
 //     listener, workers, ticker and drain;
-//   - sse*.go and centrifugo*.go: event streams and Centrifugo's client
-//     protocol on the same connections (their encoders portable, the rest
-//     on conn). A record's Centrifugo pushes (JSON, Protobuf, fossil delta)
-//     and its event for one-channel streams are made once per record and
-//     shared by every subscriber, as protocol v1's frame is (cfPushCache).
+//   - sse_linux.go: an event stream's request, checks and takeover of the
+//     socket, and its flush-time rewriting (sseFrameLocked, which touches
+//     the transport: a heartbeat written counts as the client's activity,
+//     and a stream whose position outgrows an id is cut with the close
+//     grace); centrifugo_linux.go: the upgrade's path check and the close
+//     code of an expired token. A record's Centrifugo pushes (JSON,
+//     Protobuf, fossil delta) and its event for one-channel streams are
+//     made once per record and shared by every subscriber, as protocol
+//     v1's frame is (cfPushCache).
 //
 // Every Linux-only file is named _linux.go and carries no build tag; on
 // other systems New returns an error (server_other.go).

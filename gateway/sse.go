@@ -445,3 +445,25 @@ func serverFramePayload(b []byte) (ws.OpCode, []byte) {
 	}
 	return op, b[h : h+n]
 }
+
+// sseSubscribe subscribes a new event stream's channels as protocol v1's
+// subscribe would (since from Last-Event-ID, snapshot with
+// ?snapshot=true), once the stream's connection is registered (startSSE,
+// sse_linux.go). With badID (a Last-Event-ID that could not be used) the
+// stream first says that nothing was resumed; a server draining closes the
+// stream with 1001 once it is subscribed.
+func (s *Server) sseSubscribe(t transport, sub *Request, badID bool) {
+	c := t.sess()
+	if badID {
+		// Nothing could be resumed: say so before anything else.
+		recovered := make(map[string]bool, len(sub.Channels))
+		for _, ch := range sub.Channels {
+			recovered[ch] = false
+		}
+		c.send(t, okFrame(0, recovered))
+	}
+	s.subscribe(t, sub)
+	if s.draining.Load() {
+		c.closeWith(t, ws.StatusGoingAway, "server shutting down", false)
+	}
+}

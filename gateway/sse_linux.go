@@ -207,18 +207,7 @@ func (s *Server) startSSE(nc, raw net.Conn, hr *http.Request, client *clientAddr
 	if c.tlsLink() != nil {
 		s.work.Push(netpoll.Task[conn]{C: c, Kind: netpoll.Readable})
 	}
-	if req.badID != nil {
-		// Nothing could be resumed: say so before anything else.
-		recovered := make(map[string]bool, len(req.sub.Channels))
-		for _, ch := range req.sub.Channels {
-			recovered[ch] = false
-		}
-		c.send(okFrame(0, recovered))
-	}
-	s.subscribe(c, req.sub)
-	if s.draining.Load() {
-		c.closeWith(ws.StatusGoingAway, "server shutting down", false)
-	}
+	s.sseSubscribe(c, req.sub, req.badID != nil)
 }
 
 // checkSSE checks an event stream request as an upgrade is checked, and

@@ -81,8 +81,8 @@ func listDeps(t *testing.T, pkg string) []string {
 // files and their tests are part of it there, not left out as Linux-only.
 func TestGatewaySessionsPortable(t *testing.T) {
 	const pkg = "github.com/kpush/kpush/gateway"
-	want := []string{"session.go", "requests.go", "security.go", "resume_seam.go", "outbound.go", "server.go",
-		"session_test.go", "security_test.go", "resume_seam_test.go", "outbound_test.go"}
+	want := []string{"session.go", "requests.go", "security.go", "resume_seam.go", "outbound.go", "server.go", "centrifugo_session.go",
+		"session_test.go", "security_test.go", "resume_seam_test.go", "outbound_test.go", "centrifugo_session_test.go"}
 	for _, goos := range []string{"darwin", "windows"} {
 		t.Run(goos, func(t *testing.T) {
 			env := append(os.Environ(), "GOOS="+goos, "GOARCH=amd64")
