@@ -522,6 +522,34 @@ func TestSSENodeEventSource(t *testing.T) {
 	}
 }
 
+// keptAliveStream asks for a page on nc and reads its answer whole, then
+// asks on the same connection for channel x's event stream with the extra
+// header lines hdr (each ending in CRLF), as a browser reuses the page's
+// connection. It fails the test unless the page's answer keeps the
+// connection alive and the second answer is an event stream; it returns
+// the reader positioned at the stream's first byte and the page's status.
+func keptAliveStream(t *testing.T, nc net.Conn, hdr string) (*bufio.Reader, int) {
+	t.Helper()
+	br := bufio.NewReader(nc)
+	fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		t.Fatalf("page: %d, the connection is not kept alive", resp.StatusCode)
+	}
+	page := resp.StatusCode
+	fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n%s\r\n", hdr)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	return br, page
+}
+
 // TestSSEOnKeptAliveConnection: browsers send the stream's request on a
 // connection that already carried the page; it is taken over from net/http.
 func TestSSEOnKeptAliveConnection(t *testing.T) {
@@ -531,21 +559,9 @@ func TestSSEOnKeptAliveConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	br := bufio.NewReader(nc)
-	fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 404 || resp.Close {
-		t.Fatalf("page: %d, close %v", resp.StatusCode, resp.Close)
-	}
-	fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n\r\n")
-	resp, err = http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("stream: %v %v", resp, err)
+	br, page := keptAliveStream(t, nc, "")
+	if page != 404 {
+		t.Fatalf("page: %d, want 404", page)
 	}
 	waitSubscribed(t, g.srv, 1)
 	publishN(g.srv, "x", 0, 4, 4, nil)
