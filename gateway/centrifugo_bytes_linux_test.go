@@ -191,14 +191,7 @@ func TestCentrifugoSDKsProtobufBytes(t *testing.T) {
 			cmd := exec.Command(argv[0], append(argv[1:], cfURL(g.addr), "blobs", fmt.Sprint(n))...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			stdout := startCommand(t, cmd)
 			lines := make(chan string, 64)
 			go func() {
 				defer close(lines)

@@ -80,6 +80,25 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 	return zero
 }
 
+// startCommand starts cmd, its standard error going to the test's unless
+// the caller set it, and returns its standard output; the command is
+// killed and waited for when the test ends.
+func startCommand(t *testing.T, cmd *exec.Cmd) io.Reader {
+	t.Helper()
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return out
+}
+
 func cfClient(t *testing.T, addr string, cfg centrifuge.Config) *centrifuge.Client {
 	t.Helper()
 	cl := centrifuge.NewJsonClient(cfURL(addr), cfg)
@@ -321,15 +340,7 @@ func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) 
 	}
 	pub(1, 1)
 	cmd := command(cfURL(addr))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	type line struct {
 		Event         string          `json:"event"`
 		Offset        int64           `json:"offset"`

@@ -422,14 +422,7 @@ func TestSSECurl(t *testing.T) {
 	}
 	g := startSSEServer(t, nil)
 	cmd := exec.Command(curl, "-sN", "--max-time", "20", "http://"+g.addr+"/events?channel=x")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	waitSubscribed(t, g.srv, 1)
 	publishN(g.srv, "x", 1, 7, 8, nil)
 	br := bufio.NewReader(out)
@@ -461,15 +454,7 @@ func TestSSENodeEventSource(t *testing.T) {
 	keep := &router.Retention{HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
 	cmd := exec.Command(node, "testdata/node/sse_client.mjs", "http://"+g.addr+"/events?channel=x", "60", "x")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	lines := make(chan map[string]string, 256)
 	go func() {
 		sc := bufio.NewScanner(out)
