@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,17 +28,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	heap0, _ := settledHeap()
 
 	// A client with a small receive buffer that never reads.
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second,
-		Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		}}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second, Control: smallRcvBuf}
 	nc, err := d.Dial("tcp", g.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -72,22 +72,9 @@ func TestCentrifugoGoSDKProtobufBytes(t *testing.T) {
 		if err := cl.Connect(); err != nil {
 			t.Fatal(err)
 		}
-		sub, err := cl.NewSubscription("blobs", centrifuge.SubscriptionConfig{Delta: c.delta})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.pubs = make(chan centrifuge.PublicationEvent, 1024)
-		c.resubs = make(chan centrifuge.SubscribedEvent, 16)
-		sub.OnPublication(func(e centrifuge.PublicationEvent) { c.pubs <- e })
-		sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { c.resubs <- e })
-		if err := sub.Subscribe(); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-c.resubs:
-		case <-time.After(15 * time.Second):
-			t.Fatalf("%s: not subscribed within 15s", c.name)
-		}
+		ev := sdkSubscribe(t, cl, "blobs", centrifuge.SubscriptionConfig{Delta: c.delta})
+		c.pubs, c.resubs = ev.pubs, ev.subscribed
+		recv(t, c.resubs, c.name+" subscribed event")
 	}
 	want := func(c *client, o int64) string {
 		if c.proto {
@@ -127,13 +114,8 @@ func TestCentrifugoGoSDKProtobufBytes(t *testing.T) {
 	}
 	pub(n+1, n+20) // missed while cut: recovered into the reply's publications
 	for _, c := range clients {
-		select {
-		case e := <-c.resubs:
-			if !e.WasRecovering || !e.Recovered {
-				t.Fatalf("%s: resubscribed with %+v", c.name, e)
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatalf("%s: not resubscribed within 15s", c.name)
+		if e := recv(t, c.resubs, c.name+" resubscribe"); !e.WasRecovering || !e.Recovered {
+			t.Fatalf("%s: resubscribed with %+v", c.name, e)
 		}
 	}
 	pub(n+21, n+30)
@@ -209,14 +191,7 @@ func TestCentrifugoSDKsProtobufBytes(t *testing.T) {
 			cmd := exec.Command(argv[0], append(argv[1:], cfURL(g.addr), "blobs", fmt.Sprint(n))...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			stdout := startCommand(t, cmd)
 			lines := make(chan string, 64)
 			go func() {
 				defer close(lines)

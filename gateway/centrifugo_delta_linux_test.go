@@ -2,75 +2,12 @@ package gateway
 
 import (
 	"fmt"
-	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	centrifuge "github.com/centrifugal/centrifuge-go"
 	"github.com/kpush/kpush/router"
 )
-
-// countProxy forwards TCP connections to target and counts the bytes the
-// server sends back.
-type countProxy struct {
-	ln   net.Listener
-	down atomic.Int64
-}
-
-func startCountProxy(t *testing.T, target string) *countProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &countProxy{ln: ln}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(up, c)
-				up.Close()
-				c.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(countingWriter{c, &p.down}, up)
-				c.Close()
-				up.Close()
-			}()
-		}
-	}()
-	return p
-}
-
-// countingWriter counts what passes through it.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
 
 // tickRecord is a market tick as JSON; consecutive ticks of one symbol
 // differ in a few digits.
@@ -96,7 +33,7 @@ func TestCentrifugoGoSDKDelta(t *testing.T) {
 				}
 			}
 			publish(1, 1)
-			newClient := func(p *countProxy) *centrifuge.Client {
+			newClient := func(p *tcpProxy) *centrifuge.Client {
 				url := cfURL(p.ln.Addr().String())
 				var cl *centrifuge.Client
 				if proto {
@@ -111,30 +48,16 @@ func TestCentrifugoGoSDKDelta(t *testing.T) {
 				return cl
 			}
 			type sub struct {
-				proxy *countProxy
+				proxy *tcpProxy
 				pubs  chan centrifuge.PublicationEvent
 			}
 			var subs []sub
 			for i, delta := range []centrifuge.DeltaType{centrifuge.DeltaTypeNone, centrifuge.DeltaTypeFossil, centrifuge.DeltaTypeFossil, centrifuge.DeltaTypeFossil} {
-				p := startCountProxy(t, g.addr)
+				p := startProxy(t, g.addr)
 				cl := newClient(p)
-				s, err := cl.NewSubscription("ticks.AAPL", centrifuge.SubscriptionConfig{Delta: delta})
-				if err != nil {
-					t.Fatal(err)
-				}
-				pubs := make(chan centrifuge.PublicationEvent, 512)
-				subscribed := make(chan struct{}, 1)
-				s.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-				s.OnSubscribed(func(centrifuge.SubscribedEvent) { subscribed <- struct{}{} })
-				if err := s.Subscribe(); err != nil {
-					t.Fatal(err)
-				}
-				select {
-				case <-subscribed:
-				case <-time.After(15 * time.Second):
-					t.Fatalf("subscriber %d not subscribed", i)
-				}
-				subs = append(subs, sub{p, pubs})
+				ev := sdkSubscribe(t, cl, "ticks.AAPL", centrifuge.SubscriptionConfig{Delta: delta})
+				recv(t, ev.subscribed, fmt.Sprintf("subscribed event of subscriber %d", i))
+				subs = append(subs, sub{p, ev.pubs})
 			}
 			waitSubscribed(t, g.srv, int64(len(subs)))
 			before := g.srv.cfPushes.deltas.Load()

@@ -25,29 +25,78 @@ import (
 
 func cfURL(addr string) string { return "ws://" + addr + DefaultCentrifugoPath }
 
-// cfSub subscribes ch; publications arrive on pubs, and every later
-// subscribed event (a resubscribe after a reconnect) on resubs. The
-// handlers are set before Subscribe: the SDK does not allow setting them
-// while it runs.
-func cfSub(t *testing.T, cl *centrifuge.Client, ch string) (pubs chan centrifuge.PublicationEvent, resubs chan centrifuge.SubscribedEvent) {
+// cfEvents records a centrifuge-go subscription's events, in order, on
+// channels a test reads with recv.
+type cfEvents struct {
+	pubs        chan centrifuge.PublicationEvent
+	subscribed  chan centrifuge.SubscribedEvent
+	subscribing chan centrifuge.SubscribingEvent
+}
+
+// sdkSubscribe creates ch's subscription with cfg, records its events and
+// calls Subscribe without waiting for the answer. The handlers are set
+// before Subscribe: the SDK does not allow setting them while it runs.
+func sdkSubscribe(t *testing.T, cl *centrifuge.Client, ch string, cfg centrifuge.SubscriptionConfig) *cfEvents {
 	t.Helper()
-	pubs = make(chan centrifuge.PublicationEvent, 1024)
-	resubs = make(chan centrifuge.SubscribedEvent, 16)
-	sub, err := cl.NewSubscription(ch)
+	sub, err := cl.NewSubscription(ch, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { resubs <- e })
+	ev := &cfEvents{
+		pubs:        make(chan centrifuge.PublicationEvent, 1024),
+		subscribed:  make(chan centrifuge.SubscribedEvent, 16),
+		subscribing: make(chan centrifuge.SubscribingEvent, 16),
+	}
+	sub.OnPublication(func(e centrifuge.PublicationEvent) { ev.pubs <- e })
+	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { ev.subscribed <- e })
+	sub.OnSubscribing(func(e centrifuge.SubscribingEvent) { ev.subscribing <- e })
 	if err := sub.Subscribe(); err != nil {
 		t.Fatal(err)
 	}
+	return ev
+}
+
+// cfSub subscribes ch and waits for the first subscribed event;
+// publications arrive on pubs, and every later subscribed event (a
+// resubscribe after a reconnect) on resubs.
+func cfSub(t *testing.T, cl *centrifuge.Client, ch string) (pubs chan centrifuge.PublicationEvent, resubs chan centrifuge.SubscribedEvent) {
+	t.Helper()
+	ev := sdkSubscribe(t, cl, ch, centrifuge.SubscriptionConfig{})
+	recv(t, ev.subscribed, "subscribed to "+ch)
+	return ev.pubs, ev.subscribed
+}
+
+// recv waits up to 15s for the next value on ch; what names it in the
+// failure.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
 	select {
-	case <-resubs:
+	case v := <-ch:
+		return v
 	case <-time.After(15 * time.Second):
-		t.Fatalf("not subscribed to %s within 15s", ch)
+		t.Fatalf("no %s within 15s", what)
 	}
-	return pubs, resubs
+	var zero T
+	return zero
+}
+
+// startCommand starts cmd, its standard error going to the test's unless
+// the caller set it, and returns its standard output; the command is
+// killed and waited for when the test ends.
+func startCommand(t *testing.T, cmd *exec.Cmd) io.Reader {
+	t.Helper()
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return out
 }
 
 func cfClient(t *testing.T, addr string, cfg centrifuge.Config) *centrifuge.Client {
@@ -62,13 +111,7 @@ func cfClient(t *testing.T, addr string, cfg centrifuge.Config) *centrifuge.Clie
 
 func nextPub(t *testing.T, pubs chan centrifuge.PublicationEvent) centrifuge.PublicationEvent {
 	t.Helper()
-	select {
-	case e := <-pubs:
-		return e
-	case <-time.After(15 * time.Second):
-		t.Fatal("no publication within 15s")
-	}
-	return centrifuge.PublicationEvent{}
+	return recv(t, pubs, "publication")
 }
 
 func TestCentrifugoGoSDKExactData(t *testing.T) {
@@ -191,12 +234,7 @@ func TestCentrifugoGoSDKRecovers(t *testing.T) {
 		c.abort() // the cut
 	}
 	pub(121, 140)
-	var ev centrifuge.SubscribedEvent
-	select {
-	case ev = <-recovered:
-	case <-time.After(15 * time.Second):
-		t.Fatal("not resubscribed within 15s")
-	}
+	ev := recv(t, recovered, "resubscribe")
 	if !ev.WasRecovering || !ev.Recovered || !ev.Recoverable || ev.StreamPosition == nil || ev.StreamPosition.Epoch != "ticks:3:7" {
 		t.Fatalf("resubscribed with %+v", ev)
 	}
@@ -285,11 +323,11 @@ func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) 
 	srvs := []*Server{g.srv}
 	var b *served
 	addr := g.addr
-	var proxy *switchProxy
+	var proxy *tcpProxy
 	if second {
 		b = startSSEServer(t, nil)
 		srvs = append(srvs, b.srv)
-		proxy = startSwitchProxy(t, g.addr)
+		proxy = startProxy(t, g.addr)
 		addr = proxy.ln.Addr().String()
 	}
 	pub := func(from, to int64) {
@@ -302,15 +340,7 @@ func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) 
 	}
 	pub(1, 1)
 	cmd := command(cfURL(addr))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	type line struct {
 		Event         string          `json:"event"`
 		Offset        int64           `json:"offset"`
@@ -406,19 +436,22 @@ func runSDKScript(t *testing.T, run sdkRun, command func(url string) *exec.Cmd) 
 // instance; proto expects the script to use the Protobuf format.
 type sdkRun struct{ second, proto bool }
 
-// switchProxy forwards TCP connections to whichever address target holds.
-type switchProxy struct {
+// tcpProxy forwards TCP connections to whichever address target holds
+// (a test switches it to move a client's reconnect to another instance)
+// and counts the bytes the server sends back in down.
+type tcpProxy struct {
 	ln     net.Listener
 	target atomic.Pointer[string]
+	down   atomic.Int64
 }
 
-func startSwitchProxy(t *testing.T, target string) *switchProxy {
+func startProxy(t *testing.T, target string) *tcpProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &switchProxy{ln: ln}
+	p := &tcpProxy{ln: ln}
 	p.target.Store(&target)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
@@ -436,17 +469,29 @@ func startSwitchProxy(t *testing.T, target string) *switchProxy {
 				continue
 			}
 			wg.Add(2)
-			pipe := func(dst, src net.Conn) {
+			pipe := func(dst io.Writer, dc, sc net.Conn) {
 				defer wg.Done()
-				_, _ = io.Copy(dst, src)
-				dst.Close()
-				src.Close()
+				_, _ = io.Copy(dst, sc)
+				dc.Close()
+				sc.Close()
 			}
-			go pipe(up, c)
-			go pipe(c, up)
+			go pipe(up, up, c)
+			go pipe(countingWriter{c, &p.down}, c, up)
 		}
 	}()
 	return p
+}
+
+// countingWriter counts what passes through it.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // TestCentrifugoGoSDKRecoversOnSecondInstance: the SDK's connection is cut
@@ -466,7 +511,7 @@ func TestCentrifugoGoSDKRecoversOnSecondInstance(t *testing.T) {
 		}
 	}
 	pub(1, 1)
-	proxy := startSwitchProxy(t, a.addr)
+	proxy := startProxy(t, a.addr)
 	cl := cfClient(t, proxy.ln.Addr().String(), centrifuge.Config{MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	pubs, resubscribed := cfSub(t, cl, "x")
 	if e := nextPub(t, pubs); e.Offset != 1 {
@@ -486,13 +531,8 @@ func TestCentrifugoGoSDKRecoversOnSecondInstance(t *testing.T) {
 		c.abort() // instance a goes away for this client
 	}
 	pub(12, 21)
-	select {
-	case e := <-resubscribed:
-		if !e.Recovered {
-			t.Fatalf("resubscribed on the second instance with %+v", e)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("not resubscribed within 15s")
+	if e := recv(t, resubscribed, "resubscribe on the second instance"); !e.Recovered {
+		t.Fatalf("resubscribed on the second instance with %+v", e)
 	}
 	pub(22, 31)
 	read(30)

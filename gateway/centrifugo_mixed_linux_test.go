@@ -129,37 +129,15 @@ func TestCentrifugoGoSDKSecondPartitionDuringRecovery(t *testing.T) {
 	if err := cl.Connect(); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := cl.NewSubscription("c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubs := make(chan centrifuge.PublicationEvent, 64)
-	subscribed := make(chan centrifuge.SubscribedEvent, 4)
-	subscribing := make(chan centrifuge.SubscribingEvent, 8)
-	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
-	sub.OnSubscribing(func(e centrifuge.SubscribingEvent) { subscribing <- e })
-	if err := sub.Subscribe(); err != nil {
-		t.Fatal(err)
-	}
-	wait := func(what string) centrifuge.SubscribedEvent {
-		t.Helper()
-		select {
-		case e := <-subscribed:
-			return e
-		case <-time.After(15 * time.Second):
-			t.Fatalf("no subscribed event (%s)", what)
-		}
-		return centrifuge.SubscribedEvent{}
-	}
-	if e := wait("first"); e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 3, Epoch: "t:2:9"}) {
+	ev := sdkSubscribe(t, cl, "c", centrifuge.SubscriptionConfig{})
+	if e := recv(t, ev.subscribed, "first subscribed event"); e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 3, Epoch: "t:2:9"}) {
 		t.Fatalf("subscribed with %+v", e)
 	}
 	var got []string
 	take := func(n int) {
 		t.Helper()
 		for ; n > 0; n-- {
-			got = append(got, string(nextPub(t, pubs).Data))
+			got = append(got, string(nextPub(t, ev.pubs).Data))
 		}
 	}
 	take(1) // the snapshot
@@ -177,19 +155,19 @@ func TestCentrifugoGoSDKSecondPartitionDuringRecovery(t *testing.T) {
 	pub(2, 8) // live while recovering: into the reply
 	pub(0, 1) // another partition: the 2500 push follows the reply
 	close(gate.release)
-	if e := wait("recovery"); !e.WasRecovering || !e.Recovered || e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 8, Epoch: "t:2:9"}) {
+	if e := recv(t, ev.subscribed, "subscribed event after the recovery"); !e.WasRecovering || !e.Recovered || e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 8, Epoch: "t:2:9"}) {
 		t.Fatalf("recovered with %+v", e)
 	}
 	deadline := time.After(15 * time.Second)
 	for told := false; !told; {
 		select {
-		case e := <-subscribing:
+		case e := <-ev.subscribing:
 			told = e.Code == 2500
 		case <-deadline:
 			t.Fatal("the SDK was not told to resubscribe")
 		}
 	}
-	if e := wait("resubscribe"); !e.WasRecovering || e.Recovered || e.Recoverable || e.Positioned {
+	if e := recv(t, ev.subscribed, "subscribed event after the resubscribe"); !e.WasRecovering || e.Recovered || e.Recoverable || e.Positioned {
 		t.Fatalf("resubscribed with %+v", e)
 	}
 	take(6) // 4..8 recovered, then the last record with the resubscribe's reply

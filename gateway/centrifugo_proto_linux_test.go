@@ -68,13 +68,8 @@ func TestCentrifugoGoSDKProtobuf(t *testing.T) {
 		c.abort() // the cut
 	}
 	pub(41, 60)
-	select {
-	case e := <-resubs:
-		if !e.WasRecovering || !e.Recovered || e.StreamPosition == nil || e.StreamPosition.Epoch != "ticks:1:4" {
-			t.Fatalf("resubscribed with %+v", e)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("not resubscribed within 15s")
+	if e := recv(t, resubs, "resubscribe"); !e.WasRecovering || !e.Recovered || e.StreamPosition == nil || e.StreamPosition.Epoch != "ticks:1:4" {
+		t.Fatalf("resubscribed with %+v", e)
 	}
 	pub(61, 70)
 	read(61)

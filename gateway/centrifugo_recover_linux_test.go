@@ -274,30 +274,15 @@ func TestCentrifugoGoSDKSnapshotOnSubscribe(t *testing.T) {
 			Data: []byte(fmt.Sprintf(`{"bid":1.0%d}`, o))}, last)
 	}
 	cl := cfClient(t, g.addr, centrifuge.Config{})
-	sub, err := cl.NewSubscription("fx.EURUSD")
-	if err != nil {
-		t.Fatal(err)
+	ev := sdkSubscribe(t, cl, "fx.EURUSD", centrifuge.SubscriptionConfig{})
+	if e := recv(t, ev.subscribed, "subscribed event"); !e.Recoverable || !e.Positioned || e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 42, Epoch: "fx:5:b"}) {
+		t.Fatalf("subscribed with %+v (position %+v)", e, e.StreamPosition)
 	}
-	pubs := make(chan centrifuge.PublicationEvent, 16)
-	subscribed := make(chan centrifuge.SubscribedEvent, 1)
-	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
-	if err := sub.Subscribe(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case e := <-subscribed:
-		if !e.Recoverable || !e.Positioned || e.StreamPosition == nil || *e.StreamPosition != (centrifuge.StreamPosition{Offset: 42, Epoch: "fx:5:b"}) {
-			t.Fatalf("subscribed with %+v (position %+v)", e, e.StreamPosition)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("not subscribed within 15s")
-	}
-	if e := nextPub(t, pubs); string(e.Data) != `{"bid":1.042}` || e.Offset != 42 {
+	if e := nextPub(t, ev.pubs); string(e.Data) != `{"bid":1.042}` || e.Offset != 42 {
 		t.Fatalf("the snapshot: %s at offset %d", e.Data, e.Offset)
 	}
 	g.srv.Publish(&Message{Channel: "fx.EURUSD", Topic: "fx", Partition: 5, Offset: 43, Epoch: 11, Data: []byte(`{"bid":1.043}`)}, last)
-	if e := nextPub(t, pubs); string(e.Data) != `{"bid":1.043}` || e.Offset != 43 {
+	if e := nextPub(t, ev.pubs); string(e.Data) != `{"bid":1.043}` || e.Offset != 43 {
 		t.Fatalf("live after the snapshot: %s at offset %d", e.Data, e.Offset)
 	}
 }
@@ -317,60 +302,38 @@ func TestCentrifugoGoSDKSecondPartitionMidStream(t *testing.T) {
 	}
 	pub(0, 1)
 	cl := cfClient(t, g.addr, centrifuge.Config{})
-	sub, err := cl.NewSubscription("c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubs := make(chan centrifuge.PublicationEvent, 64)
-	subscribed := make(chan centrifuge.SubscribedEvent, 4)
-	subscribing := make(chan centrifuge.SubscribingEvent, 4)
-	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
-	sub.OnSubscribing(func(e centrifuge.SubscribingEvent) { subscribing <- e })
-	if err := sub.Subscribe(); err != nil {
-		t.Fatal(err)
-	}
-	wait := func(what string) centrifuge.SubscribedEvent {
-		t.Helper()
-		select {
-		case e := <-subscribed:
-			return e
-		case <-time.After(15 * time.Second):
-			t.Fatalf("no subscribed event (%s)", what)
-		}
-		return centrifuge.SubscribedEvent{}
-	}
-	if e := wait("first"); !e.Recoverable || e.StreamPosition == nil || e.StreamPosition.Epoch != "t:0:3" {
+	ev := sdkSubscribe(t, cl, "c", centrifuge.SubscriptionConfig{})
+	if e := recv(t, ev.subscribed, "first subscribed event"); !e.Recoverable || e.StreamPosition == nil || e.StreamPosition.Epoch != "t:0:3" {
 		t.Fatalf("subscribed with %+v", e)
 	}
-	if e := nextPub(t, pubs); string(e.Data) != `{"p":0,"o":1}` {
+	if e := nextPub(t, ev.pubs); string(e.Data) != `{"p":0,"o":1}` {
 		t.Fatalf("snapshot %s", e.Data)
 	}
-	<-subscribing // the first subscribe's
+	recv(t, ev.subscribing, "subscribing event of the first subscribe") // the first subscribe's
 	pub(0, 2)
-	if e := nextPub(t, pubs); e.Offset != 2 {
+	if e := nextPub(t, ev.pubs); e.Offset != 2 {
 		t.Fatalf("offset %d", e.Offset)
 	}
 	pub(1, 1) // another partition
 	select {
-	case e := <-subscribing:
+	case e := <-ev.subscribing:
 		if e.Code != 2500 {
 			t.Fatalf("resubscribing with code %d %q", e.Code, e.Reason)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("the SDK was not told to resubscribe")
 	}
-	e := wait("resubscribe")
+	e := recv(t, ev.subscribed, "subscribed event after the resubscribe")
 	if !e.WasRecovering || e.Recovered || e.Recoverable || e.Positioned {
 		t.Fatalf("resubscribed with %+v", e)
 	}
-	if e := nextPub(t, pubs); string(e.Data) != `{"p":1,"o":1}` {
+	if e := nextPub(t, ev.pubs); string(e.Data) != `{"p":1,"o":1}` {
 		t.Fatalf("after the resubscribe: the last record %s", e.Data)
 	}
 	pub(1, 2)
 	pub(0, 3)
 	for _, want := range []string{`{"p":1,"o":2}`, `{"p":0,"o":3}`} {
-		if e := nextPub(t, pubs); string(e.Data) != want {
+		if e := nextPub(t, ev.pubs); string(e.Data) != want {
 			t.Fatalf("got %s, want %s", e.Data, want)
 		}
 	}
@@ -398,37 +361,22 @@ func TestCentrifugoGoSDKGetStateUnrecoverable(t *testing.T) {
 	positions := []centrifuge.StreamPosition{{Offset: 3, Epoch: "t:9:7"}, {Offset: 1, Epoch: "t:0:7"}, {Offset: 3, Epoch: "t:0:7"}}
 	var calls atomic.Int32
 	cl := cfClient(t, g.addr, centrifuge.Config{})
-	sub, err := cl.NewSubscription("c", centrifuge.SubscriptionConfig{
+	ev := sdkSubscribe(t, cl, "c", centrifuge.SubscriptionConfig{
 		MinResubscribeDelay: 10 * time.Millisecond, MaxResubscribeDelay: 50 * time.Millisecond,
 		GetState: func(centrifuge.SubscriptionGetStateEvent) (centrifuge.StreamPosition, error) {
 			i := int(calls.Add(1)) - 1
 			return positions[min(i, len(positions)-1)], nil
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubs := make(chan centrifuge.PublicationEvent, 64)
-	subscribed := make(chan centrifuge.SubscribedEvent, 4)
-	sub.OnPublication(func(e centrifuge.PublicationEvent) { pubs <- e })
-	sub.OnSubscribed(func(e centrifuge.SubscribedEvent) { subscribed <- e })
-	if err := sub.Subscribe(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case e := <-subscribed:
-		if !e.WasRecovering || !e.Recovered {
-			t.Fatalf("subscribed with %+v", e)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("not subscribed")
+	if e := recv(t, ev.subscribed, "subscribed event"); !e.WasRecovering || !e.Recovered {
+		t.Fatalf("subscribed with %+v", e)
 	}
 	if n := calls.Load(); n != 3 {
 		t.Fatalf("GetState called %d times, want 3 (two positions answered 112)", n)
 	}
 	pub(6)
 	for _, want := range []uint64{4, 5, 6} {
-		if e := nextPub(t, pubs); e.Offset != want || string(e.Data) != fmt.Sprintf(`{"o":%d}`, want) {
+		if e := nextPub(t, ev.pubs); e.Offset != want || string(e.Data) != fmt.Sprintf(`{"o":%d}`, want) {
 			t.Fatalf("got offset %d %s, want %d", e.Offset, e.Data, want)
 		}
 	}

@@ -345,15 +345,7 @@ with connect(sys.argv[1], open_timeout=10) as ws:
         print(json.dumps({"text": ws.recv(timeout=20)}), flush=True)
 `
 	cmd := exec.Command(py, "-c", script, srv.url)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	lines := bufio.NewScanner(out)
 	lines.Buffer(make([]byte, 1<<20), 1<<20)
 	next := func() map[string]string {

@@ -223,15 +223,12 @@ func refreshedFrame(id int64, revoked []string) []byte {
 }
 
 // closeRejectReason is the kpush_rejected_total reason for a close caused
-// by a client breaking a frame limit, or "".
+// by a client breaking a frame limit (the close's own closeReason label),
+// or "".
 func closeRejectReason(code ws.StatusCode) string {
 	switch code {
-	case ws.StatusMessageTooBig:
-		return "message_too_big"
-	case ws.StatusUnsupportedData:
-		return "binary_frame"
-	case ws.StatusInvalidFramePayloadData:
-		return "invalid_utf8"
+	case ws.StatusMessageTooBig, ws.StatusUnsupportedData, ws.StatusInvalidFramePayloadData:
+		return closeReason(code)
 	}
 	return ""
 }

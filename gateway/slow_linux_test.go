@@ -17,19 +17,24 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// smallRcvBuf is a net.Dialer Control that shrinks the socket's receive
+// buffer to 4 KiB, so that a client that stops reading backs up the
+// server's writes after a few frames.
+func smallRcvBuf(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 // stalledDial dials with a tiny receive buffer, so that a client that stops
 // reading fills the server's queue after a few frames.
 var stalledDial = &client.DialOptions{NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := net.Dialer{Control: smallRcvBuf}
 	return d.DialContext(ctx, network, addr)
 }}
 

@@ -422,14 +422,7 @@ func TestSSECurl(t *testing.T) {
 	}
 	g := startSSEServer(t, nil)
 	cmd := exec.Command(curl, "-sN", "--max-time", "20", "http://"+g.addr+"/events?channel=x")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	waitSubscribed(t, g.srv, 1)
 	publishN(g.srv, "x", 1, 7, 8, nil)
 	br := bufio.NewReader(out)
@@ -461,15 +454,7 @@ func TestSSENodeEventSource(t *testing.T) {
 	keep := &router.Retention{HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	g := startSSEServer(t, nil)
 	cmd := exec.Command(node, "testdata/node/sse_client.mjs", "http://"+g.addr+"/events?channel=x", "60", "x")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := startCommand(t, cmd)
 	lines := make(chan map[string]string, 256)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -522,6 +507,34 @@ func TestSSENodeEventSource(t *testing.T) {
 	}
 }
 
+// keptAliveStream asks for a page on nc and reads its answer whole, then
+// asks on the same connection for channel x's event stream with the extra
+// header lines hdr (each ending in CRLF), as a browser reuses the page's
+// connection. It fails the test unless the page's answer keeps the
+// connection alive and the second answer is an event stream; it returns
+// the reader positioned at the stream's first byte and the page's status.
+func keptAliveStream(t *testing.T, nc net.Conn, hdr string) (*bufio.Reader, int) {
+	t.Helper()
+	br := bufio.NewReader(nc)
+	fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		t.Fatalf("page: %d, the connection is not kept alive", resp.StatusCode)
+	}
+	page := resp.StatusCode
+	fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n%s\r\n", hdr)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	return br, page
+}
+
 // TestSSEOnKeptAliveConnection: browsers send the stream's request on a
 // connection that already carried the page; it is taken over from net/http.
 func TestSSEOnKeptAliveConnection(t *testing.T) {
@@ -531,21 +544,9 @@ func TestSSEOnKeptAliveConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	br := bufio.NewReader(nc)
-	fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 404 || resp.Close {
-		t.Fatalf("page: %d, close %v", resp.StatusCode, resp.Close)
-	}
-	fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n\r\n")
-	resp, err = http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("stream: %v %v", resp, err)
+	br, page := keptAliveStream(t, nc, "")
+	if page != 404 {
+		t.Fatalf("page: %d, want 404", page)
 	}
 	waitSubscribed(t, g.srv, 1)
 	publishN(g.srv, "x", 0, 4, 4, nil)

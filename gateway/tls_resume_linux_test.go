@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -173,22 +171,7 @@ func TestSSEOnKeptAliveTLSConnection(t *testing.T) {
 		t.Helper()
 		nc := dialTLS(t, g.addr, p)
 		t.Cleanup(func() { nc.Close() })
-		br := bufio.NewReader(nc)
-		fmt.Fprintf(nc, "GET /page HTTP/1.1\r\nHost: k\r\n\r\n")
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.Close {
-			t.Fatalf("page: %d, the connection is not kept alive", resp.StatusCode)
-		}
-		fmt.Fprintf(nc, "GET /events?channel=x HTTP/1.1\r\nHost: k\r\n%s\r\n", hdr)
-		resp, err = http.ReadResponse(br, nil)
-		if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-			t.Fatalf("stream: %v %v", resp, err)
-		}
+		br, _ := keptAliveStream(t, nc, hdr)
 		return nc, br
 	}
 	// readEvents reads n record events, returning their data and the last id.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/hist"
 	"github.com/kpush/kpush/cmd/kpush-bench/internal/target"
+	"github.com/kpush/kpush/cmd/kpush-bench/internal/wsload"
 )
 
 // CloseAllResult is the delivery latency of a few probe connections while
@@ -47,24 +48,13 @@ func runCloseAll(ctx context.Context, e *env) (*CloseAllResult, error) {
 	subs, perSymbol := assignSymbols(o.closeConns, o.marketSubs, o.marketSymbols, o.marketZipf)
 	perSymbol = append(perSymbol, int64(o.closeProbes))
 
-	probes, err := e.newPool(k, chans, o.inFlight)
+	probes, mass, err := e.openProbesAndMass(ctx, k, chans, []int32{int32(probe)}, subs)
 	if err != nil {
 		return res, err
 	}
 	defer probes.Close()
-	if err := openAll(ctx, probes, k, o.closeProbes, func(int) []int32 { return []int32{int32(probe)} }); err != nil {
-		return res, err
-	}
-	mass, err := e.newPool(k, chans, o.inFlight)
-	if err != nil {
-		return res, err
-	}
 	defer mass.Close()
 	total := o.closeProbes + o.closeConns
-	mass.Open(o.closeConns, func(i int) []int32 { return subs[i] })
-	if err := mass.WaitReady(ctx, o.closeConns); err != nil {
-		return res, err
-	}
 	prod := e.newProducer(k.topic, keys, perSymbol)
 	pick := func() int { return probe }
 	var steady, closing hist.Snapshot
@@ -124,4 +114,33 @@ func runCloseAll(ctx context.Context, e *env) (*CloseAllResult, error) {
 		o.closeConns, o.marketSubs, o.closeProbes, o.closeRate, o.closeCycles,
 		ms(res.Steady.P50), ms(res.Steady.P99), ms(res.Steady.Max), ms(res.Closing.P50), ms(res.Closing.P99), ms(res.Closing.Max))
 	return res, nil
+}
+
+// openProbesAndMass opens, on two pools over chans, e.o.closeProbes probe
+// connections subscribed to probeSubs (waiting until kpush counts them)
+// and then e.o.closeConns mass connections, connection i subscribed to
+// subs[i] (waiting until each has its subscribe replies). The caller
+// closes both pools; on an error none is left open.
+func (e *env) openProbesAndMass(ctx context.Context, k *kpushRef, chans []string, probeSubs []int32, subs [][]int32) (probes, mass *wsload.Pool, err error) {
+	o := e.o
+	probes, err = e.newPool(k, chans, o.inFlight)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := openAll(ctx, probes, k, o.closeProbes, func(int) []int32 { return probeSubs }); err != nil {
+		probes.Close()
+		return nil, nil, err
+	}
+	mass, err = e.newPool(k, chans, o.inFlight)
+	if err != nil {
+		probes.Close()
+		return nil, nil, err
+	}
+	mass.Open(o.closeConns, func(i int) []int32 { return subs[i] })
+	if err := mass.WaitReady(ctx, o.closeConns); err != nil {
+		probes.Close()
+		mass.Close()
+		return nil, nil, err
+	}
+	return probes, mass, nil
 }

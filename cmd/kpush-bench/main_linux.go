@@ -295,27 +295,21 @@ func splitList(s string) []string {
 	return out
 }
 
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for _, f := range splitList(s) {
-		n, err := strconv.Atoi(f)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("%q is not a positive integer", f)
-		}
-		out = append(out, n)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("empty list")
-	}
-	return out, nil
-}
+func parseInts(s string) ([]int, error) { return parseList(s, "integer", strconv.Atoi) }
 
 func parseFloats(s string) ([]float64, error) {
-	var out []float64
+	return parseList(s, "number", func(f string) (float64, error) { return strconv.ParseFloat(f, 64) })
+}
+
+// parseList parses the comma-separated list s with parse; an empty list,
+// or a value that does not parse or is not above zero, is an error that
+// names it as a positive what.
+func parseList[T int | float64](s, what string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
 	for _, f := range splitList(s) {
-		n, err := strconv.ParseFloat(f, 64)
+		n, err := parse(f)
 		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("%q is not a positive number", f)
+			return nil, fmt.Errorf("%q is not a positive %s", f, what)
 		}
 		out = append(out, n)
 	}

@@ -71,24 +71,13 @@ func runTrim(ctx context.Context, e *env) (*TrimResult, error) {
 		probeSubs = append(probeSubs, int32(first+i))
 	}
 
-	probes, err := e.newPool(k, chans, o.inFlight)
+	probes, mass, err := e.openProbesAndMass(ctx, k, chans, probeSubs, subs)
 	if err != nil {
 		return res, err
 	}
 	defer probes.Close()
-	if err := openAll(ctx, probes, k, o.closeProbes, func(int) []int32 { return probeSubs }); err != nil {
-		return res, err
-	}
-	mass, err := e.newPool(k, chans, o.inFlight)
-	if err != nil {
-		return res, err
-	}
 	defer mass.Close()
 	total := o.closeProbes + o.closeConns
-	mass.Open(o.closeConns, func(i int) []int32 { return subs[i] })
-	if err := mass.WaitReady(ctx, o.closeConns); err != nil {
-		return res, err
-	}
 	if err := waitMetric(ctx, k, "kpush to hold every connection", func(m target.Metrics) bool {
 		return m.Connections == float64(total)
 	}); err != nil {

@@ -32,20 +32,18 @@ type ssePageState struct {
 	Errors  int                `json:"errors"`
 }
 
-// TestBrowserEventSourceRecoversWithoutGap: the browser's own EventSource,
-// in headless Chromium, across a cut at a proxy (the server side goes
-// away) while records are published: the browser reconnects by itself
-// with Last-Event-ID and gets every record once, in order.
-func TestBrowserEventSourceRecoversWithoutGap(t *testing.T) {
-	bin := chromiumOrSkip(t)
+// startGateway serves a gateway with its own router on a random loopback
+// port until the test ends, with pages (nil: none) answering the plain HTTP
+// requests, and returns it with its address once it is ready.
+func startGateway(t *testing.T, pages http.Handler) (*gateway.Server, string) {
+	t.Helper()
 	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond}, router.New(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.HandleHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		fmt.Fprint(w, ssePage)
-	}))
+	if pages != nil {
+		srv.HandleHTTP(pages)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +53,19 @@ func TestBrowserEventSourceRecoversWithoutGap(t *testing.T) {
 	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-srv.Ready()
+	return srv, ln.Addr().String()
+}
+
+// TestBrowserEventSourceRecoversWithoutGap: the browser's own EventSource,
+// in headless Chromium, across a cut at a proxy (the server side goes
+// away) while records are published: the browser reconnects by itself
+// with Last-Event-ID and gets every record once, in order.
+func TestBrowserEventSourceRecoversWithoutGap(t *testing.T) {
+	bin := chromiumOrSkip(t)
+	srv, addr := startGateway(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprint(w, ssePage)
+	}))
 	keep := &router.Retention{HistoryRecords: 1000, HistoryBytes: 1 << 20, HistoryAge: time.Minute}
 	publish := func(from, to int64) {
 		for o := from; o <= to; o++ {
@@ -63,7 +74,7 @@ func TestBrowserEventSourceRecoversWithoutGap(t *testing.T) {
 			}
 		}
 	}
-	proxy := startProxy(t, ln.Addr().String())
+	proxy := startProxy(t, addr)
 	page := startChromium(t, bin)
 	page.call(t, "Page.navigate", map[string]any{"url": "http://" + proxy.ln.Addr().String() + "/sse.html"})
 	var st ssePageState
@@ -141,31 +152,16 @@ func browserCentrifugeRecovers(t *testing.T, second bool) {
 		}
 		t.Skip("the centrifuge npm package is missing (cd gateway/testdata/node && npm ci)")
 	}
-	start := func() (*gateway.Server, string) {
-		srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond}, router.New(), nil, nil)
-		if err != nil {
-			t.Fatal(err)
+	pages := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/centrifuge.js" {
+			w.Header().Set("Content-Type", "text/javascript")
+			_, _ = w.Write(bundle)
+			return
 		}
-		srv.HandleHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/centrifuge.js" {
-				w.Header().Set("Content-Type", "text/javascript")
-				_, _ = w.Write(bundle)
-				return
-			}
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			fmt.Fprint(w, cfPage)
-		}))
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(ctx, ln) }()
-		t.Cleanup(func() { cancel(); <-done })
-		<-srv.Ready()
-		return srv, ln.Addr().String()
-	}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprint(w, cfPage)
+	})
+	start := func() (*gateway.Server, string) { return startGateway(t, pages) }
 	s0, a0 := start()
 	srvs, addrs := []*gateway.Server{s0}, []string{a0}
 	if second {

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -187,10 +188,12 @@ func startChromium(t *testing.T, bin string) *cdp {
 	return &cdp{c: c}
 }
 
-// cutProxy forwards TCP connections to target. cut closes every connection
-// it carries; while held, new connections wait.
+// cutProxy forwards TCP connections to target and counts the bytes the
+// server sends back in down. cut closes every connection it carries; while
+// held, new connections wait.
 type cutProxy struct {
-	ln net.Listener
+	ln   net.Listener
+	down atomic.Int64
 
 	mu     sync.Mutex
 	target string // where new connections go (retarget)
@@ -244,14 +247,14 @@ func (p *cutProxy) accept() {
 				return
 			}
 			done := make(chan struct{}, 2)
-			pipe := func(dst, src net.Conn) {
-				_, _ = io.Copy(dst, src)
-				dst.Close()
-				src.Close()
+			pipe := func(dst io.Writer, dc, sc net.Conn) {
+				_, _ = io.Copy(dst, sc)
+				dc.Close()
+				sc.Close()
 				done <- struct{}{}
 			}
-			go pipe(up, c)
-			go pipe(c, up)
+			go pipe(up, up, c)
+			go pipe(countWriter{c, &p.down}, c, up)
 			<-done
 			<-done
 			p.mu.Lock()
@@ -303,6 +306,18 @@ func (p *cutProxy) cut() int {
 		c.Close()
 	}
 	return len(p.conns) / 2
+}
+
+// countWriter counts what passes through it.
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // demoState is what the test reads of window.kpushDemo.

@@ -1,68 +1,14 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	centrifuge "github.com/centrifugal/centrifuge-go"
 	"github.com/kpush/kpush/cmd/internal/feed"
 	"github.com/kpush/kpush/gateway"
-	"github.com/kpush/kpush/router"
 )
-
-// byteCounter forwards TCP connections to target and counts the bytes the
-// server sends back.
-type byteCounter struct {
-	ln   net.Listener
-	down atomic.Int64
-}
-
-type countWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func startByteCounter(t *testing.T, target string) *byteCounter {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &byteCounter{ln: ln}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(up, c); up.Close(); c.Close() }()
-			go func() { defer wg.Done(); _, _ = io.Copy(countWriter{c, &p.down}, up); c.Close(); up.Close() }()
-		}
-	}()
-	return p
-}
 
 // TestCentrifugoDeltaOnMarketFeed measures what delta: "fossil" saves on
 // kpush-feed's records: the same simulated ticks (cmd/internal/feed, the
@@ -71,24 +17,12 @@ func startByteCounter(t *testing.T, target string) *byteCounter {
 // delta. Every client must get every tick exactly; the test logs the bytes
 // each received (the whole WebSocket stream, replies and pings included).
 func TestCentrifugoDeltaOnMarketFeed(t *testing.T) {
-	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", DrainTimeout: 200 * time.Millisecond}, router.New(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-srv.Ready()
+	srv, addr := startGateway(t, nil)
 
 	syms := feed.DefaultSymbols
 	type client struct {
 		name  string
-		count *byteCounter
+		count *cutProxy
 		got   chan centrifuge.PublicationEvent
 	}
 	var clients []*client
@@ -102,7 +36,7 @@ func TestCentrifugoDeltaOnMarketFeed(t *testing.T) {
 		{"protobuf", true, centrifuge.DeltaTypeNone},
 		{"protobuf+fossil", true, centrifuge.DeltaTypeFossil},
 	} {
-		c := &client{name: v.name, count: startByteCounter(t, ln.Addr().String()), got: make(chan centrifuge.PublicationEvent, 8192)}
+		c := &client{name: v.name, count: startProxy(t, addr), got: make(chan centrifuge.PublicationEvent, 8192)}
 		url := "ws://" + c.count.ln.Addr().String() + gateway.DefaultCentrifugoPath
 		cl := centrifuge.NewJsonClient(url, centrifuge.Config{})
 		if v.proto {

@@ -62,6 +62,18 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// openReady opens n connections of p, connection i subscribed to subs(i),
+// and waits up to 20s until every one is ready (subscribed).
+func openReady(t *testing.T, p *Pool, n int, subs func(i int) []int32) {
+	t.Helper()
+	p.Open(n, subs)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func channels(n int) []string {
 	out := make([]string, n)
 	for i := range out {
@@ -78,12 +90,7 @@ func TestDeliveriesCountedWithoutGaps(t *testing.T) {
 	srv, url := startGateway(t, nil)
 	chs := channels(nch)
 	p := newPool(t, Config{URL: url, Channels: chs, Loops: 2, SourceAddrs: 3, MaxInFlight: 64})
-	p.Open(conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, conns); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
 	waitFor(t, 10*time.Second, "gateway to count the connections", func() bool { return srv.Connections() == conns })
 
 	for seq := int64(1); seq <= perChannel; seq++ {
@@ -113,12 +120,7 @@ func TestDeliveriesCountedWithoutGaps(t *testing.T) {
 func TestGapsAndDuplicatesDetected(t *testing.T) {
 	srv, url := startGateway(t, nil)
 	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1})
-	p.Open(1, func(int) []int32 { return []int32{0} })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, 1, func(int) []int32 { return []int32{0} })
 	send := func(offset, seq int64) {
 		srv.Publish(&gateway.Message{Channel: "c", Offset: offset, Timestamp: 1, Data: AppendValue(nil, seq, time.Now().UnixNano(), 0)}, nil)
 	}
@@ -143,12 +145,7 @@ func TestAnswersPingsAndSurvivesIdleTimeout(t *testing.T) {
 		c.IdleTimeout = 2500 * time.Millisecond
 	})
 	p := newPool(t, Config{URL: url, Channels: []string{"c"}})
-	p.Open(conns, func(int) []int32 { return []int32{0} })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, conns); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, conns, func(int) []int32 { return []int32{0} })
 	// Four pings each, a second or more apart, span more than the idle
 	// timeout.
 	waitFor(t, 20*time.Second, "four pings per connection", func() bool { return p.Stats().Pings >= 4*conns })
@@ -163,12 +160,7 @@ func TestDropAndReconnect(t *testing.T) {
 	const conns = 200
 	srv, url := startGateway(t, nil)
 	p := newPool(t, Config{URL: url, Channels: channels(5), MaxInFlight: 32})
-	p.Open(conns, func(i int) []int32 { return []int32{int32(i % 5)} })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, conns); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, conns, func(i int) []int32 { return []int32{int32(i % 5)} })
 	p.Drop(true)
 	waitFor(t, 20*time.Second, "resubscribed after the drop", func() bool { return p.Stats().Subscribed == 2*conns })
 	if s := p.Stats(); s.Ready != conns || s.Failed != 0 {
@@ -184,12 +176,7 @@ func TestDropAndReconnect(t *testing.T) {
 func TestRefusedUpgradeIsAFailure(t *testing.T) {
 	srv, url := startGateway(t, func(c *gateway.Config) { c.MaxConnections = 5 })
 	p := newPool(t, Config{URL: url})
-	p.Open(5, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, 5); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, 5, nil)
 	// The server counts a connection just after answering its upgrade.
 	waitFor(t, 10*time.Second, "the gateway to count five connections", func() bool { return srv.Connections() == 5 })
 	p.Open(3, nil)
@@ -205,12 +192,7 @@ func TestRefusedUpgradeIsAFailure(t *testing.T) {
 func TestDeflateDeliveries(t *testing.T) {
 	srv, url := startGateway(t, func(c *gateway.Config) { c.Compression = true; c.CompressionMinBytes = 64 })
 	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Deflate: true})
-	p.Open(2, func(int) []int32 { return []int32{0} })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, 2, func(int) []int32 { return []int32{0} })
 	b0 := p.Stats().Bytes
 	const n = 200
 	plain := 0
@@ -237,12 +219,7 @@ func TestNewestLatencyCountsSupersededRecords(t *testing.T) {
 	srv, url := startGateway(t, nil)
 	sent := NewSendTimes(1)
 	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
-	p.Open(1, func(int) []int32 { return []int32{0} })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, 1, func(int) []int32 { return []int32{0} })
 	old := time.Now().Add(-time.Hour).UnixNano()
 	for seq := int64(1); seq <= 6; seq++ {
 		at := time.Now().UnixNano()
@@ -292,12 +269,7 @@ func TestProtocolsCountEveryDelivery(t *testing.T) {
 			url = strings.TrimSuffix(url, "/ws") + tc.path
 			chs := channels(nch)
 			p := newPool(t, Config{URL: url, Channels: chs, Loops: 2, MaxInFlight: 16, Protocol: tc.proto})
-			p.Open(conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			if err := p.WaitReady(ctx, conns); err != nil {
-				t.Fatal(err)
-			}
+			openReady(t, p, conns, func(i int) []int32 { return []int32{int32(i % nch), int32((i + 1) % nch)} })
 			// Ready means subscribed: kpush counts every subscription.
 			waitFor(t, 10*time.Second, "gateway to count the connections", func() bool { return srv.Connections() == conns })
 			for seq := int64(1); seq <= perChannel; seq++ {
@@ -335,12 +307,7 @@ func TestCappedFramesCounted(t *testing.T) {
 	srv, url := startGateway(t, nil)
 	sent := NewSendTimes(1)
 	p := newPool(t, Config{URL: url, Channels: []string{"c"}, Loops: 1, Sent: sent})
-	p.Open(1, func(int) []int32 { return []int32{0} })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := p.WaitReady(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	openReady(t, p, 1, func(int) []int32 { return []int32{0} })
 	const burst = 10
 	for seq := int64(1); seq <= burst; seq++ {
 		now := time.Now().UnixNano()
