@@ -83,7 +83,7 @@ bench-tools:
 FUZZTIME ?=
 FUZZ_TARGETS := gateway:FuzzParseRequest:35000 gateway/wire:FuzzParseFrame:40000 gateway/wire:FuzzParseFrameDeflate:40000 \
 	gateway:FuzzHandshakeToken:20000 gateway:FuzzProxyHeader:40000 \
-	gateway:FuzzRequestHead:15000 gateway/wire:FuzzCloseBody:45000 \
+	gateway:FuzzRequestHead:15000 gateway/wire:FuzzCloseBody:45000 gateway:FuzzCFDecodeProto:20000 \
 	gateway/auth:FuzzPattern:100000 gateway/auth:FuzzParseJWKS:50000 \
 	router:FuzzValidChannel:250000 consumer:FuzzTemplate:20000 cmd/kpush:FuzzLoadConfig:10000 \
 	cmd/kpush-bench/internal/wsload:FuzzServerFrames:45000 \
