@@ -21,6 +21,7 @@ run:
 ## test: the whole suite with the race detector (what CI runs)
 test:
 	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -count=1 -run 'DoesNotAllocate' ./router/ ./gateway/
 
 ## lint: formatting and vet
 lint:

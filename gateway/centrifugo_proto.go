@@ -282,10 +282,15 @@ func newCFPushCache() *cfPushCache {
 	return &cfPushCache{seed: maphash.MakeSeed(), limit: cfPushCacheBytes}
 }
 
+// slotOf is the index of f's slot.
+func (pc *cfPushCache) slotOf(f *router.Frame) uint64 {
+	return maphash.Comparable(pc.seed, f) % cfPushSlots
+}
+
 // held returns f's slot, and its entry when the slot holds f (else nil),
 // without locking.
 func (pc *cfPushCache) held(f *router.Frame) (*cfPushSlot, *cfEncoded) {
-	sl := &pc.slots[maphash.Comparable(pc.seed, f)%cfPushSlots]
+	sl := &pc.slots[pc.slotOf(f)]
 	if e := sl.e.Load(); e != nil && e.f == f {
 		return sl, e
 	}

