@@ -54,9 +54,9 @@ type Policy struct {
 
 // Encoder turns a Record into the Frame every subscriber of its channel
 // receives. The gateway implements it; the router calls it at most once
-// per record, with the shard lock of the record's channel held, so Encode
-// must not block and must not call the Router. It may be called from many
-// goroutines at once.
+// per record, for a channel without retained state with the channel's
+// shard lock held (read), so Encode must not block and must not call the
+// Router. It may be called from many goroutines at once.
 type Encoder interface {
 	Encode(rec *Record) *Frame
 }
