@@ -51,6 +51,21 @@ func (k *fakeKafka) produce(t *testing.T, topic string, values ...string) {
 }
 
 // runConsumer starts c and stops it when the test ends.
+// runFastConsumer runs a consumer of topic t (route t → c, bytes) on
+// brokers that reads metadata and waits on fetches for 100 ms at most,
+// starting at start ("" for the default), until the test ends, and
+// returns it.
+func runFastConsumer(t *testing.T, brokers []string, start string, sink Destination) *Consumer {
+	t.Helper()
+	c, err := New(Config{Brokers: brokers, Start: start, MetadataInterval: 100 * time.Millisecond, FetchMaxWait: 100 * time.Millisecond},
+		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConsumer(t, c)
+	return c
+}
+
 func runConsumer(t *testing.T, c *Consumer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -308,12 +323,7 @@ func TestOneFetchPerBroker(t *testing.T) {
 		return nil, nil, false
 	})
 	sink := &chanSink{got: make(chan string, 10)}
-	c, err := New(Config{Brokers: k.c.ListenAddrs(), MetadataInterval: 100 * time.Millisecond, FetchMaxWait: 100 * time.Millisecond},
-		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runConsumer(t, c)
+	runFastConsumer(t, k.c.ListenAddrs(), "", sink)
 	waitUntil(t, 20*time.Second, "a fetch request carrying all 8 partitions", func() bool {
 		mu.Lock()
 		defer mu.Unlock()

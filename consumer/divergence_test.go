@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -85,12 +84,7 @@ func TestLeaderEpochDivergence(t *testing.T) {
 	}
 	k.produce(t, "t", "a", "b", "c") // offsets 0-2, leader epoch 0
 	sink := &msgSink{}
-	c, err := New(Config{Brokers: k.c.ListenAddrs(), Start: "earliest", MetadataInterval: 100 * time.Millisecond, FetchMaxWait: 100 * time.Millisecond},
-		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runConsumer(t, c)
+	c := runFastConsumer(t, k.c.ListenAddrs(), "earliest", sink)
 	delivered := func(n int) []router.Record {
 		t.Helper()
 		waitUntil(t, 20*time.Second, fmt.Sprintf("%d records delivered", n), func() bool { return len(sink.snapshot()) >= n })

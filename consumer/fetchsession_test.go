@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -44,12 +43,7 @@ func TestFetchSessions(t *testing.T) {
 		return nil, nil, false
 	})
 	sink := &chanSink{got: make(chan string, 10)}
-	c, err := New(Config{Brokers: k.c.ListenAddrs(), MetadataInterval: 100 * time.Millisecond, FetchMaxWait: 100 * time.Millisecond},
-		[]Route{{Topic: "t", Channel: "c", Format: FormatBytes}}, sink, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runConsumer(t, c)
+	c := runFastConsumer(t, k.c.ListenAddrs(), "", sink)
 	waitUntil(t, 20*time.Second, "5 incremental fetches in a row listing at most one partition", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
